@@ -1,0 +1,60 @@
+"""The ``lcdense`` command line. Each subcommand lives in its own module with
+``add_arguments(parser)`` and ``run(args) -> int``; this file only wires them up.
+
+User errors (:class:`LcdenseError`, missing files, bad values) print one line and exit 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import LcdenseError
+
+# subcommand: (module, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "convert": ("lcdense.commands.convert", "print the conversion report of a torchvision/timm model"),
+    "tasks": ("lcdense.commands.tasks", "list the registered tasks (built-in and from entry points)"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, no usage dump
+        raise LcdenseError(f"{self.prog}: {message} (see '{self.prog} --help')")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="lcdense",
+        description="How much do CNNs lose (or gain) when their spatial convolution filters are never learned?",
+    )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"lcdense {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(name, help=help_text, description=module.__doc__.strip().splitlines()[0])
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``lcdense`` console script."""
+    try:
+        args = build_parser().parse_args(argv)
+        if not getattr(args, "_run", None):
+            build_parser().print_help()
+            return 2
+        return int(args._run(args) or 0)
+    except LcdenseError as exc:
+        print(f"lcdense: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lcdense: interrupted; finished cells are saved, continue with --resume RUN_DIR", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,21 @@
+"""List the registered tasks: built-in ones and those installed through the ``lcdense.tasks`` entry points."""
+from __future__ import annotations
+
+import argparse
+
+from ..task import get_task, list_tasks
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--verbose", "-v", action="store_true", help="also load each task and show its primary metric")
+
+
+def run(args: argparse.Namespace) -> int:
+    for name in list_tasks():
+        if args.verbose:
+            task = get_task(name)
+            direction = "higher" if task.higher_is_better else "lower"
+            print(f"{name:16s} primary metric: {task.primary_metric} ({direction} is better)")
+        else:
+            print(name)
+    return 0

@@ -1,0 +1,24 @@
+"""Errors that reach the user as one clear line (the CLI prints them and exits 2)."""
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class LcdenseError(Exception):
+    """A problem with the user's input: printed as one line, no traceback, exit code 2."""
+
+
+def unknown_name(kind: str, name: str, known: Iterable[str], limit: int = 20) -> LcdenseError:
+    """Build the error for an unknown ``name`` of ``kind``, listing what exists and the closest match.
+
+    >>> str(unknown_name("init", "kaiming", ["kaiming_uniform", "orthogonal"]))
+    "unknown init 'kaiming'; did you mean 'kaiming_uniform'? Known: kaiming_uniform, orthogonal"
+    """
+    known = sorted(set(known))
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
+    hint = f"; did you mean '{close[0]}'?" if close else ";"
+    listed = ", ".join(known[:limit]) or "(none)"
+    if len(known) > limit:
+        listed += f", ... ({len(known) - limit} more)"
+    return LcdenseError(f"unknown {kind} '{name}'{hint} Known: {listed}")

@@ -1,0 +1,64 @@
+"""Fold LC-Blocks back into plain convs ("combined filters"), RepVGG style.
+
+:func:`combined_weight` and :func:`fold_block` are pure; :func:`fold` walks a model in place.
+
+>>> import torch
+>>> from lcdense import LCConv
+>>> block = LCConv(3, 4, 3, expansion=2, padding=1).eval()
+>>> x = torch.randn(1, 3, 8, 8)
+>>> torch.allclose(fold_block(block)(x), block(x), atol=1e-5)
+True
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .blocks import LCConv
+from .errors import LcdenseError
+
+_CONV_CLASS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+
+
+def combined_weight(block: LCConv) -> torch.Tensor:
+    """The combined filters W' = P·W of ``block`` (differentiable)."""
+    return block.weight
+
+
+def fold_block(block: LCConv) -> nn.Module:
+    """A new plain conv computing exactly what ``block`` computes (requires ``mid=None``)."""
+    if not block.foldable:
+        raise LcdenseError(
+            "cannot fold an LC-Block with an op between its convs (mid=...): it is not a linear map"
+        )
+    weight = block.weight.detach()
+    conv = _CONV_CLASS[block.dims](
+        block.in_channels,
+        block.out_channels,
+        block.kernel_size,
+        stride=block.stride,
+        padding=block.padding,
+        dilation=block.dilation,
+        groups=block.groups,
+        bias=block.bias is not None,
+        padding_mode=block.padding_mode,
+        device=weight.device,
+        dtype=weight.dtype,
+    )
+    with torch.no_grad():
+        conv.weight.copy_(weight)
+        if block.bias is not None:
+            conv.bias.copy_(block.bias)
+    return conv
+
+
+def fold(model: nn.Module) -> nn.Module:
+    """Replace every LC-Block in ``model`` by its folded conv, in place; returns the model.
+
+    A model that is itself an LC-Block is returned folded (a new module).
+    """
+    if isinstance(model, LCConv):
+        return fold_block(model)
+    for name, child in list(model.named_children()):
+        setattr(model, name, fold(child))
+    return model

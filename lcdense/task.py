@@ -1,0 +1,114 @@
+"""The task adapter protocol: what a downstream task implements so the runner can benchmark it.
+
+A task prepares its data, builds its model and trains/evaluates it; the runner owns variants,
+seeds, conversion, frozen-filter digests, costs, resume and reporting. Register a task in code
+with ``@register_task("name")`` or, from another package, through the ``lcdense.tasks``
+entry-point group (``[project.entry-points."lcdense.tasks"] mytask = "mypkg:MyTask"``).
+
+>>> sorted(set(list_tasks()) & {"classification"})
+['classification']
+"""
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from .convert import ConversionReport
+from .registry import Registry
+
+TASKS: Registry[type[Task]] = Registry("task", group="lcdense.tasks")
+
+
+def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
+    """Class decorator registering a :class:`Task` subclass under ``name``."""
+    return TASKS.register(name)
+
+
+def list_tasks() -> list[str]:
+    """Names of every task: registered in code or through the ``lcdense.tasks`` entry points."""
+    return TASKS.names()
+
+
+def get_task(name: str) -> Task:
+    """An instance of the task registered as ``name`` (unknown names list the known ones)."""
+    return TASKS.get(name)()
+
+
+@dataclass
+class Cell:
+    """One (variant, seed) of a run, as a task sees it while training and evaluating."""
+
+    variant: str
+    seed: int
+    init_seed: int
+    data_seed: int
+    dir: Path
+    device: torch.device
+    convert: Callable[[nn.Module], ConversionReport]
+    quiet: bool = False
+    log: Callable[[str], None] = print
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.dir / "checkpoint.pt"
+
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        """Atomically write ``state`` (tensors, numbers, strings, lists, dicts) as the resume point."""
+        tmp = self.checkpoint_path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.checkpoint_path)
+
+    def load_checkpoint(self) -> dict[str, Any] | None:
+        """The last resume point of this cell, or None (loaded with ``weights_only=True``)."""
+        if not self.checkpoint_path.exists():
+            return None
+        return torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+
+
+class Task(ABC):
+    """Base class of a task adapter.
+
+    Config sections a task owns: ``data``, ``model`` and ``train``; the runner owns ``run`` and
+    ``conversion``. ``default_config()`` must give every key the task reads.
+    """
+
+    name: ClassVar[str]
+    primary_metric: ClassVar[str]
+    higher_is_better: ClassVar[bool] = True
+    #: Sweepable model settings: sweep axis name → dotted config key (e.g. "width": "model.width").
+    sweep_axes: ClassVar[dict[str, str]] = {}
+
+    @abstractmethod
+    def default_config(self) -> dict[str, Any]:
+        """The task's defaults: a dict with ``data``, ``model`` and ``train`` sections."""
+
+    @abstractmethod
+    def prepare_data(self, config: dict[str, Any], cache_dir: Path) -> Any:
+        """Load (or generate the embedded default into ``cache_dir``) and return a data handle."""
+
+    @abstractmethod
+    def build_model(self, config: dict[str, Any], data: Any) -> nn.Module:
+        """A freshly initialised model (the runner seeds torch before calling)."""
+
+    @abstractmethod
+    def input_size(self, config: dict[str, Any]) -> tuple[int, ...]:
+        """One sample's input shape (C, H, W) used for MAC counts."""
+
+    @abstractmethod
+    def fit(self, model: nn.Module, data: Any, config: dict[str, Any], cell: Cell) -> tuple[nn.Module, list[dict[str, float]]]:
+        """Train the converted ``model``; return the trained model and per-epoch metrics.
+
+        Resume from ``cell.load_checkpoint()`` if present and save one per epoch.
+        """
+
+    @abstractmethod
+    def evaluate(self, model: nn.Module, data: Any, config: dict[str, Any], cell: Cell) -> dict[str, float]:
+        """Final metrics of the trained model; must include ``primary_metric``."""
