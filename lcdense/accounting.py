@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -26,28 +27,59 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
     return {"trainable": trainable, "frozen": frozen, "total": trainable + frozen}
 
 
-def _module_macs(module: nn.Module, inputs: tuple, output: torch.Tensor) -> int:
-    if isinstance(module, LCConv):
-        x = inputs[0]
-        fold, naive = module.step_macs(x.shape)
-        return (fold if module.choose_impl(x.shape) == "fold" else naive) // x.shape[0]
-    if isinstance(module, nn.modules.conv._ConvNd):
-        taps = module.in_channels // module.groups * math.prod(module.kernel_size)
-        return output[0].numel() * taps
-    if isinstance(module, nn.Linear):
-        return output[0].numel() * module.in_features
-    return 0
+@dataclass
+class LayerCall:
+    """One conv/linear call seen while tracing a single sample."""
+
+    name: str
+    module: nn.Module
+    input_shape: tuple[int, ...]
+    output_numel: int
+
+    def batch_shape(self, batch_size: int) -> tuple[int, ...]:
+        return (batch_size, *self.input_shape[1:])
+
+    def macs(self, batch_size: int) -> int:
+        """MACs per sample when the layer runs on a batch of ``batch_size``."""
+        m = self.module
+        if isinstance(m, LCConv):
+            shape = self.batch_shape(batch_size)
+            fold, naive = m.step_macs(shape)
+            return (fold if m.choose_impl(shape) == "fold" else naive) // batch_size
+        if isinstance(m, nn.modules.conv._ConvNd):
+            return self.output_numel * m.in_channels // m.groups * math.prod(m.kernel_size)
+        return self.output_numel * m.in_features
 
 
-def layer_inputs(model: nn.Module, input_size: Sequence[int], batch_size: int = 1) -> dict[str, tuple[int, ...]]:
-    """Shape of the input each conv/linear module sees for a batch of ``input_size`` (C, H, W...)."""
-    shapes: dict[str, tuple[int, ...]] = {}
-
-    def record(name: str, module: nn.Module, inp: tuple, out: torch.Tensor) -> None:
-        shapes.setdefault(name, tuple(inp[0].shape))
-
-    _trace(model, input_size, record, batch_size)
-    return shapes
+def trace_layers(model: nn.Module, input_size: Sequence[int]) -> list[LayerCall]:
+    """Run one zero sample of ``input_size`` (C, H, W...) through ``model`` in eval mode and
+    record every conv, linear and LC-Block call (LC-Blocks run folded while tracing: with one
+    sample the two-conv form could cost E times more)."""
+    calls: list[LayerCall] = []
+    handles = []
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear, LCConv)):
+            def hook(m: nn.Module, inp: tuple, out: torch.Tensor, n: str = name) -> None:
+                if isinstance(out, torch.Tensor):
+                    calls.append(LayerCall(n, m, tuple(inp[0].shape), out[0].numel()))
+            handles.append(module.register_forward_hook(hook))
+    param = next(iter(model.parameters()), None)
+    kwargs = {"dtype": param.dtype, "device": param.device} if param is not None else {}
+    was_training = model.training
+    blocks = {m: m.impl for m in model.modules() if isinstance(m, LCConv) and m.foldable}
+    try:
+        for block in blocks:
+            block.impl = "fold"
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, *input_size, **kwargs))
+    finally:
+        model.train(was_training)
+        for block, impl in blocks.items():
+            block.impl = impl
+        for h in handles:
+            h.remove()
+    return calls
 
 
 def forward_macs(model: nn.Module, input_size: Sequence[int], batch_size: int = 1) -> int:
@@ -56,31 +88,4 @@ def forward_macs(model: nn.Module, input_size: Sequence[int], batch_size: int = 
     LC-Blocks count what their chosen implementation executes at ``batch_size``, the fold of
     W' (once per batch) shared among the batch's samples.
     """
-    total = [0]
-
-    def add(name: str, module: nn.Module, inp: tuple, out: torch.Tensor) -> None:
-        if isinstance(out, torch.Tensor):
-            total[0] += _module_macs(module, inp, out)
-
-    _trace(model, input_size, add, batch_size)
-    return total[0]
-
-
-def _trace(model: nn.Module, input_size: Sequence[int], callback, batch_size: int = 1) -> None:
-    handles = []
-    for name, module in model.named_modules():
-        if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear, LCConv)):
-            handles.append(
-                module.register_forward_hook(lambda m, i, o, n=name: callback(n, m, i, o))
-            )
-    param = next(iter(model.parameters()), None)
-    kwargs = {"dtype": param.dtype, "device": param.device} if param is not None else {}
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(batch_size, *input_size, **kwargs))
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
+    return sum(call.macs(batch_size) for call in trace_layers(model, input_size))

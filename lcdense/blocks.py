@@ -36,12 +36,41 @@ def combine_filters(spatial: torch.Tensor, combine: torch.Tensor, groups: int = 
     """Combined filters W' = P·W, group by group (pure and differentiable).
 
     ``spatial``: (c_out·E, c_in/groups, *k); ``combine``: (c_out, c_out·E/groups).
-    Returns (c_out, c_in/groups, *k).
+    Returns (c_out, c_in/groups, *k). The product runs in the bank's memory layout (e.g.
+    channels_last), so the bank is never copied, and W' comes out in that same layout. Under
+    autocast it runs in the autocast dtype without saving a low-precision copy of the bank.
     """
     expanded, c_out = spatial.shape[0], combine.shape[0]
-    w = spatial.reshape(groups, expanded // groups, -1)
+    order = [0, *sorted(range(1, spatial.dim()), key=lambda i: -spatial.stride(i))]
+    w = spatial.permute(order).reshape(groups, expanded // groups, -1)
     p = combine.reshape(groups, c_out // groups, expanded // groups)
-    return torch.bmm(p, w).reshape(c_out, *spatial.shape[1:])
+    device = spatial.device.type
+    if torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) != spatial.dtype:
+        product = _LowPrecisionBmm.apply(p, w, torch.get_autocast_dtype(device))
+    else:
+        product = torch.bmm(p, w)
+    out = product.reshape([c_out, *[spatial.shape[i] for i in order[1:]]])
+    return out.permute([order.index(i) for i in range(spatial.dim())])
+
+
+class _LowPrecisionBmm(torch.autograd.Function):
+    """``bmm(P, W)`` in ``dtype`` (as autocast would run it) that saves the full-precision P
+    and W for backward, not their casts: W is resident anyway, so under autocast no bank-sized
+    copy joins the saved activations; the backward casts W once more instead."""
+
+    @staticmethod
+    def forward(ctx, p: torch.Tensor, w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        ctx.save_for_backward(p, w)
+        ctx.dtype = dtype
+        return torch.bmm(p.to(dtype), w.to(dtype))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+        p, w = ctx.saved_tensors
+        grad = grad.to(ctx.dtype)
+        grad_p = torch.bmm(grad, w.to(ctx.dtype).transpose(1, 2)).to(p.dtype) if ctx.needs_input_grad[0] else None
+        grad_w = torch.bmm(p.to(ctx.dtype).transpose(1, 2), grad).to(w.dtype) if ctx.needs_input_grad[1] else None
+        return grad_p, grad_w, None
 
 
 def _as_tuple(value: int | tuple[int, ...], dims: int) -> tuple[int, ...]:
@@ -163,25 +192,48 @@ class LCConv(nn.Module):
         """One conv with the combined filters."""
         return self._conv(x, self.weight, self.bias)
 
-    def choose_impl(self, input_shape: torch.Size | tuple[int, ...]) -> str:
-        """The implementation the forward uses for an input of ``input_shape`` ('fold' or 'naive')."""
+    def choose_impl(self, input_shape: torch.Size | tuple[int, ...], training: bool | None = None) -> str:
+        """The implementation the forward uses for an input of ``input_shape`` ('fold' or 'naive').
+
+        ``"auto"`` picks the form with fewer MACs for a whole training step (forward and
+        backward) when ``training`` (default: grad mode is on and P requires grad), for the
+        forward alone otherwise; in training it takes the naive form only if the c_out·E maps
+        it saves for backward are no larger than the spatial bank itself (memory stays bounded).
+        """
         if self.mid is not None:
             return "naive"
         if self.impl != "auto":
             return self.impl
-        fold_cost, naive_cost = self.step_macs(input_shape)
-        return "fold" if fold_cost <= naive_cost else "naive"
+        if training is None:
+            training = torch.is_grad_enabled() and self.combine_weight.requires_grad
+        fold_cost, naive_cost = self.step_macs(input_shape, backward=training)
+        saved_maps = self._positions(input_shape) * self.out_channels * self.expansion
+        if naive_cost < fold_cost and (not training or saved_maps <= self.spatial_weight.numel()):
+            return "naive"
+        return "fold"
 
-    def step_macs(self, input_shape: torch.Size | tuple[int, ...]) -> tuple[int, int]:
-        """Forward multiply-accumulates of (fold form, naive form) for ``input_shape``."""
-        positions = input_shape[0] * math.prod(
-            max(1, s // st) for s, st in zip(input_shape[2:], self.stride)
-        )
+    def _positions(self, input_shape: torch.Size | tuple[int, ...]) -> int:
+        """Output positions (batch × spatial) for ``input_shape``."""
+        positions = input_shape[0]
+        for size, stride in zip(input_shape[2:], self.stride):
+            positions *= max(1, -(-size // stride))
+        return positions
+
+    def step_macs(self, input_shape: torch.Size | tuple[int, ...], *, backward: bool = False) -> tuple[int, int]:
+        """Multiply-accumulates of (fold form, naive form) for ``input_shape``: the forward, or
+        with ``backward=True`` a whole training step (gradients of the input, of P and, when
+        the bank is learnable, of W; each conv's backward costs two forwards)."""
+        positions = self._positions(input_shape)
         taps = (self.in_channels // self.groups) * math.prod(self.kernel_size)
         expanded = self.out_channels * self.expansion
-        fold = self.out_channels * (expanded // self.groups) * taps + positions * self.out_channels * taps
-        naive = positions * expanded * taps + positions * self.out_channels * (expanded // self.groups)
-        return fold, naive
+        conv = positions * self.out_channels * taps  # the folded conv
+        combine = self.out_channels * (expanded // self.groups) * taps  # W' = P·W
+        spatial = positions * expanded * taps  # naive: k×k conv to c_out·E maps
+        pointwise = positions * self.out_channels * (expanded // self.groups)  # naive: 1×1 conv
+        if not backward:
+            return conv + combine, spatial + pointwise
+        bank_passes = 3 if self.spatial == "learnable" else 2
+        return 3 * conv + bank_passes * combine, bank_passes * spatial + 3 * pointwise
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.choose_impl(x.shape) == "naive":

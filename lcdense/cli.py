@@ -14,6 +14,10 @@ from .errors import LcdenseError
 # subcommand: (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("lcdense.commands.convert", "print the conversion report of a torchvision/timm model"),
+    "run": ("lcdense.commands.run", "train baseline, frozen and LC variants of a task and report the gap"),
+    "sweep": ("lcdense.commands.sweep", "run a grid over E (or width, depth, kernel size, init) as one resumable run"),
+    "report": ("lcdense.commands.report", "re-render summary and plots of a run directory from its files"),
+    "analyze": ("lcdense.analysis", "filter variance entropy, spatial variance, filter grids and LC bank diagnostics of a run"),
     "tasks": ("lcdense.commands.tasks", "list the registered tasks (built-in and from entry points)"),
 }
 

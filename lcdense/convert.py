@@ -16,15 +16,17 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .accounting import count_parameters, forward_macs, layer_inputs
+from .accounting import count_parameters, trace_layers
 from .blocks import IMPLS, MIDS, LCConv
 from .errors import LcdenseError
 from .inits import check_init, seeded_filters
+from .precondition import PreconditionedConv
 
 Mode = Literal["learnable", "frozen", "lc"]
 MODES: tuple[str, ...] = ("learnable", "frozen", "lc")
 HEAD_PATTERNS: tuple[str, ...] = ("head*", "*.head*", "classifier*", "*.classifier*", "segmentation_head*", "fc", "*.fc")
 _PLAIN_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+CONVERT_IMPLS: tuple[str, ...] = (*IMPLS, "preconditioned")
 
 
 @dataclass
@@ -150,8 +152,13 @@ def _check_args(mode: str, E: int, spatial: str, init: str, mid: str | None, imp
     check_init(init)
     if mid is not None and mid not in MIDS:
         raise LcdenseError(f"unknown mid op '{mid}'; use one of: none, {', '.join(MIDS)}")
-    if impl not in IMPLS:
-        raise LcdenseError(f"unknown impl '{impl}'; use one of: {', '.join(IMPLS)}")
+    if impl not in CONVERT_IMPLS:
+        raise LcdenseError(f"unknown impl '{impl}'; use one of: {', '.join(CONVERT_IMPLS)}")
+    if impl == "preconditioned" and (mode != "lc" or spatial != "frozen" or mid is not None):
+        raise LcdenseError(
+            "impl 'preconditioned' needs mode 'lc', spatial 'frozen' and no mid op "
+            f"(got mode '{mode}', spatial '{spatial}', mid {mid}); use impl 'auto' otherwise"
+        )
     if mode != "lc" and (E != 1 or mid is not None):
         raise LcdenseError(f"E and mid only apply to mode 'lc' (got mode '{mode}')")
 
@@ -187,7 +194,9 @@ def convert(
     ``include``/``exclude`` are module-name globs; ``stem=False`` leaves the first spatial conv
     alone, ``head=False`` the convs whose names match ``head_patterns``. ``input_size``
     (C, H, W) adds forward MACs per sample before/after and the implementation each LC-Block
-    picks for a batch of ``batch_size`` (``impl="auto"`` decides from the shapes).
+    picks for a training step on a batch of ``batch_size`` (``impl="auto"`` decides from the
+    shapes). ``impl="preconditioned"`` (mode "lc", spatial "frozen", no mid) makes each block a
+    :class:`lcdense.precondition.PreconditionedConv`: exact under SGD only, cost independent of E.
     The converted model is ``report.model`` (the same object unless ``model`` is itself a conv).
     """
     _check_args(mode, E, spatial, init, mid, impl)
@@ -200,7 +209,7 @@ def convert(
         input_size=tuple(input_size) if input_size else None,
     )
     if input_size:
-        report.macs_before = forward_macs(model, input_size, batch_size)
+        report.macs_before = sum(c.macs(batch_size) for c in trace_layers(model, input_size))
     spatial_convs = [(n, m) for n, m in model.named_modules() if is_spatial_conv(m, min_kernel)]
     for index, (name, module) in enumerate(spatial_convs):
         shape = tuple(module.weight.shape)
@@ -217,7 +226,11 @@ def convert(
         elif mode == "lc" and (why := _lc_unsupported(module)):
             record.reason = why
         elif mode == "lc":
-            block = _lc_block(module, name, E=E, spatial=spatial, init=init, seed=seed, mid=mid, impl=impl)
+            block = _lc_block(module, name, E=E, spatial=spatial, init=init, seed=seed, mid=mid,
+                              impl="fold" if impl == "preconditioned" else impl)
+            if impl == "preconditioned":
+                block = PreconditionedConv.from_lc(block)
+                record.impl = impl
             if name:
                 _set_module(model, name, block)
             else:
@@ -231,13 +244,11 @@ def convert(
     report.model = model
     report.params_after = count_parameters(model)
     if input_size:
-        report.macs_after = forward_macs(model, input_size, batch_size)
-        shapes = layer_inputs(model, input_size, batch_size)
+        calls = trace_layers(model, input_size)
+        report.macs_after = sum(c.macs(batch_size) for c in calls)
+        chosen = {c.name: c.module.choose_impl(c.batch_shape(batch_size)) for c in calls if isinstance(c.module, LCConv)}
         for record in report.layers:
-            module = model if record.name == "(model)" else model.get_submodule(record.name)
-            key = "" if record.name == "(model)" else record.name
-            if isinstance(module, LCConv) and key in shapes:
-                record.impl = module.choose_impl(shapes[key])
+            record.impl = chosen.get("" if record.name == "(model)" else record.name, record.impl)
     return report
 
 

@@ -16,6 +16,7 @@ from torch import nn
 
 from .blocks import LCConv
 from .errors import LcdenseError
+from .precondition import PreconditionedConv
 
 _CONV_CLASS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 
@@ -25,8 +26,9 @@ def combined_weight(block: LCConv) -> torch.Tensor:
     return block.weight
 
 
-def fold_block(block: LCConv) -> nn.Module:
-    """A new plain conv computing exactly what ``block`` computes (requires ``mid=None``)."""
+def fold_block(block: LCConv | PreconditionedConv) -> nn.Module:
+    """A new plain conv computing exactly what ``block`` (an LC-Block with ``mid=None``, or a
+    preconditioned conv) computes."""
     if not block.foldable:
         raise LcdenseError(
             "cannot fold an LC-Block with an op between its convs (mid=...): it is not a linear map"
@@ -53,11 +55,11 @@ def fold_block(block: LCConv) -> nn.Module:
 
 
 def fold(model: nn.Module) -> nn.Module:
-    """Replace every LC-Block in ``model`` by its folded conv, in place; returns the model.
+    """Replace every LC-Block (and preconditioned conv) in ``model`` by its folded conv, in place; returns the model.
 
     A model that is itself an LC-Block is returned folded (a new module).
     """
-    if isinstance(model, LCConv):
+    if isinstance(model, (LCConv, PreconditionedConv)):
         return fold_block(model)
     for name, child in list(model.named_children()):
         setattr(model, name, fold(child))

@@ -22,33 +22,33 @@ import torch
 
 from .errors import unknown_name
 
-InitFn = Callable[[tuple[int, ...], float, torch.Generator], torch.Tensor]
+InitFn = Callable[[tuple[int, ...], float, torch.Generator, torch.dtype], torch.Tensor]
 
 
-def _uniform(shape: tuple[int, ...], std: float, gen: torch.Generator) -> torch.Tensor:
+def _uniform(shape: tuple[int, ...], std: float, gen: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
     bound = std * math.sqrt(3.0)
-    return (torch.rand(shape, generator=gen, dtype=torch.float64) * 2 - 1) * bound
+    return torch.rand(shape, generator=gen, dtype=dtype).mul_(2).sub_(1).mul_(bound)
 
 
-def _normal(shape: tuple[int, ...], std: float, gen: torch.Generator) -> torch.Tensor:
-    return torch.randn(shape, generator=gen, dtype=torch.float64) * std
+def _normal(shape: tuple[int, ...], std: float, gen: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
+    return torch.randn(shape, generator=gen, dtype=dtype).mul_(std)
 
 
-def _binary(shape: tuple[int, ...], std: float, gen: torch.Generator) -> torch.Tensor:
-    signs = torch.randint(0, 2, shape, generator=gen).to(torch.float64) * 2 - 1
+def _binary(shape: tuple[int, ...], std: float, gen: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
+    signs = torch.randint(0, 2, shape, generator=gen).to(dtype) * 2 - 1
     return signs * std
 
 
-def _ternary(shape: tuple[int, ...], std: float, gen: torch.Generator) -> torch.Tensor:
+def _ternary(shape: tuple[int, ...], std: float, gen: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
     # values {-a, 0, a} with equal probability: std = a * sqrt(2/3)
-    levels = torch.randint(0, 3, shape, generator=gen).to(torch.float64) - 1
+    levels = torch.randint(0, 3, shape, generator=gen).to(dtype) - 1
     return levels * std * math.sqrt(1.5)
 
 
-def _orthogonal(shape: tuple[int, ...], std: float, gen: torch.Generator) -> torch.Tensor:
+def _orthogonal(shape: tuple[int, ...], std: float, gen: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
     # semi-orthogonal over the flattened bank (rows = filters), rescaled to the target std
     rows, cols = shape[0], math.prod(shape[1:])
-    a = torch.randn(max(rows, cols), min(rows, cols), generator=gen, dtype=torch.float64)
+    a = torch.randn(max(rows, cols), min(rows, cols), generator=gen, dtype=dtype)
     q, r = torch.linalg.qr(a)
     q = q * torch.sign(torch.diagonal(r))
     if rows < cols:
@@ -97,8 +97,8 @@ def seeded_filters(
     """Draw a filter bank of ``shape`` (c_out, c_in/groups, *kernel) for layer ``name``.
 
     fan_in is ``prod(shape[1:])``; ``fan_out`` (default ``shape[0] * prod(shape[2:])``) only
-    matters for the Glorot inits. Sampling happens in float64 on the CPU, then casts, so the
-    same filters come out whatever the model's dtype or device.
+    matters for the Glorot inits. Sampling happens on the CPU (so every device gets the same
+    filters) in float64 for float64 models and in float32 otherwise.
     """
     sampler, uses_fan_avg = _DISTRIBUTIONS[check_init(init)]
     shape = tuple(int(s) for s in shape)
@@ -107,5 +107,6 @@ def seeded_filters(
         fan_out = shape[0] * math.prod(shape[2:])
     fan = (fan_in + fan_out) / 2 if uses_fan_avg else fan_in
     gen = torch.Generator().manual_seed(layer_seed(seed, name, shape, init))
-    weights = sampler(shape, 1.0 / math.sqrt(3.0 * fan), gen)
+    sample_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    weights = sampler(shape, 1.0 / math.sqrt(3.0 * fan), gen, sample_dtype)
     return weights.to(dtype=dtype, device=device)

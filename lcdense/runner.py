@@ -1,0 +1,308 @@
+"""The gap runner: trains every cell (variant × seed × sweep point) of a task and records it.
+
+Per cell it seeds the init, builds the task's model, converts it, proves the frozen filters did
+not move (``frozen_digest`` before and after training), evaluates, and writes
+``cells/<cell id>/cell.json`` with metrics and costs. A run directory is never overwritten;
+``resume`` skips finished cells and continues an interrupted one from its last epoch.
+
+>>> from lcdense.runner import plan_cells
+>>> from lcdense.variants import parse_variants
+>>> [c.id for c in plan_cells(parse_variants(["learnable", "lc-frozen"], [8]), [0], {})]
+['learnable__seed0', 'lc-frozen@8__seed0']
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import os
+import platform
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import dump, set_dotted
+from .convert import ConversionReport, convert
+from .digest import frozen_digest
+from .errors import LcdenseError
+from .files import write_json, write_text
+from .task import Cell, Task
+from .variants import CellSpec, Variant
+
+PACKAGES = ("torch", "torchvision", "timm", "ultralytics", "segmentation-models-pytorch", "albumentations",
+            "pycocotools", "numpy", "lcdense")
+
+
+class FrozenFiltersMoved(LcdenseError):
+    """A cell's frozen filters changed during training: its numbers cannot be trusted."""
+
+
+def plan_cells(variants: list[Variant], seeds: list[int], axes: dict[str, list[Any]]) -> list[CellSpec]:
+    """Every cell of the grid, seed-major so that a partial run already covers all variants."""
+    names = list(axes)
+    points = [dict(zip(names, values)) for values in itertools.product(*(axes[n] for n in names))]
+    return [CellSpec(v, seed, point) for seed in seeds for point in points for v in variants]
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` → cuda if available, else cpu; ``cuda:1``, ``0`` and ``cpu`` work too."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.isdigit():
+        name = f"cuda:{name}"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise LcdenseError(f"unknown device '{name}'; use auto, cpu, cuda or a GPU index") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise LcdenseError(f"device '{name}' asked for, but no CUDA GPU is available; use --device cpu")
+    return device
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Versions, git commit, host and device of this run."""
+    versions = {}
+    for package in PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                                cwd=Path(__file__).parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    info = {"python": platform.python_version(), "platform": platform.platform(), "versions": versions,
+            "lcdense_git_commit": commit, "device": str(device), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "started": datetime.now().isoformat(timespec="seconds")}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+class PeakMemory:
+    """Peak memory while a block runs: CUDA allocator peak, or the process's resident set on CPU
+    (sampled every 20 ms, reported as the peak minus the resident set at the start)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.peak_mb = device, 0.0
+        self._stop = threading.Event()
+
+    @staticmethod
+    def _rss_mb() -> float:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    def _sample(self, start: float) -> None:
+        while not self._stop.wait(0.02):
+            self.peak_mb = max(self.peak_mb, self._rss_mb() - start)
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        elif os.path.exists("/proc/self/statm"):
+            self._thread = threading.Thread(target=self._sample, args=(self._rss_mb(),), daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+        elif hasattr(self, "_thread"):
+            self._stop.set()
+            self._thread.join()
+
+    @property
+    def kind(self) -> str:
+        return "cuda_max_allocated" if self.device.type == "cuda" else "cpu_rss_increase"
+
+
+def cell_config(config: dict[str, Any], spec: CellSpec, axis_keys: dict[str, str]) -> dict[str, Any]:
+    """The run's config with the cell's sweep-axis values applied."""
+    cfg = copy.deepcopy(config)
+    for axis, value in spec.axes.items():
+        set_dotted(cfg, f"{axis_keys[axis]}={json.dumps(value)}")
+    return cfg
+
+
+def converter(cfg: dict[str, Any], spec: CellSpec, task: Task) -> Callable[[torch.nn.Module], ConversionReport]:
+    """The conversion of ``spec``'s variant, seeded with the cell's init seed."""
+    conv = cfg["conversion"]
+    variant = spec.variant
+    kwargs: dict[str, Any] = {
+        "init": conv["init"], "seed": spec.seed, "include": conv["include"], "exclude": conv["exclude"],
+        "stem": conv["stem"], "head": conv["head"], "impl": conv["impl"],
+        "input_size": task.input_size(cfg), "batch_size": int(cfg["train"].get("batch_size", 1)),
+    }
+    if variant.mode == "lc":
+        kwargs.update(E=variant.E, spatial=variant.spatial, mid=conv["mid"])
+    return lambda model: convert(model, variant.mode, **kwargs)
+
+
+def run_cell(task: Task, data: Any, config: dict[str, Any], spec: CellSpec, cell_dir: Path,
+             device: torch.device, axis_keys: dict[str, str], quiet: bool) -> dict[str, Any]:
+    """Train and evaluate one cell; returns (and writes) its record. Raises on moved filters."""
+    cfg = cell_config(config, spec, axis_keys)
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    data_seed = spec.seed + int(cfg["run"]["data_seed_offset"])
+    convert_fn = converter(cfg, spec, task)
+    torch.manual_seed(spec.seed)
+    model = task.build_model(cfg, data)
+    report = convert_fn(model)
+    model = report.model.to(device)
+    write_text(cell_dir / "conversion.txt", str(report) + "\n")
+    digest_before = frozen_digest(model)
+    cell = Cell(variant=spec.variant.name, seed=spec.seed, init_seed=spec.seed, data_seed=data_seed,
+                dir=cell_dir, device=device, convert=convert_fn, quiet=quiet,
+                log=(lambda _msg: None) if quiet else print)
+    began = time.perf_counter()
+    with PeakMemory(device) as memory:
+        model, history = task.fit(model, data, cfg, cell)
+        train_time = time.perf_counter() - began
+        digest_after = frozen_digest(model)
+        if digest_after != digest_before:
+            raise FrozenFiltersMoved(
+                f"cell {spec.id}: frozen filters changed during training "
+                f"(digest {digest_before[:12]} -> {digest_after[:12]}); its results are not valid"
+            )
+        metrics = task.evaluate(model, data, cfg, cell)
+    record = {
+        "id": spec.id, "task": task.name, "variant": spec.variant.name, "kind": spec.variant.kind,
+        "mode": spec.variant.mode, "spatial": spec.variant.spatial, "E": spec.variant.E,
+        "axes": spec.axes, "seed": spec.seed, "init_seed": spec.seed, "data_seed": data_seed,
+        "status": "done", "primary_metric": task.primary_metric,
+        "metrics": {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
+        "extra_metrics": {k: v for k, v in metrics.items() if not isinstance(v, (int, float))},
+        "history": history,
+        "frozen_digest_before": digest_before, "frozen_digest_after": digest_after,
+        "costs": {
+            "trainable_params": report.params_after["trainable"], "frozen_params": report.params_after["frozen"],
+            "total_params": report.params_after["total"], "forward_macs_per_sample": report.macs_after,
+            "train_time_s": train_time, "wall_time_s": time.perf_counter() - began,
+            "peak_memory_mb": memory.peak_mb, "peak_memory_kind": memory.kind, "device": str(device),
+            "data_wait_share": _mean([h.get("data_wait_share") for h in history]),
+        },
+        "conversion": report.to_dict(),
+    }
+    _save_analysis_inputs(model, cell_dir)
+    write_json(cell_dir / "cell.json", record)
+    if cell.checkpoint_path.exists():
+        cell.checkpoint_path.unlink()
+    return record
+
+
+def _mean(values: list[Any]) -> float | None:
+    numbers = [v for v in values if isinstance(v, (int, float))]
+    return sum(numbers) / len(numbers) if numbers else None
+
+
+def _save_analysis_inputs(model: torch.nn.Module, cell_dir: Path) -> None:
+    from .analysis import save_filters
+
+    save_filters(model, cell_dir / "filters.pt")
+
+
+def new_run_dir(out: str | Path, task: str, name: str | None) -> Path:
+    """A fresh ``<out>/<task>/<name>`` directory; an existing name is refused, never reused."""
+    parent = Path(out) / task
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LcdenseError(f"cannot create the output directory {parent}: {exc.strerror}; choose another with --out") from None
+    if not os.access(parent, os.W_OK):
+        raise LcdenseError(f"output directory {parent} is not writable; choose another with --out")
+    if name:
+        run_dir = parent / name
+        if run_dir.exists():
+            raise LcdenseError(f"run directory {run_dir} already exists; pick another --name or continue it with --resume {run_dir}")
+        run_dir.mkdir()
+        return run_dir
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    for suffix in itertools.count(1):
+        run_dir = parent / (stamp if suffix == 1 else f"{stamp}-{suffix}")
+        try:
+            run_dir.mkdir()
+            return run_dir
+        except FileExistsError:
+            continue
+    raise AssertionError("unreachable")
+
+
+def cell_record(cell_dir: Path) -> dict[str, Any] | None:
+    """The finished record of a cell, or None if it has not finished."""
+    path = cell_dir / "cell.json"
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    return record if record.get("status") == "done" else None
+
+
+def execute(task: Task, config: dict[str, Any], run_dir: Path, cells: list[CellSpec],
+            axis_keys: dict[str, str], cache_dir: Path) -> list[dict[str, Any]]:
+    """Run every unfinished cell of ``run_dir``; returns all finished records (old and new).
+
+    A cell that fails (e.g. its frozen filters moved) is recorded as failed and the others go on;
+    the caller reports failures. Ctrl-C stops at once; the cell's last epoch checkpoint remains.
+    """
+    quiet = bool(config["run"].get("quiet"))
+    say = (lambda _m: None) if quiet else print
+    device = pick_device(str(config["run"]["device"]))
+    if config["run"].get("threads"):
+        torch.set_num_threads(int(config["run"]["threads"]))
+    write_json(run_dir / "environment.json", environment(device))
+    data = task.prepare_data(config, cache_dir)
+    records, failures = [], []
+    for index, spec in enumerate(cells, 1):
+        cell_dir = run_dir / "cells" / spec.id
+        if (done := cell_record(cell_dir)) is not None:
+            say(f"[{index}/{len(cells)}] {spec.id}: finished earlier, skipped")
+            records.append(done)
+            continue
+        say(f"[{index}/{len(cells)}] {spec.id}")
+        try:
+            record = run_cell(task, data, config, spec, cell_dir, device, axis_keys, quiet)
+        except FrozenFiltersMoved as exc:
+            failures.append(str(exc))
+            write_json(cell_dir / "cell.json", {"id": spec.id, "variant": spec.variant.name, "seed": spec.seed,
+                                                "status": "failed", "error": str(exc)})
+            say(f"  FAILED: {exc}")
+            continue
+        records.append(record)
+        primary = task.primary_metric
+        say(f"  {primary}={record['metrics'].get(primary, float('nan')):.4f}  "
+            f"time={record['costs']['wall_time_s']:.1f}s  frozen digest unchanged")
+    if failures:
+        raise LcdenseError(f"{len(failures)} cell(s) failed: {failures[0]}")
+    return records
+
+
+def save_run_config(run_dir: Path, config: dict[str, Any], cells: list[CellSpec], axis_keys: dict[str, str],
+                    task: Task) -> None:
+    """Write the resolved config and the cell plan (what --resume and report read back)."""
+    write_text(run_dir / "config.yaml", dump(config))
+    write_json(run_dir / "plan.json", {"task": task.name, "primary_metric": task.primary_metric,
+                                       "higher_is_better": task.higher_is_better, "axis_keys": axis_keys,
+                                       "cells": [{"kind": c.variant.kind, "E": c.variant.E, "seed": c.seed,
+                                                  "axes": c.axes} for c in cells]})
+
+
+def load_plan(run_dir: Path) -> tuple[list[CellSpec], dict[str, str]]:
+    """The cell plan saved by :func:`save_run_config`."""
+    path = run_dir / "plan.json"
+    if not path.exists():
+        raise LcdenseError(f"{run_dir} is not an lcdense run directory (no plan.json); check the path")
+    plan = json.loads(path.read_text())
+    cells = [CellSpec(Variant(c["kind"], c["E"]), c["seed"], c["axes"]) for c in plan["cells"]]
+    return cells, plan["axis_keys"]
+
+

@@ -1,0 +1,178 @@
+"""Summaries of a run: mean ± std per variant, the frozen-vs-learnable gaps paired by seed with a
+95% t-interval, ``results.csv``, ``summary.json``, ``summary.md`` and plots — all from the cells'
+``cell.json`` files alone, so ``lcdense report`` can re-render them at any time.
+
+>>> paired_gap({0: 0.90, 1: 0.92}, {0: 0.88, 1: 0.91})["n"]
+2
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+from .files import write_json, write_text
+
+# (name of the gap, minuend kind, subtrahend kind)
+GAPS: tuple[tuple[str, str, str], ...] = (
+    ("frozen - learnable", "frozen", "learnable"),
+    ("lc-frozen - lc-learnable", "lc-frozen", "lc-learnable"),
+    ("lc-frozen - learnable", "lc-frozen", "learnable"),
+    ("lc-learnable - learnable", "lc-learnable", "learnable"),
+)
+
+
+def t_quantile(df: int) -> float:
+    """Two-sided 95% Student-t quantile for ``df`` degrees of freedom."""
+    from scipy import stats
+
+    return float(stats.t.ppf(0.975, df))
+
+
+def describe(values: list[float]) -> dict[str, Any]:
+    """Mean, sample std (0 for one value) and count."""
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "n": len(values)}
+
+
+def paired_gap(a: dict[int, float], b: dict[int, float]) -> dict[str, Any] | None:
+    """Mean of a − b over the seeds both have, with a 95% t-interval when there are ≥ 2 seeds."""
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return None
+    diffs = [a[s] - b[s] for s in seeds]
+    out = describe(diffs)
+    out["seeds"] = seeds
+    if len(diffs) >= 2:
+        half = t_quantile(len(diffs) - 1) * out["std"] / math.sqrt(len(diffs))
+        out["ci95"] = [out["mean"] - half, out["mean"] + half]
+    return out
+
+
+def load_records(run_dir: Path) -> list[dict[str, Any]]:
+    """Every finished cell record under ``run_dir/cells``."""
+    records = []
+    for path in sorted((run_dir / "cells").glob("*/cell.json")):
+        record = json.loads(path.read_text())
+        if record.get("status") == "done":
+            records.append(record)
+    return records
+
+
+def _group_key(record: dict[str, Any]) -> str:
+    """The sweep point of a record other than E, e.g. 'width=32' ('' for a plain run)."""
+    return ",".join(f"{k}={v}" for k, v in sorted(record.get("axes", {}).items()))
+
+
+def summarize(records: list[dict[str, Any]], primary: str, higher_is_better: bool) -> dict[str, Any]:
+    """The summary of a run as a JSON-able dict."""
+    groups: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for r in records:
+        groups.setdefault(_group_key(r), {}).setdefault(r["variant"], []).append(r)
+    out: dict[str, Any] = {"primary_metric": primary, "higher_is_better": higher_is_better, "groups": {}}
+    for group, by_variant in groups.items():
+        variants = {}
+        for name, rs in by_variant.items():
+            metrics = sorted({k for r in rs for k in r["metrics"]})
+            variants[name] = {
+                "kind": rs[0]["kind"], "E": rs[0]["E"], "seeds": sorted(r["seed"] for r in rs),
+                "metrics": {m: describe([r["metrics"][m] for r in rs if m in r["metrics"]]) for m in metrics},
+                "costs": {c: describe([r["costs"][c] for r in rs]) for c in
+                          ("trainable_params", "frozen_params", "forward_macs_per_sample", "wall_time_s",
+                           "peak_memory_mb") if all(isinstance(r["costs"].get(c), (int, float)) for r in rs)},
+            }
+        gaps = []
+        by_kind_e = {(rs[0]["kind"], rs[0]["E"]): {r["seed"]: r["metrics"].get(primary) for r in rs}
+                     for rs in by_variant.values()}
+        expansions = sorted({e for _, e in by_kind_e if e is not None})
+        for gap_name, left, right in GAPS:
+            uses_e = "lc" in gap_name
+            for E in expansions if uses_e else [None]:
+                a = by_kind_e.get((left, E if left.startswith("lc") else None))
+                b = by_kind_e.get((right, E if right.startswith("lc") else None))
+                stats = a and b and paired_gap(_known(a), _known(b))
+                if stats:
+                    label = gap_name.replace("lc-frozen", f"lc-frozen@{E}").replace("lc-learnable", f"lc-learnable@{E}")
+                    gaps.append({"gap": label, "E": E, **stats})
+        out["groups"][group] = {"variants": variants, "gaps": gaps}
+    return out
+
+
+def _known(values: dict[int, float | None]) -> dict[int, float]:
+    return {seed: v for seed, v in values.items() if v is not None}
+
+
+def _fmt(stats: dict[str, Any], scale: float = 1.0) -> str:
+    return f"{stats['mean'] * scale:.4f} ± {stats['std'] * scale:.4f}"
+
+
+def markdown_table(summary: dict[str, Any]) -> str:
+    """The variant table and the gap table, as Markdown (also what ``lcdense run`` prints)."""
+    primary = summary["primary_metric"]
+    lines: list[str] = []
+    for group, content in summary["groups"].items():
+        if group:
+            lines += [f"### {group}", ""]
+        lines += [f"| variant | seeds | {primary} (mean ± std) | trainable params | MACs/sample | time/cell (s) |",
+                  "|---|---|---|---|---|---|"]
+        for name, v in content["variants"].items():
+            m = v["metrics"].get(primary)
+            c = v["costs"]
+            lines.append(
+                f"| {name} | {len(v['seeds'])} | {_fmt(m) if m else 'n/a'} | "
+                f"{c['trainable_params']['mean']:,.0f} | {c.get('forward_macs_per_sample', {}).get('mean', float('nan')):,.0f} | "
+                f"{c['wall_time_s']['mean']:.1f} |"
+            )
+        if content["gaps"]:
+            lines += ["", f"| gap in {primary} (paired by seed) | mean ± std | 95% CI | seeds |", "|---|---|---|---|"]
+            for g in content["gaps"]:
+                ci = f"[{g['ci95'][0]:+.4f}, {g['ci95'][1]:+.4f}]" if "ci95" in g else "n/a (1 seed)"
+                lines.append(f"| {g['gap']} | {g['mean']:+.4f} ± {g['std']:.4f} | {ci} | {g['n']} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def results_csv(records: list[dict[str, Any]]) -> str:
+    """One row per cell: identity, every metric, digests and costs."""
+    metric_names = sorted({k for r in records for k in r["metrics"]})
+    axis_names = sorted({k for r in records for k in r.get("axes", {})})
+    cost_names = ["trainable_params", "frozen_params", "total_params", "forward_macs_per_sample", "train_time_s",
+                  "wall_time_s", "peak_memory_mb", "peak_memory_kind", "device", "data_wait_share"]
+    header = ["id", "task", "variant", "mode", "spatial", "E", *axis_names, "seed", "init_seed", "data_seed",
+              *metric_names, "frozen_digest_before", "frozen_digest_after", *cost_names]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    for r in records:
+        writer.writerow([r["id"], r["task"], r["variant"], r["mode"], r["spatial"], r["E"],
+                         *(r.get("axes", {}).get(a) for a in axis_names), r["seed"], r["init_seed"], r["data_seed"],
+                         *(r["metrics"].get(m) for m in metric_names), r["frozen_digest_before"],
+                         r["frozen_digest_after"], *(r["costs"].get(c) for c in cost_names)])
+    return buffer.getvalue()
+
+
+def write_report(run_dir: Path, primary: str, higher_is_better: bool, extra_sections: list[str] = ()) -> str:
+    """(Re)write results.csv, summary.json, summary.md and figures of ``run_dir``; returns the table."""
+    from .plots import plot_run
+
+    records = load_records(run_dir)
+    if not records:
+        from .errors import LcdenseError
+
+        raise LcdenseError(f"{run_dir} has no finished cells yet; run or resume it first")
+    summary = summarize(records, primary, higher_is_better)
+    write_text(run_dir / "results.csv", results_csv(records))
+    write_json(run_dir / "summary.json", summary)
+    figures = plot_run(run_dir, records, summary)
+    table = markdown_table(summary)
+    parts = [f"# {records[0]['task']} run `{run_dir.name}`", "",
+             f"Primary metric: **{primary}** ({'higher' if higher_is_better else 'lower'} is better). "
+             f"Gaps are paired by seed; the interval is a 95% Student-t interval over seeds.", "", table]
+    parts += [f"![{Path(f).stem}]({f})" for f in figures]
+    parts += ["", *extra_sections]
+    write_text(run_dir / "summary.md", "\n".join(parts) + "\n")
+    return table

@@ -1,0 +1,164 @@
+"""A compact supervised training loop that tasks share: optimizer, per-batch cosine schedule,
+bf16 autocast on GPU, per-epoch resume points, data-wait accounting and reproducible epochs.
+
+A task supplies ``batches(epoch)`` (an iterable of batches, ordered by :func:`epoch_generator`) and
+``loss(model, batch)``; the loop does the rest.
+
+>>> import torch
+>>> from torch import nn
+>>> settings = TrainSettings(epochs=2, lr=0.1, optimizer="sgd")
+>>> model = nn.Linear(4, 1)
+>>> opt = make_optimizer(model, settings)
+>>> type(opt).__name__
+'SGD'
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import LcdenseError
+from .task import Cell
+
+OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")
+SCHEDULES: tuple[str, ...] = ("cosine", "constant")
+
+
+@dataclass
+class TrainSettings:
+    """The ``train`` config section as the loop reads it (extra keys are the task's own)."""
+
+    epochs: int
+    lr: float
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    warmup_epochs: float = 0.0
+    amp: bool = True
+    grad_clip: float | None = None
+    eval_every: int = 1
+
+    @classmethod
+    def from_config(cls, train: dict[str, Any]) -> TrainSettings:
+        known = {f.name for f in fields(cls)}
+        settings = cls(**{k: v for k, v in train.items() if k in known})
+        if settings.epochs < 1:
+            raise LcdenseError(f"train.epochs must be >= 1, got {settings.epochs}")
+        if settings.optimizer not in OPTIMIZERS:
+            raise LcdenseError(f"unknown train.optimizer '{settings.optimizer}'; use one of: {', '.join(OPTIMIZERS)}")
+        if settings.schedule not in SCHEDULES:
+            raise LcdenseError(f"unknown train.schedule '{settings.schedule}'; use one of: {', '.join(SCHEDULES)}")
+        return settings
+
+
+def make_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
+    """SGD (Nesterov) or AdamW over the trainable parameters only (weight decay on all of them)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if settings.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum,
+                               nesterov=settings.nesterov and settings.momentum > 0,
+                               weight_decay=settings.weight_decay)
+    return torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
+    """Learning-rate multiplier at ``step``: linear warmup, then cosine to 0 (or constant)."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def epoch_seed(data_seed: int, epoch: int) -> int:
+    """The seed of everything random in ``epoch`` (order, augmentation, dropout)."""
+    return (data_seed * 1_000_003 + epoch) % (2**63)
+
+
+def epoch_generator(data_seed: int, epoch: int) -> torch.Generator:
+    """A CPU generator for the data order and augmentation of ``epoch``."""
+    return torch.Generator().manual_seed(epoch_seed(data_seed, epoch))
+
+
+def _autocast(device: torch.device, enabled: bool):
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
+
+
+def train_loop(
+    model: nn.Module,
+    *,
+    batches: Callable[[int], Iterable[Any]],
+    steps_per_epoch: int,
+    loss: Callable[[nn.Module, Any], torch.Tensor],
+    settings: TrainSettings,
+    cell: Cell,
+    evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
+    on_optimizer: Callable[[torch.optim.Optimizer, nn.Module], None] | None = None,
+) -> list[dict[str, float]]:
+    """Train ``model`` for ``settings.epochs`` epochs; returns one metrics dict per epoch.
+
+    Each epoch reseeds torch from (data_seed, epoch), so an epoch resumed from the cell's
+    checkpoint replays exactly; the checkpoint holds model, optimizer, schedule and history.
+    ``on_optimizer`` may inspect the optimizer before training (e.g. to refuse an unsupported one).
+    """
+    from tqdm.auto import tqdm
+
+    optimizer = make_optimizer(model, settings)
+    if on_optimizer is not None:
+        on_optimizer(optimizer, model)
+    total_steps = settings.epochs * steps_per_epoch
+    warmup = int(settings.warmup_epochs * steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total_steps, warmup, settings.schedule)
+    )
+    history: list[dict[str, float]] = []
+    start = 0
+    if (state := cell.load_checkpoint()) is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        history, start = list(state["history"]), int(state["epoch"]) + 1
+        cell.log(f"resumed {cell.variant} seed {cell.seed} after epoch {start}")
+    for epoch in range(start, settings.epochs):
+        torch.manual_seed(epoch_seed(cell.data_seed, epoch))
+        model.train()
+        total, count, waited = 0.0, 0, 0.0
+        began = tick = time.perf_counter()
+        bar = tqdm(batches(epoch), total=steps_per_epoch, leave=False, disable=cell.quiet,
+                   desc=f"{cell.variant} s{cell.seed} epoch {epoch + 1}/{settings.epochs}")
+        for batch in bar:
+            waited += time.perf_counter() - tick
+            with _autocast(cell.device, settings.amp):
+                value = loss(model, batch)
+            optimizer.zero_grad(set_to_none=True)
+            value.backward()
+            if settings.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            total += float(value.detach())
+            count += 1
+            tick = time.perf_counter()
+        if count == 0:
+            raise LcdenseError("the training set yields no batch; lower train.batch_size or add data")
+        elapsed = time.perf_counter() - began
+        record = {"epoch": epoch + 1, "train_loss": total / count, "lr": scheduler.get_last_lr()[0],
+                  "epoch_time_s": elapsed, "data_wait_share": waited / elapsed}
+        if evaluate is not None and ((epoch + 1) % settings.eval_every == 0 or epoch + 1 == settings.epochs):
+            record.update(evaluate(model))
+        history.append(record)
+        cell.save_checkpoint({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                              "scheduler": scheduler.state_dict(), "history": history})
+        if not cell.quiet:
+            shown = ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "epoch")
+            cell.log(f"  {cell.variant} s{cell.seed} epoch {epoch + 1}/{settings.epochs}: {shown}")
+    return history

@@ -1,0 +1,153 @@
+"""convert(): what it changes, what it reports, seeding across variants, and bad input."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from lcdense import INITS, LCConv, LcdenseError, convert, frozen_tensors, seeded_filters
+from lcdense.inits import layer_seed
+
+
+def _tiny() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 8, 1), nn.Conv2d(8, 8, 5, padding=2, groups=8, bias=False),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4),
+    )
+
+
+def test_frozen_mode_turns_spatial_weights_into_buffers():
+    model = _tiny()
+    report = convert(model, "frozen", input_size=(3, 16, 16))
+    assert [r.action for r in report.layers] == ["frozen", "frozen"]
+    assert "weight" not in dict(model[0].named_parameters())
+    assert "0.weight" in dict(model.named_buffers())
+    assert isinstance(model[3].weight, nn.Parameter)  # 1x1 stays learnable
+    assert set(frozen_tensors(model)) == {"0.weight", "4.weight"}
+    assert report.params_after["frozen"] == 8 * 3 * 9 + 8 * 25
+    assert report.params_after["trainable"] == report.params_before["trainable"] - report.params_after["frozen"]
+    assert report.macs_before == report.macs_after > 0
+
+
+def test_lc_mode_replaces_convs_and_counts_add_up():
+    model = _tiny()
+    report = convert(model, "lc", E=4, spatial="frozen", input_size=(3, 16, 16))
+    assert isinstance(model[0], LCConv) and isinstance(model[4], LCConv)
+    assert model[0].spatial_weight.shape == (32, 3, 3, 3)
+    assert model[4].spatial_weight.shape == (32, 1, 5, 5) and model[4].combine_weight.shape == (8, 4)
+    frozen = 32 * 27 + 32 * 25
+    assert report.params_after["frozen"] == frozen
+    assert report.params_after["total"] == report.params_after["trainable"] + frozen
+    # trainable: the two spatial convs lose their weights and gain P (8x32 and 8x4)
+    lost = 8 * 27 + 8 * 25
+    assert report.params_after["trainable"] == report.params_before["trainable"] - lost + 8 * 32 + 8 * 4
+    text = str(report)
+    assert "impl=" in text and "trainable parameters" in text and "forward MACs" in text
+
+
+def test_bias_lives_on_the_combination_only():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, bias=True))
+    bias = model[0].bias.detach().clone()
+    convert(model, "lc", E=2)
+    block = model[0]
+    assert torch.equal(block.bias, bias)
+    assert sum(p.numel() for p in block.parameters()) == 4 * 8 + 4  # P and bias; spatial is a buffer
+
+
+def test_identical_filters_across_variants_and_construction_order():
+    base, frozen = _tiny(), _tiny()
+    convert(base, "learnable", seed=7)
+    convert(frozen, "frozen", seed=7)
+    assert torch.equal(base[0].weight.detach(), frozen[0].weight)
+    # a model built with a different module order still gets the same filters per layer name
+    other = nn.Sequential()
+    other.add_module("4", nn.Conv2d(8, 8, 5, padding=2, groups=8, bias=False))
+    other.add_module("0", nn.Conv2d(3, 8, 3, padding=1))
+    convert(other, "frozen", seed=7)
+    assert torch.equal(other.get_submodule("0").weight, frozen[0].weight)
+    lc_frozen, lc_learnable = _tiny(), _tiny()
+    convert(lc_frozen, "lc", E=4, spatial="frozen", seed=7)
+    convert(lc_learnable, "lc", E=4, spatial="learnable", seed=7)
+    assert torch.equal(lc_frozen[0].spatial_weight, lc_learnable[0].spatial_weight.detach())
+    assert torch.equal(lc_frozen[0].combine_weight, lc_learnable[0].combine_weight)
+    assert isinstance(lc_learnable[0].spatial_weight, nn.Parameter)
+    different = _tiny()
+    convert(different, "frozen", seed=8)
+    assert not torch.equal(different[0].weight, frozen[0].weight)
+
+
+def test_layer_seed_depends_only_on_its_key():
+    assert layer_seed(0, "a", (1, 2), "binary") == layer_seed(0, "a", (1, 2), "binary")
+    assert len({layer_seed(0, "a", (1, 2), "binary"), layer_seed(1, "a", (1, 2), "binary"),
+                layer_seed(0, "b", (1, 2), "binary"), layer_seed(0, "a", (2, 2), "binary"),
+                layer_seed(0, "a", (1, 2), "ternary")}) == 5
+
+
+@pytest.mark.parametrize("init", INITS)
+def test_inits_match_kaiming_std(init):
+    shape = (256, 64, 3, 3)
+    w = seeded_filters(init, shape, seed=0, name="x", dtype=torch.float64)
+    fan_in = 64 * 9
+    target = 1 / (3 * fan_in) ** 0.5
+    if init.startswith("glorot"):
+        target = 1 / (3 * (fan_in + 256 * 9) / 2) ** 0.5
+    assert abs(float(w.std()) / target - 1) < 0.03
+    values = w.unique()
+    if init == "binary":
+        assert len(values) == 2
+    if init == "ternary":
+        assert len(values) == 3 and 0 in values.tolist()
+
+
+def test_orthogonal_rows_are_orthogonal():
+    w = seeded_filters("orthogonal", (16, 4, 3, 3), seed=0, name="x", dtype=torch.float64).reshape(16, -1)
+    gram = w @ w.T
+    assert torch.allclose(gram, torch.diag(torch.diagonal(gram)), atol=1e-12)
+    assert torch.allclose(torch.diagonal(gram), torch.diagonal(gram)[0].expand(16), rtol=1e-10)
+
+
+def test_include_exclude_stem_head():
+    model = torchvision.models.resnet18(num_classes=10)
+    report = convert(model, "frozen", exclude=["layer4.*"], stem=False)
+    actions = {r.name: (r.action, r.reason) for r in report.layers}
+    assert actions["conv1"] == ("skipped", "stem excluded (stem=False)")
+    assert actions["layer4.0.conv1"][1] == "matched by exclude"
+    assert actions["layer1.0.conv1"][0] == "frozen"
+    model = torchvision.models.resnet18(num_classes=10)
+    report = convert(model, "lc", E=2, include=["layer1.*"])
+    assert report.counts() == {"lc": 4, "skipped": 13}
+    head = nn.Sequential()
+    head.add_module("body", nn.Conv2d(3, 4, 3))
+    head.add_module("head", nn.Conv2d(4, 2, 3))
+    report = convert(head, "frozen", head=False)
+    assert [r.action for r in report.layers] == ["frozen", "skipped"]
+
+
+def test_conv_subclass_with_own_forward_is_skipped_with_reason():
+    import timm.layers
+
+    model = nn.Sequential(timm.layers.Conv2dSame(3, 4, 3, stride=2), nn.Conv2d(4, 4, 3))
+    report = convert(model, "lc", E=2)
+    assert report.layers[0].action == "skipped" and "overrides forward" in report.layers[0].reason
+    assert report.layers[1].action == "lc"
+    assert model(torch.randn(1, 3, 9, 9)).shape == (1, 4, 3, 3)
+    report = convert(nn.Sequential(timm.layers.Conv2dSame(3, 4, 3, stride=2)), "frozen")
+    assert report.layers[0].action == "frozen"  # frozen keeps the subclass's forward
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"mode": "lc", "E": 0}, "E must be a positive integer"),
+    ({"mode": "lc", "E": -3}, "E must be a positive integer"),
+    ({"mode": "lc", "E": 2.5}, "E must be a positive integer"),
+    ({"mode": "lcc"}, "unknown mode 'lcc'"),
+    ({"mode": "lc", "init": "kaiming"}, "unknown init 'kaiming'; did you mean 'kaiming_"),
+    ({"mode": "frozen", "E": 4}, "E and mid only apply to mode 'lc'"),
+    ({"mode": "lc", "mid": "gelu"}, "unknown mid op 'gelu'"),
+    ({"mode": "lc", "spatial": "random"}, "spatial must be 'frozen' or 'learnable'"),
+])
+def test_bad_input_gives_clear_errors(kwargs, message):
+    with pytest.raises(LcdenseError, match=message):
+        convert(_tiny(), **kwargs)
