@@ -1,0 +1,20 @@
+"""``lcdense analyze RUN_DIR``: (re)compute the filter analysis of a run."""
+from __future__ import annotations
+
+import argparse
+
+from .report import analyze_run
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help="directory of an lcdense run, e.g. runs/classification/cifar10-E8")
+    p.add_argument("--quiet", "-q", action="store_true", help="do not print the markdown section")
+
+
+def run(args: argparse.Namespace) -> int:
+    section = analyze_run(args.run_dir)
+    if not args.quiet:
+        print(section)
+    print(f"wrote {args.run_dir}/analysis.json, analysis.csv, analysis.md and figures/ "
+          f"({section.count('](figures/')} figures)")
+    return 0
