@@ -14,6 +14,7 @@ from .digest import frozen_digest, frozen_tensors
 from .errors import LcdenseError
 from .fold import combined_weight, fold, fold_block
 from .inits import INITS, seeded_filters
+from .precondition import PreconditionedConv, check_preconditioned_optimizer
 from .registry import Registry
 from .task import Cell, Task, get_task, list_tasks, register_task
 
@@ -23,5 +24,5 @@ __all__ = [
     "LCConv", "combine_filters", "ConversionReport", "LayerRecord", "convert", "is_spatial_conv",
     "frozen_digest", "frozen_tensors", "LcdenseError", "combined_weight", "fold", "fold_block",
     "INITS", "seeded_filters", "Registry", "Cell", "Task", "get_task", "list_tasks", "register_task",
-    "count_parameters", "forward_macs", "__version__",
+    "count_parameters", "forward_macs", "PreconditionedConv", "check_preconditioned_optimizer", "__version__",
 ]

@@ -38,6 +38,7 @@ from torch import nn
 from .convert import convert
 from .errors import LcdenseError
 from .fold import fold
+from .models import cifar_resnet
 from .precondition import check_preconditioned_optimizer
 
 CIFAR_MODEL = "cifar_resnet20_16"
@@ -47,44 +48,6 @@ MEMORY_MEANING = {
     "cuda": "model state at rest (parameters, buffers, optimizer state) + the training step's peak "
             "allocation above the memory allocated before it (torch.cuda.max_memory_allocated)",
 }
-
-
-# --- the CIFAR ResNet-D-W (Open-LTH style), ResNet-20-16 by default --------------------------
-
-class _BasicBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c_out)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c_out)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(y)) + self.shortcut(x))
-
-
-def cifar_resnet(depth: int = 20, width: int = 16, num_classes: int = 10) -> nn.Module:
-    """CIFAR ResNet-D-W: 3×3 stem, stages of W, 2W, 4W channels with (D−2)/6 basic blocks each,
-    1×1-conv+BN shortcuts where the shape changes.
-
-    >>> sum(isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3) for m in cifar_resnet().modules())
-    19
-    """
-    if (depth - 2) % 6:
-        raise LcdenseError(f"CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56, ...), got {depth}")
-    layers: list[nn.Module] = [nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
-    c_in = width
-    for stage in range(3):
-        c_out = width * 2**stage
-        for block in range((depth - 2) // 6):
-            layers.append(_BasicBlock(c_in, c_out, 2 if stage and not block else 1))
-            c_in = c_out
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_classes)]
-    return nn.Sequential(*layers)
 
 
 # --- configurations --------------------------------------------------------------------------
@@ -177,7 +140,7 @@ class _Trainer:
 def _build(args: argparse.Namespace) -> nn.Module:
     torch.manual_seed(0)
     if args.model == CIFAR_MODEL:
-        return cifar_resnet(20, 16, args.num_classes)
+        return cifar_resnet(20, 16, num_classes=args.num_classes)
     from .models import create_model
 
     return create_model(args.model, num_classes=args.num_classes)
@@ -326,7 +289,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--E", type=_positive_ints, default=[1, 8, 32, 128], help="expansions, e.g. 1,8,32,128")
     p.add_argument("--naive-max-E", type=int, default=None,
                    help="time the two-conv form only up to this E (default 8 on CPU, 1 on CUDA: it costs ~E×)")
-    p.add_argument("--rounds", type=int, default=5, help="round-robin rounds (medians over rounds)")
+    p.add_argument("--rounds", type=int, default=4, help="round-robin rounds (medians over rounds)")
     p.add_argument("--steps", type=int, default=1, help="steps per configuration per round")
     p.add_argument("--amp", choices=("none", "bf16"), default=None, help="autocast (default none CPU, bf16 CUDA)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
@@ -408,4 +371,4 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-__all__ = ["cifar_resnet", "format_table", "add_arguments", "run", "main", "MEMORY_MEANING"]
+__all__ = ["format_table", "add_arguments", "run", "main", "MEMORY_MEANING"]

@@ -143,6 +143,17 @@ class LCConv(nn.Module):
         self.combine_weight = nn.Parameter(torch.empty(out_channels, expanded // groups, **kw))
         self.bias = nn.Parameter(torch.zeros(out_channels, **kw)) if bias else None
         self.mid = _mid_module(mid, expanded, dims)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """PyTorch's default conv init on both parts (Kaiming uniform, bound 1/sqrt(fan_in)), from
+        torch's global RNG; :func:`lcdense.convert` overwrites both with seeded filters."""
+        with torch.no_grad():
+            for weight in (self.spatial_weight, self.combine_weight):
+                bound = 1.0 / math.sqrt(weight[0].numel())
+                weight.uniform_(-bound, bound)
+            if self.bias is not None:
+                self.bias.uniform_(-1.0 / math.sqrt(self.combine_weight.shape[1]), 1.0 / math.sqrt(self.combine_weight.shape[1]))
 
     @property
     def lcdense_frozen(self) -> tuple[str, ...]:

@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "sweep": ("lcdense.commands.sweep", "run a grid over E (or width, depth, kernel size, init) as one resumable run"),
     "report": ("lcdense.commands.report", "re-render summary and plots of a run directory from its files"),
     "analyze": ("lcdense.analysis", "filter variance entropy, spatial variance, filter grids and LC bank diagnostics of a run"),
+    "bench": ("lcdense.bench", "time and memory of LC-Block implementations vs the baseline"),
     "tasks": ("lcdense.commands.tasks", "list the registered tasks (built-in and from entry points)"),
 }
 

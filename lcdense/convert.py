@@ -4,7 +4,7 @@
 >>> model = torchvision.models.resnet18(num_classes=10)
 >>> report = convert(model, "lc", E=4, spatial="frozen", input_size=(3, 32, 32))
 >>> report.counts()["lc"]
-20
+17
 """
 from __future__ import annotations
 

@@ -138,11 +138,11 @@ def converter(cfg: dict[str, Any], spec: CellSpec, task: Task) -> Callable[[torc
     variant = spec.variant
     kwargs: dict[str, Any] = {
         "init": conv["init"], "seed": spec.seed, "include": conv["include"], "exclude": conv["exclude"],
-        "stem": conv["stem"], "head": conv["head"], "impl": conv["impl"],
+        "stem": conv["stem"], "head": conv["head"],
         "input_size": task.input_size(cfg), "batch_size": int(cfg["train"].get("batch_size", 1)),
     }
     if variant.mode == "lc":
-        kwargs.update(E=variant.E, spatial=variant.spatial, mid=conv["mid"])
+        kwargs.update(E=variant.E, spatial=variant.spatial, mid=conv["mid"], impl=conv["impl"])
     return lambda model: convert(model, variant.mode, **kwargs)
 
 

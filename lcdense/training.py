@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from .errors import LcdenseError
+from .precondition import PreconditionedConv, check_preconditioned_optimizer
 from .task import Cell
 
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")
@@ -102,19 +103,21 @@ def train_loop(
     settings: TrainSettings,
     cell: Cell,
     evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
-    on_optimizer: Callable[[torch.optim.Optimizer, nn.Module], None] | None = None,
 ) -> list[dict[str, float]]:
     """Train ``model`` for ``settings.epochs`` epochs; returns one metrics dict per epoch.
 
     Each epoch reseeds torch from (data_seed, epoch), so an epoch resumed from the cell's
     checkpoint replays exactly; the checkpoint holds model, optimizer, schedule and history.
-    ``on_optimizer`` may inspect the optimizer before training (e.g. to refuse an unsupported one).
+    Preconditioned LC layers are refused unless the optimizer is SGD without gradient clipping
+    (the only setting in which they are exact).
     """
     from tqdm.auto import tqdm
 
     optimizer = make_optimizer(model, settings)
-    if on_optimizer is not None:
-        on_optimizer(optimizer, model)
+    check_preconditioned_optimizer(optimizer, model)
+    if settings.grad_clip and any(isinstance(m, PreconditionedConv) for m in model.modules()):
+        raise LcdenseError("train.grad_clip breaks the exactness of conversion.impl 'preconditioned'; "
+                           "set train.grad_clip=null or use impl 'auto'")
     total_steps = settings.epochs * steps_per_epoch
     warmup = int(settings.warmup_epochs * steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(

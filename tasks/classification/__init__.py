@@ -20,11 +20,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from lcdense import Cell, LcdenseError, Task
-from lcdense.models import create_model
+from lcdense.models import cifar_resnet, create_model
 from lcdense.training import TrainSettings, epoch_generator, train_loop
 
 from .data import DATASETS, TensorData, download, ensure_embedded, fingerprint, load_tensor_dataset
-from .models import Normalized, cifar_resnet
+from .models import Normalized
 
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 

@@ -250,7 +250,7 @@ def _write_pickle(path: Path, obj: dict) -> None:
     tmp.replace(path)
 
 
-def ensure_embedded(cache_dir: Path, train_per_batch: int = 1000, test: int = 1000) -> Path:
+def ensure_embedded(cache_dir: Path, train_per_batch: int = 600, test: int = 1000) -> Path:
     """Generate (once) the embedded shapes dataset as ``cifar-10-batches-py`` under ``cache_dir``;
     returns the dataset root. Deterministic: the same bytes on every machine."""
     root = Path(cache_dir) / f"classification-embedded-{EMBEDDED_VERSION}"
