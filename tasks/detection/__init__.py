@@ -1,0 +1,14 @@
+"""Object detection task adapter (ultralytics YOLOv5u on PASCAL VOC or the embedded shapes set).
+
+Importing this package switches ultralytics to offline mode (see :mod:`tasks.detection.offline`)
+before anything imports ultralytics; ultralytics itself is imported lazily.
+
+>>> DetectionTask().primary_metric
+'map50_95'
+"""
+from __future__ import annotations
+
+from . import offline  # noqa: F401  (sets YOLO_OFFLINE / YOLO_AUTOINSTALL before any ultralytics import)
+from .task import DetectionTask, scope_include
+
+__all__ = ["DetectionTask", "scope_include"]

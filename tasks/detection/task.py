@@ -1,0 +1,206 @@
+"""The detection task: YOLOv5 (ultralytics "u" variant) on PASCAL VOC or the embedded shapes set.
+
+Config (``default_config()`` is the embedded tiny setting; ``configs/detection/*.yaml`` override it):
+
+- ``data.dataset``: ``"shapes"`` (generated into the cache dir, a real VOCdevkit tree) or ``"voc"``
+  (``data.root`` = your VOCdevkit directory); null picks voc when ``data.root`` is set; ``data.splits``: ultralytics split → VOC
+  ``year/ImageSets name`` list; ``data.difficult``: ``"exclude"`` | ``"include"`` (see
+  :mod:`tasks.detection.voc`); ``data.classes``: null = the dataset's own classes.
+- ``model.name``: yolov5n, yolov5s, … (built from ultralytics' yaml, random init, no weights);
+  ``model.depth`` / ``model.width``: optional overrides of the scale's multipliers.
+- ``train``: ultralytics hyper-parameters, pinned (``optimizer``, ``lr0``, ``nbs`` = batch when
+  null, ``mosaic``, ``amp`` false or "bf16" — ``true`` would run a check that downloads weights).
+- ``conversion.include``: module-name globs of the convs to convert, see :data:`SCOPE_PATTERNS`
+  and :func:`scope_include` (ultralytics' yolov5 layout: backbone = layers 0-9, neck = 10-23,
+  head = 24, the Detect layer). The default converts every spatial conv, the 6×6 stem included.
+
+Metrics: ``map50_95`` (primary), ``map50``, ``precision``, ``recall`` from ultralytics' validator,
+``coco_map50_95`` / ``coco_map50`` from pycocotools on the same detections, and
+``per_class_ap`` (a dict, class → AP50-95).
+
+>>> scope_include("backbone+head")
+['model.0.*', 'model.1.*', 'model.2.*', 'model.3.*', 'model.4.*', 'model.5.*', 'model.6.*', 'model.7.*', 'model.8.*', 'model.9.*', 'model.24.*']
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from lcdense import Cell, LcdenseError, Task, frozen_digest
+
+from .evaluation import coco_metrics
+from .offline import load_ultralytics
+from .shapes import SHAPE_CLASSES, generate_shapes_voc
+from .voc import VOC_CLASSES, YoloDataset, build_yolo_dataset
+
+SCOPE_PATTERNS: dict[str, list[str]] = {
+    "all": ["model.*"],
+    "backbone": [f"model.{i}.*" for i in range(10)],
+    "neck": [f"model.{i}.*" for i in range(10, 24)],
+    "head": ["model.24.*"],
+}
+DATASETS: dict[str, tuple[str, ...]] = {"shapes": SHAPE_CLASSES, "voc": VOC_CLASSES}
+_TRAIN_KEYS = ("epochs", "batch", "optimizer", "lr0", "lrf", "momentum", "weight_decay", "warmup_epochs",
+               "cos_lr", "mosaic", "close_mosaic", "scale", "translate", "fliplr", "hsv_h", "hsv_s", "hsv_v", "deterministic")
+
+
+def scope_include(scope: str) -> list[str]:
+    """Include globs for a conversion scope: "all", or parts joined by "+" ("backbone+neck")."""
+    parts = scope.split("+")
+    unknown = [p for p in parts if p not in SCOPE_PATTERNS]
+    if unknown:
+        raise LcdenseError(f"unknown conversion scope '{unknown[0]}'; use {', '.join(SCOPE_PATTERNS)} joined by '+'")
+    return [pattern for part in parts for pattern in SCOPE_PATTERNS[part]]
+
+
+@dataclass
+class DetectionData:
+    """What ``prepare_data`` hands to the other steps."""
+
+    dataset: YoloDataset
+    cache_dir: Path
+
+    @property
+    def names(self) -> dict[int, str]:
+        return dict(enumerate(self.dataset.names))
+
+
+@contextlib.contextmanager
+def _ultralytics_logging(quiet: bool) -> Iterator[None]:
+    """Silence ultralytics' logger and progress bars while ``quiet``."""
+    from ultralytics.utils import LOGGER
+
+    level = LOGGER.level
+    if quiet:
+        LOGGER.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        LOGGER.setLevel(level)
+
+
+class DetectionTask(Task):
+    """Object detection with ultralytics YOLOv5u; see the module docstring for the config."""
+
+    name: ClassVar[str] = "detection"
+    primary_metric: ClassVar[str] = "map50_95"
+    higher_is_better: ClassVar[bool] = True
+    sweep_axes: ClassVar[dict[str, str]] = {"width": "model.width", "depth": "model.depth"}
+
+    def default_config(self) -> dict[str, Any]:
+        return {
+            "data": {
+                "dataset": None, "root": None, "classes": None, "difficult": "exclude", "imgsz": 64,
+                "workers": 0, "splits": {"train": ["VOC2007/trainval"], "val": ["VOC2007/test"]},
+                "shapes": {"n_trainval": 128, "n_test": 32, "size": 64, "max_objects": 2, "seed": 0},
+            },
+            "model": {"name": "yolov5n", "depth": None, "width": 0.125},
+            "train": {
+                "epochs": 15, "batch": 16, "nbs": None, "optimizer": "AdamW", "lr0": 0.002, "lrf": 0.1,
+                "momentum": 0.937, "weight_decay": 0.0005, "warmup_epochs": 1.0, "cos_lr": False, "mosaic": 0.0, "close_mosaic": 0,
+                "scale": 0.25, "translate": 0.1, "fliplr": 0.5, "hsv_h": 0.015, "hsv_s": 0.7, "hsv_v": 0.4,
+                "amp": False, "val_every_epoch": False, "deterministic": True, "conf": 0.001, "iou": 0.7,
+                "max_det": 300,
+            },
+            "conversion": {"include": scope_include("all")},
+        }
+
+    def prepare_data(self, config: dict[str, Any], cache_dir: Path) -> DetectionData:
+        data = config["data"]
+        cache_dir = Path(cache_dir)
+        load_ultralytics(cache_dir)
+        name = data["dataset"] or ("voc" if data["root"] else "shapes")
+        if name not in DATASETS:
+            raise LcdenseError(f"unknown detection dataset '{name}'; use one of: {', '.join(DATASETS)}")
+        if name == "shapes":
+            devkit = generate_shapes_voc(cache_dir, **data["shapes"])
+        elif data.get("root"):
+            devkit = Path(data["root"]).expanduser()
+        else:
+            raise LcdenseError("data.dataset 'voc' needs data.root (--data /path/to/VOCdevkit)")
+        classes = tuple(data["classes"] or DATASETS[name])
+        dataset = build_yolo_dataset(devkit, dict(data["splits"]), cache_dir, classes=classes,
+                                     difficult=data["difficult"])
+        return DetectionData(dataset, cache_dir)
+
+    def build_model(self, config: dict[str, Any], data: DetectionData) -> nn.Module:
+        load_ultralytics(data.cache_dir)
+        from .trainer import build_detection_model, model_yaml
+
+        model = config["model"]
+        return build_detection_model(model_yaml(model["name"], model.get("depth"), model.get("width")), data.names)
+
+    def input_size(self, config: dict[str, Any]) -> tuple[int, ...]:
+        return (3, int(config["data"]["imgsz"]), int(config["data"]["imgsz"]))
+
+    def _common_args(self, config: dict[str, Any], data: DetectionData, cell: Cell) -> dict[str, Any]:
+        from .trainer import ultralytics_device
+
+        amp = config["train"]["amp"]
+        if amp not in (False, "bf16"):
+            raise LcdenseError(f"train.amp must be false or bf16, got {amp!r} (ultralytics' fp16 AMP check downloads weights)")
+        return {"data": str(data.dataset.yaml_path), "imgsz": int(config["data"]["imgsz"]),
+                "device": ultralytics_device(cell.device), "workers": int(config["data"]["workers"]),
+                "plots": False, "verbose": not cell.quiet, "amp": amp, "save_json": False}
+
+    def fit(self, model: nn.Module, data: DetectionData, config: dict[str, Any], cell: Cell) -> tuple[nn.Module, list[dict[str, float]]]:
+        from .trainer import LcdenseDetectionTrainer, finished_state, last_checkpoint, model_yaml
+
+        train, expected = config["train"], frozen_digest(model)
+        done = finished_state(cell, int(train["epochs"]))
+        if done is not None:
+            model.load_state_dict(done["model"])
+            return model, list(done["history"])
+        save_dir = cell.dir / "train"
+        last = last_checkpoint(save_dir)
+        model_cfg = model_yaml(config["model"]["name"], config["model"].get("depth"), config["model"].get("width"))
+        overrides = {
+            **self._common_args(config, data, cell), **{k: train[k] for k in _TRAIN_KEYS},
+            "model": model_cfg["yaml_file"], "save_dir": str(save_dir), "nbs": train["nbs"] or train["batch"],
+            "seed": cell.data_seed, "pretrained": False, "val": bool(train["val_every_epoch"]),
+            "conf": train["conf"], "iou": train["iou"], "max_det": train["max_det"], "exist_ok": True,
+            "resume": str(last) if last else False,
+        }
+        threads = torch.get_num_threads()
+        source_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        with _ultralytics_logging(cell.quiet):
+            trainer = LcdenseDetectionTrainer(overrides, cell=cell, model_cfg=model_cfg, source_state=source_state,
+                                              expected_digest=expected, threads=threads)
+            try:
+                trainer.train()
+            finally:
+                torch.set_num_threads(threads)
+        if trainer.resumed_from:
+            cell.log(f"resumed from {last} ({trainer.resumed_from} weights)")
+        return trainer.model, trainer.history
+
+    def evaluate(self, model: nn.Module, data: DetectionData, config: dict[str, Any], cell: Cell) -> dict[str, Any]:
+        from .trainer import CollectingValidator
+
+        train = config["train"]
+        args = {**self._common_args(config, data, cell), "batch": 2 * int(train["batch"]), "split": "val",
+                "conf": train["conf"], "iou": train["iou"], "max_det": train["max_det"], "rect": True}
+        threads = torch.get_num_threads()
+        validator = CollectingValidator(args=args, save_dir=cell.dir / "val")
+        validator.add_callback("on_val_start", lambda _: torch.set_num_threads(threads))
+        with _ultralytics_logging(cell.quiet):
+            try:
+                stats = validator(model=model)  # validates a fused deep copy
+            finally:
+                torch.set_num_threads(threads)
+        box = validator.metrics.box
+        metrics: dict[str, Any] = {
+            "map50_95": float(stats["metrics/mAP50-95(B)"]), "map50": float(stats["metrics/mAP50(B)"]),
+            "precision": float(stats["metrics/precision(B)"]), "recall": float(stats["metrics/recall(B)"]),
+        }
+        metrics.update(coco_metrics(data.dataset.ground_truth["val"], validator.predictions,
+                                    num_classes=len(data.names), max_det=int(train["max_det"]), quiet=cell.quiet))
+        metrics["per_class_ap"] = {data.names[int(c)]: float(ap) for c, ap in zip(box.ap_class_index, box.ap)}
+        return metrics

@@ -1,0 +1,198 @@
+"""The ultralytics side of the detection task: an LC-aware DetectionModel and DetectionTrainer.
+
+Import this module only after :func:`tasks.detection.offline.load_ultralytics` (it imports
+ultralytics). Checkpoints pickle :class:`LCDetectionModel`, so it lives here, importable.
+
+Frozen filters through the ultralytics training loop:
+
+- ``get_model`` builds from yaml, applies ``cell.convert`` (seeded, so its frozen tensors equal
+  those of the model handed to ``fit``), loads that model's weights and checks the digest;
+- ultralytics' ModelEMA averages every floating state entry with ``torch._foreach_lerp_``;
+  lerp of two equal values is exact, so the EMA copy's frozen buffers stay bitwise equal
+  (``tests/test_detection_fit.py`` checks it);
+- ``last.pt`` stores the EMA in fp16, which would round frozen tensors on resume. Each epoch
+  the fp32 ``trainer.model`` is saved first to ``cell.checkpoint_path``; a resume loads it when
+  its epoch matches ``last.pt`` (exact resume), otherwise it keeps ultralytics' EMA weights and
+  restores the frozen tensors from the seeded conversion. The digest is verified either way, and
+  the resumed EMA copy gets the model's exact frozen tensors back as well.
+
+>>> LCDetectionModel.__mro__[1].__name__
+'DetectionModel'
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from ultralytics.models.yolo.detect import DetectionTrainer, DetectionValidator
+from ultralytics.nn.tasks import DetectionModel, yaml_model_load
+
+from lcdense import Cell, LcdenseError, fold, frozen_digest, frozen_tensors
+
+from .evaluation import Predictions
+
+
+class LCDetectionModel(DetectionModel):
+    """A DetectionModel whose ``fuse()`` folds LC-Blocks into plain convs before BN fusion.
+
+    ultralytics' fusion assigns ``conv.weight``; an LC-Block's weight is the product P·W and
+    cannot be assigned, so folding (exact) comes first. Fusion is only applied to copies
+    (validation, export), never to the model being trained.
+    """
+
+    def fuse(self, verbose: bool = True, imgsz: int = 640) -> LCDetectionModel:
+        fold(self)
+        return super().fuse(verbose=verbose, imgsz=imgsz)
+
+
+def model_yaml(name: str, depth: float | None = None, width: float | None = None) -> dict[str, Any]:
+    """The ultralytics model dict for ``name`` ("yolov5n" → yolov5nu.yaml), with optional scale overrides."""
+    stem = name.removesuffix(".yaml")
+    if stem[:-1] in ("yolov5", "yolov3") and stem[-1] in "nsmlx":
+        stem += "u"  # ultralytics' anchor-free "u" variants: the v5 backbone with the v8 head
+    try:
+        cfg = yaml_model_load(f"{stem}.yaml")
+    except FileNotFoundError:
+        raise LcdenseError(f"unknown model '{name}'; use an ultralytics detection yaml name such as "
+                           "yolov5n, yolov5s, yolov8n") from None
+    scale = cfg.get("scale") or ""
+    if (depth is not None or width is not None) and scale not in cfg.get("scales", {}):
+        raise LcdenseError(f"model '{name}' has no scale letter (n/s/m/l/x), so model.depth/width cannot apply")
+    if scale in cfg.get("scales", {}):
+        base_depth, base_width, max_channels = cfg["scales"][scale]
+        cfg["scales"] = {scale: [depth or base_depth, width or base_width, max_channels]}
+    return cfg
+
+
+def build_detection_model(cfg: dict[str, Any], names: dict[int, str], verbose: bool = False) -> LCDetectionModel:
+    """A randomly initialised detection model for ``len(names)`` classes (uses the torch RNG)."""
+    model = LCDetectionModel({**cfg, "nc": len(names)}, ch=3, nc=len(names), verbose=verbose)
+    model.names = dict(names)
+    return model
+
+
+def ultralytics_device(device: torch.device) -> str:
+    """torch device → ultralytics' device string ("cpu", "0", "mps")."""
+    if device.type == "cuda":
+        return str(device.index or 0)
+    return device.type
+
+
+def _epoch_record(epoch: int, metrics: dict[str, float]) -> dict[str, float]:
+    """ultralytics' per-epoch keys ("train/box_loss", "metrics/mAP50(B)", "lr/pg0") → flat names."""
+    record: dict[str, float] = {"epoch": float(epoch)}
+    for key, value in metrics.items():
+        name = key.replace("metrics/", "val_").replace("/", "_").replace("(B)", "").replace("-", "_").lower()
+        record[name] = float(value)
+    return record
+
+
+class LcdenseDetectionTrainer(DetectionTrainer):
+    """DetectionTrainer that trains an lcdense-converted model and keeps its frozen filters exact."""
+
+    def __init__(self, overrides: dict[str, Any], *, cell: Cell, model_cfg: dict[str, Any],
+                 source_state: dict[str, torch.Tensor], expected_digest: str, threads: int) -> None:
+        self.cell, self.model_cfg = cell, model_cfg
+        self.source_state, self.expected_digest = source_state, expected_digest
+        self.history: list[dict[str, float]] = []
+        self.resumed_from = ""  # "", "fp32" or "ema"
+        super().__init__(overrides=overrides)
+        torch.set_num_threads(threads)  # ultralytics' select_device set (cores - 1)
+
+    def _check_digest(self, model: nn.Module, when: str) -> None:
+        if frozen_digest(model) != self.expected_digest:
+            raise LcdenseError(f"frozen filters changed {when} (cell {self.cell.variant}, seed {self.cell.seed}); "
+                               f"delete {self.cell.dir} to restart the cell")
+
+    def get_model(self, cfg: Any = None, weights: nn.Module | None = None, verbose: bool = True) -> nn.Module:
+        """Build from yaml, convert, then load the weights handed to ``fit`` (or, on resume, the EMA)."""
+        model = self.cell.convert(build_detection_model(self.model_cfg, self.data["names"])).model
+        seeded = {name: tensor.clone() for name, tensor in frozen_tensors(model).items()}
+        if weights is None:
+            model.load_state_dict(self.source_state)
+        else:
+            model.load_state_dict(weights.float().state_dict())
+            current = frozen_tensors(model)
+            with torch.no_grad():
+                for name, tensor in seeded.items():  # fp16 EMA rounded them: restore the seeded originals
+                    current[name].copy_(tensor)
+        self._check_digest(model, "while rebuilding the model")
+        return model
+
+    def setup_model(self) -> dict | None:
+        """ultralytics' setup; on resume, prefer the exact fp32 weights saved for the same epoch."""
+        ckpt = super().setup_model()
+        if self.resume and ckpt is not None:
+            state = self.cell.load_checkpoint()
+            if state is not None and state["epoch"] == ckpt.get("epoch"):
+                self.model.load_state_dict(state["model"])
+                self.history = list(state["history"])
+                self.resumed_from = "fp32"
+            else:
+                self.history = [h for h in (state or {}).get("history", []) if h["epoch"] <= ckpt.get("epoch", -1) + 1]
+                self.resumed_from = "ema"
+            self._check_digest(self.model, "on resume")
+        return ckpt
+
+    def _load_checkpoint_state(self, ckpt: dict) -> None:
+        """ultralytics' restore; the fp16 EMA's frozen tensors are then reset to the model's exact ones."""
+        super()._load_checkpoint_state(ckpt)
+        current = frozen_tensors(self.ema.ema)
+        with torch.no_grad():
+            for name, tensor in frozen_tensors(self.model).items():
+                current[name].copy_(tensor)
+
+    def save_metrics(self, metrics: dict[str, float]) -> None:
+        super().save_metrics(metrics)
+        self.history.append(_epoch_record(self.epoch + 1, metrics))
+
+    def save_model(self) -> bool:
+        """Save the fp32 model (resume point of the cell) before ultralytics writes its fp16 last.pt."""
+        state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        self.cell.save_checkpoint({"epoch": self.epoch, "model": state, "history": self.history})
+        return super().save_model()
+
+    def final_eval(self) -> None:
+        """Skipped: the task evaluates the fp32 trained model itself (ultralytics would re-validate fp16 best.pt)."""
+
+
+def finished_state(cell: Cell, epochs: int) -> dict | None:
+    """The cell's saved fp32 state if it already completed ``epochs`` epochs, else None."""
+    state = cell.load_checkpoint()
+    return state if state is not None and state["epoch"] + 1 >= epochs else None
+
+
+def last_checkpoint(save_dir: Path) -> Path | None:
+    """ultralytics' ``last.pt`` of an interrupted run in ``save_dir``, if any."""
+    last = save_dir / "weights" / "last.pt"
+    return last if last.is_file() else None
+
+
+class CollectingValidator(DetectionValidator):
+    """DetectionValidator that records the final detections of every image in ``self.predictions``."""
+
+    def init_metrics(self, model: Any) -> None:
+        super().init_metrics(model)
+        self.predictions: Predictions = {}
+
+    def update_metrics(self, preds: list[dict], batch: dict) -> None:
+        super().update_metrics(preds, batch)
+        for si, pred in enumerate(preds):
+            pbatch = self._prepare_batch(si, batch)
+            scaled = self.scale_preds(self._prepare_pred(pred), pbatch)
+            self.predictions[Path(pbatch["im_file"]).name] = (
+                scaled["bboxes"].cpu().tolist(), scaled["conf"].cpu().tolist(), scaled["cls"].cpu().int().tolist())
+
+
+__all__ = [
+    "CollectingValidator",
+    "LCDetectionModel",
+    "LcdenseDetectionTrainer",
+    "build_detection_model",
+    "finished_state",
+    "last_checkpoint",
+    "model_yaml",
+    "ultralytics_device",
+]
