@@ -63,6 +63,12 @@ def load_records(run_dir: Path) -> list[dict[str, Any]]:
     return records
 
 
+def _variant_order(record: dict[str, Any]) -> tuple[int, int]:
+    """learnable, frozen, then lc-learnable@E and lc-frozen@E by increasing E."""
+    kinds = ("learnable", "frozen", "lc-learnable", "lc-frozen")
+    return (0 if record["E"] is None else 1, record["E"] or 0, kinds.index(record["kind"]))
+
+
 def _group_key(record: dict[str, Any]) -> str:
     """The sweep point of a record other than E, e.g. 'width=32' ('' for a plain run)."""
     return ",".join(f"{k}={v}" for k, v in sorted(record.get("axes", {}).items()))
@@ -76,7 +82,7 @@ def summarize(records: list[dict[str, Any]], primary: str, higher_is_better: boo
     out: dict[str, Any] = {"primary_metric": primary, "higher_is_better": higher_is_better, "groups": {}}
     for group, by_variant in groups.items():
         variants = {}
-        for name, rs in by_variant.items():
+        for name, rs in sorted(by_variant.items(), key=lambda item: _variant_order(item[1][0])):
             metrics = sorted({k for r in rs for k in r["metrics"]})
             variants[name] = {
                 "kind": rs[0]["kind"], "E": rs[0]["E"], "seeds": sorted(r["seed"] for r in rs),

@@ -22,7 +22,7 @@ def tiny_config() -> dict:
     config = DetectionTask().default_config()
     config["data"].update(imgsz=64, shapes={"n_trainval": 8, "n_test": 4, "size": 64, "max_objects": 2, "seed": 0})
     config["model"].update(name="yolov5n", width=0.125)
-    config["train"].update(epochs=2, batch=4, warmup_epochs=0.0)
+    config["train"].update(epochs=2, batch_size=4, warmup_epochs=0.0)
     return config
 
 

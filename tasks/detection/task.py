@@ -47,7 +47,7 @@ SCOPE_PATTERNS: dict[str, list[str]] = {
     "head": ["model.24.*"],
 }
 DATASETS: dict[str, tuple[str, ...]] = {"shapes": SHAPE_CLASSES, "voc": VOC_CLASSES}
-_TRAIN_KEYS = ("epochs", "batch", "optimizer", "lr0", "lrf", "momentum", "weight_decay", "warmup_epochs",
+_TRAIN_KEYS = ("epochs", "optimizer", "lr0", "lrf", "momentum", "weight_decay", "warmup_epochs",
                "cos_lr", "mosaic", "close_mosaic", "scale", "translate", "fliplr", "hsv_h", "hsv_s", "hsv_v", "deterministic")
 
 
@@ -103,7 +103,7 @@ class DetectionTask(Task):
             },
             "model": {"name": "yolov5n", "depth": None, "width": 0.125},
             "train": {
-                "epochs": 15, "batch": 16, "nbs": None, "optimizer": "AdamW", "lr0": 0.002, "lrf": 0.1,
+                "epochs": 15, "batch_size": 16, "nbs": None, "optimizer": "AdamW", "lr0": 0.002, "lrf": 0.1,
                 "momentum": 0.937, "weight_decay": 0.0005, "warmup_epochs": 1.0, "cos_lr": False, "mosaic": 0.0, "close_mosaic": 0,
                 "scale": 0.25, "translate": 0.1, "fliplr": 0.5, "hsv_h": 0.015, "hsv_s": 0.7, "hsv_v": 0.4,
                 "amp": False, "val_every_epoch": False, "deterministic": True, "conf": 0.001, "iou": 0.7,
@@ -163,7 +163,8 @@ class DetectionTask(Task):
         model_cfg = model_yaml(config["model"]["name"], config["model"].get("depth"), config["model"].get("width"))
         overrides = {
             **self._common_args(config, data, cell), **{k: train[k] for k in _TRAIN_KEYS},
-            "model": model_cfg["yaml_file"], "save_dir": str(save_dir), "nbs": train["nbs"] or train["batch"],
+            "model": model_cfg["yaml_file"], "save_dir": str(save_dir), "batch": int(train["batch_size"]),
+            "nbs": train["nbs"] or int(train["batch_size"]),
             "seed": cell.data_seed, "pretrained": False, "val": bool(train["val_every_epoch"]),
             "conf": train["conf"], "iou": train["iou"], "max_det": train["max_det"], "exist_ok": True,
             "resume": str(last) if last else False,
@@ -185,7 +186,7 @@ class DetectionTask(Task):
         from .trainer import CollectingValidator
 
         train = config["train"]
-        args = {**self._common_args(config, data, cell), "batch": 2 * int(train["batch"]), "split": "val",
+        args = {**self._common_args(config, data, cell), "batch": 2 * int(train["batch_size"]), "split": "val",
                 "conf": train["conf"], "iou": train["iou"], "max_det": train["max_det"], "rect": True}
         threads = torch.get_num_threads()
         validator = CollectingValidator(args=args, save_dir=cell.dir / "val")
