@@ -1,0 +1,27 @@
+"""Every shipped config names its task and resolves against that task's defaults (no unknown key)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lcdense.config import load_yaml, resolve
+from lcdense.task import get_task
+from lcdense.variants import parse_expansions, parse_seeds, parse_variants
+
+CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*/*.yaml"))
+
+
+def test_every_task_has_configs():
+    assert {p.parent.name for p in CONFIGS} == {"classification", "detection", "segmentation"}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_config_resolves(path):
+    data = load_yaml(path)
+    assert data["task"] == path.parent.name
+    task = get_task(data["task"])
+    config = resolve(task.default_config(), data, {}, [], where=str(path))
+    assert parse_variants(config["run"]["variants"], parse_expansions(config["run"]["E"]))
+    assert parse_seeds(config["run"]["seeds"])
+    assert int(config["train"]["epochs"] or 1) >= 1
