@@ -147,21 +147,21 @@ def test_fgsm_moves_each_pixel_by_eps_against_the_label():
 
 def test_embedded_run_end_to_end(tmp_path):
     out = tmp_path / "runs"
-    assert main(["run", "--task", "classification", "--E", "2", "--variants", "learnable,lc-frozen",
-                 "--epochs", "2", "--set", "data.train_limit=1000", "--set", "model.width=8",
+    assert main(["run", "--task", "classification", "--E", "8", "--variants", "learnable,lc-frozen",
+                 "--epochs", "3", "--set", "data.train_limit=1500",
                  "--out", str(out), "--quiet"]) == 0
     (run_dir,) = (out / "classification").iterdir()
     rows = {r["variant"]: r for r in csv.DictReader((run_dir / "results.csv").open())}
-    assert set(rows) == {"learnable", "lc-frozen@2"}
+    assert set(rows) == {"learnable", "lc-frozen@8"}
     for row in rows.values():
         assert float(row["top1"]) > 0.2  # ten classes: chance is 0.1
         assert 0 <= float(row["fgsm_top1"]) <= float(row["top1"])
         assert float(row["top5"]) >= float(row["top1"])
         assert row["frozen_digest_before"] == row["frozen_digest_after"]
         assert 0 <= float(row["data_wait_share"]) < 0.5
-    assert int(rows["lc-frozen@2"]["frozen_params"]) > 0 and int(rows["learnable"]["frozen_params"]) == 0
+    assert int(rows["lc-frozen@8"]["frozen_params"]) > 0 and int(rows["learnable"]["frozen_params"]) == 0
     summary = (run_dir / "summary.md").read_text()
-    assert "lc-frozen@2 - learnable" in summary and "## Filter analysis" in summary
+    assert "lc-frozen@8 - learnable" in summary and "## Filter analysis" in summary
     assert (run_dir / "analysis.json").is_file()
 
 

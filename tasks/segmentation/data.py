@@ -53,8 +53,9 @@ def _read(path: Path, mode: str, what: str) -> np.ndarray:
             return np.asarray(img if img.mode == "P" and mode == "L" else img.convert(mode))
     except FileNotFoundError:
         raise LcdenseError(f"{what} not found: {path}") from None
-    except (UnidentifiedImageError, OSError) as exc:
-        raise LcdenseError(f"cannot read {what} {path} ({exc}); the file is corrupt or not an image: "
+    except (UnidentifiedImageError, OSError, ImportError) as exc:
+        # ImportError: where ultralytics is imported it patches Image.open to try a HEIF plugin on failure
+        raise LcdenseError(f"cannot read {what} {path} ({type(exc).__name__}); the file is corrupt or not an image: "
                            "re-extract it from the dataset archive") from None
 
 

@@ -1,0 +1,63 @@
+"""Zoo: every torchvision classification model and a representative set of timm CNN families
+converts to LC-Blocks, runs, folds back to the same function, and its report adds up."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+
+from lcdense import LCConv, convert, fold
+
+# Explicit: the largest members of each family (roughly > 40 M parameters, or > 15 s each on a
+# 2-core CI machine); every family keeps smaller members in the test.
+TOO_LARGE = {"regnet_y_128gf", "regnet_y_32gf", "regnet_y_16gf", "regnet_x_32gf", "vit_h_14", "vit_l_16",
+             "vit_l_32", "vit_b_32", "vit_b_16", "swin_v2_b", "swin_b", "maxvit_t", "efficientnet_v2_l",
+             "efficientnet_b7", "efficientnet_b6", "wide_resnet101_2", "vgg19_bn", "vgg19", "vgg16_bn", "vgg16",
+             "vgg13_bn", "vgg13", "vgg11", "resnet101", "regnet_x_8gf", "regnet_x_16gf", "regnet_y_8gf", "swin_v2_s", "swin_s", "swin_v2_t", "swin_t",
+             "efficientnet_v2_m", "efficientnet_b5", "resnext101_64x4d", "resnext101_32x8d", "resnet152"}
+INPUT_SIZE = {"inception_v3": 96, "googlenet": 64}
+TORCHVISION = [m for m in torchvision.models.list_models(module=torchvision.models) if m not in TOO_LARGE]
+TIMM = ["resnet18", "resnet18d", "resnext26ts", "mobilenetv2_050", "mobilenetv3_small_050", "efficientnet_b0",
+        "regnetx_002", "convnext_atto", "densenet121", "repvgg_a0", "tf_efficientnet_b0",
+        "resnetv2_18", "dla34", "ghostnet_100", "mixnet_s", "cspresnet50", "hrnet_w18_small"]
+
+
+def _check(model: torch.nn.Module, size: int) -> None:
+    torch.manual_seed(0)
+    model.eval()
+    report = convert(model, "lc", E=2, spatial="frozen", seed=0, input_size=(3, size, size))
+    model = report.model
+    counts = report.counts()
+    assert counts.get("lc", 0) > 0
+    assert counts.get("lc", 0) + counts.get("skipped", 0) == len(report.layers)
+    assert all(r.reason for r in report.layers if r.action == "skipped")
+    assert sum(isinstance(m, LCConv) for m in model.modules()) == counts["lc"]
+    after = report.params_after
+    assert after["total"] == after["trainable"] + after["frozen"]
+    x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        y = model(x)
+        folded = fold(model)(x)
+    assert not any(isinstance(m, LCConv) for m in model.modules())
+    assert float((folded - y).abs().max()) <= 1e-3 * float(y.abs().max()) + 1e-5
+
+
+@pytest.mark.parametrize("name", TORCHVISION)
+def test_torchvision_model(name):
+    _check(torchvision.models.get_model(name, weights=None, num_classes=10), INPUT_SIZE.get(name, 64))
+
+
+@pytest.mark.parametrize("name", TIMM)
+def test_timm_model(name):
+    import timm
+
+    _check(timm.create_model(name, pretrained=False, num_classes=10), 64)
+
+
+def test_timm_same_padding_convs_are_skipped_with_their_reason():
+    import timm
+
+    model = timm.create_model("tf_efficientnet_b0", pretrained=False, num_classes=10)
+    report = convert(model, "lc", E=2)
+    skipped = [r for r in report.layers if r.action == "skipped"]
+    assert skipped and all("overrides forward" in r.reason for r in skipped)
