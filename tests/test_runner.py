@@ -157,6 +157,7 @@ def test_runs_are_never_overwritten(toy_installed, tmp_path, capsys):
     (["run", "--task", "toy", "--set", "train.lrr=1"], "unknown config key 'train.lrr'"),
     (["run", "--task", "toy", "--config", "nope.yaml"], "config file not found: nope.yaml"),
     (["run"], "say which task to run"),
+    (["run", "--task", "toy", "--download"], "unknown key 'download' in command-line flags.data"),
     (["sweep", "--task", "toy", "--depth", "8,14"], "task 'toy' cannot sweep 'depth'"),
     (["run", "--resume", "/nonexistent/run"], "is not an lcdense run directory"),
     (["report", "/nonexistent/run"], "is not an lcdense run directory"),

@@ -34,6 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", help="dataset name, where the task has several")
     p.add_argument("--model", help="model name, where the task has several")
     p.add_argument("--workers", type=int, help="data loader worker processes")
+    p.add_argument("--download", action="store_true",
+                   help="fetch the official dataset archive into --data first (tasks that support it); "
+                        "without it nothing is ever downloaded")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1")
     p.add_argument("--out", help="output root (default: runs); the run goes to OUT/TASK/NAME")
     p.add_argument("--name", help="run name (default: a timestamp); an existing name is refused")
@@ -52,6 +55,8 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
             flags.setdefault(section, {})[name] = value
     if args.quiet:
         flags.setdefault("run", {})["quiet"] = True
+    if args.download:
+        flags.setdefault("data", {})["download"] = True
     if args.no_analysis:
         flags.setdefault("run", {})["analysis"] = False
     return flags

@@ -64,7 +64,7 @@ class ClassificationTask(Task):
             data = load_tensor_dataset("cifar10", ensure_embedded(cache_dir))
         elif not cfg["root"]:
             raise LcdenseError(f"dataset '{dataset}' needs its files: pass --data PATH (nothing is downloaded "
-                               f"unless you also pass --set data.download=true)")
+                               f"unless you also pass --download)")
         elif dataset == "imagefolder":
             return _image_folders(Path(cfg["root"]), int(cfg["image_size"]))
         else:
