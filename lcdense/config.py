@@ -8,6 +8,8 @@ runner. Unknown keys are an error (a typo must not silently do nothing).
 {'epochs': 2, 'lr': 0.01}
 >>> set_dotted(cfg, "train.lr=0.1")["train"]["lr"]
 0.1
+>>> set_dotted(cfg, "train.lr=3e-3")["train"]["lr"]
+0.003
 """
 from __future__ import annotations
 
@@ -89,7 +91,13 @@ def set_dotted(config: dict[str, Any], assignment: str) -> dict[str, Any]:
     if parts[-1] not in node:
         raise LcdenseError(f"unknown config key '{key}' in --set; known in that section: {', '.join(sorted(node))}")
     try:
-        node[parts[-1]] = yaml.safe_load(raw)
+        value = yaml.safe_load(raw)
+        if isinstance(value, str):  # YAML 1.1 reads 3e-3 as a string; a number is meant
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        node[parts[-1]] = value
     except yaml.YAMLError:
         raise LcdenseError(f"cannot parse the value in --set {assignment}") from None
     return config

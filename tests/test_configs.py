@@ -25,3 +25,14 @@ def test_config_resolves(path):
     assert parse_variants(config["run"]["variants"], parse_expansions(config["run"]["E"]))
     assert parse_seeds(config["run"]["seeds"])
     assert int(config["train"]["epochs"] or 1) >= 1
+
+
+def test_set_parses_numbers_lists_and_null():
+    from lcdense.config import set_dotted
+
+    cfg = {"train": {"lr": 0.1, "epochs": 1, "clip": 1.0}, "run": {"E": [8]}}
+    set_dotted(cfg, "train.lr=3e-3")
+    set_dotted(cfg, "train.epochs=5")
+    set_dotted(cfg, "train.clip=null")
+    set_dotted(cfg, "run.E=[1, 8]")
+    assert cfg == {"train": {"lr": 0.003, "epochs": 5, "clip": None}, "run": {"E": [1, 8]}}
