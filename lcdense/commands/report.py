@@ -27,7 +27,6 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_analysis and any((run_dir / "cells").glob("*/filters.pt")):
         from ..analysis import analyze_run
 
-        write_report(run_dir, plan["primary_metric"], plan["higher_is_better"])
         sections.append(analyze_run(run_dir))
     print(write_report(run_dir, plan["primary_metric"], plan["higher_is_better"], sections))
     return 0

@@ -107,7 +107,6 @@ def launch(args: argparse.Namespace, sweep: dict[str, list[Any]]) -> int:
     if config["run"].get("analysis", True):
         from ..analysis import analyze_run
 
-        write_report(run_dir, task.primary_metric, task.higher_is_better)
         sections.append(analyze_run(run_dir))
     table = write_report(run_dir, task.primary_metric, task.higher_is_better, sections)
     print(table)

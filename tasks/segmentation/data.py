@@ -21,12 +21,11 @@ import albumentations as A
 import cv2
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader
 
 from lcdense import LcdenseError
 
-from .layouts import Sample, rle_decode
+from .layouts import Sample, open_image, rle_decode
 
 #: Per-channel normalisation after scaling to [0, 1] (the ImageNet statistics smp encoders expect).
 MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -47,16 +46,9 @@ def read_pair(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _read(path: Path, mode: str, what: str) -> np.ndarray:
-    try:
-        with Image.open(path) as img:
-            # palette masks (Carvana GIFs) hold 0/1 indices: read the indices, not the colours
-            return np.asarray(img if img.mode == "P" and mode == "L" else img.convert(mode))
-    except FileNotFoundError:
-        raise LcdenseError(f"{what} not found: {path}") from None
-    except (UnidentifiedImageError, OSError, ImportError) as exc:
-        # ImportError: where ultralytics is imported it patches Image.open to try a HEIF plugin on failure
-        raise LcdenseError(f"cannot read {what} {path} ({type(exc).__name__}); the file is corrupt or not an image: "
-                           "re-extract it from the dataset archive") from None
+    with open_image(path, what) as img:
+        # palette masks (Carvana GIFs) hold 0/1 indices: read the indices, not the colours
+        return np.asarray(img if img.mode == "P" and mode == "L" else img.convert(mode))
 
 
 def build_transform(size: Sequence[int], *, augment: bool) -> A.Compose:

@@ -10,9 +10,11 @@ every group (the 16 views of one car, the slices of one patient) on one side of 
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,17 +42,24 @@ class Sample:
     rle: str | None = None
 
 
-def image_size(path: Path, what: str) -> tuple[int, int]:
-    """(width, height) from the file header; a missing or unreadable file is a clear error."""
+@contextlib.contextmanager
+def open_image(path: Path, what: str) -> Iterator[Image.Image]:
+    """``Image.open`` whose missing or unreadable file is a clear error naming it."""
     try:
         with Image.open(path) as img:
-            return img.size
+            yield img
     except FileNotFoundError:
         raise LcdenseError(f"{what} not found: {path}") from None
     except (UnidentifiedImageError, OSError, ImportError) as exc:
         # ImportError: where ultralytics is imported it patches Image.open to try a HEIF plugin on failure
-        raise LcdenseError(f"cannot read {what} {path} ({type(exc).__name__}); the file is corrupt or not an image: "
-                           "re-extract it from the dataset archive") from None
+        raise LcdenseError(f"cannot read {what} {path} ({type(exc).__name__}); the file is corrupt or not an "
+                           "image: re-extract it from the dataset archive") from None
+
+
+def image_size(path: Path, what: str) -> tuple[int, int]:
+    """(width, height) from the file header; a missing or unreadable file is a clear error."""
+    with open_image(path, what) as img:
+        return img.size
 
 
 def _require_dir(path: Path, expected: str) -> None:
