@@ -252,7 +252,7 @@ def _results(configs: list[Config]) -> list[dict]:
 def format_table(rows: list[dict]) -> str:
     """The results as an aligned text table (ratios to the baseline of the same round)."""
     head = ("config", "layers", "step ms (min–max)", "step ×base (min–max)", "cpu-time ×base (min–max)",
-            "memory MiB", "mem ×base", "act ×base")
+            "state MiB", "memory MiB", "mem ×base", "act ×base")
     lines = [head]
     for r in rows:
         if r["status"] != "ok":
@@ -263,10 +263,11 @@ def format_table(rows: list[dict]) -> str:
                  f"{q['median']:.2f} ({q['min']:.2f}–{q['max']:.2f})",
                  f"{c['median']:.2f} ({c['min']:.2f}–{c['max']:.2f})"]
         if r["kind"] == "train":
-            cells += [f"{r['memory_bytes']['total'] / 2**20:.0f}", f"{r['memory_ratio']:.2f}",
+            cells += [f"{r['memory_bytes']['state'] / 2**20:.0f}", f"{r['memory_bytes']['total'] / 2**20:.0f}",
+                      f"{r['memory_ratio']:.2f}",
                       f"{r['activation_ratio']:.2f}"]
         else:
-            cells += ["", "", ""]
+            cells += ["", "", "", ""]
         lines.append(tuple(cells))
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     text = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]
