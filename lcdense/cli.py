@@ -48,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``lcdense`` console script."""
     try:
+        argv = list(sys.argv[1:] if argv is None else argv)
         args = build_parser().parse_args(argv)
+        args.argv = argv  # the command as typed (``--ddp`` re-runs it under torchrun)
         if not getattr(args, "_run", None):
             build_parser().print_help()
             return 2

@@ -31,6 +31,7 @@ import torch
 from .config import dump, set_dotted
 from .convert import ConversionReport, convert
 from .digest import frozen_digest
+from .distributed import World
 from .errors import LcdenseError
 from .files import write_json, write_text
 from .task import Cell, Task
@@ -51,8 +52,21 @@ def plan_cells(variants: list[Variant], seeds: list[int], axes: dict[str, list[A
     return [CellSpec(v, seed, point) for seed in seeds for point in points for v in variants]
 
 
+def gpu_list(name: str) -> tuple[int, ...]:
+    """The GPUs of a device list such as ``0,1,2,3`` (empty for a single device)."""
+    parts = [p.strip() for p in name.split(",") if p.strip()]
+    if len(parts) < 2:
+        return ()
+    if not all(p.isdigit() for p in parts):
+        raise LcdenseError(f"device list '{name}' must be GPU indices, e.g. 0,1,2,3")
+    return tuple(int(p) for p in parts)
+
+
 def pick_device(name: str) -> torch.device:
-    """``auto`` → cuda if available, else cpu; ``cuda:1``, ``0`` and ``cpu`` work too."""
+    """``auto`` → cuda if available, else cpu; ``cuda:1``, ``0`` and ``cpu`` work too (a list
+    such as ``0,1`` → its first GPU)."""
+    if gpus := gpu_list(name):
+        name = str(gpus[0])
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.isdigit():
@@ -64,6 +78,13 @@ def pick_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise LcdenseError(f"device '{name}' asked for, but no CUDA GPU is available; use --device cpu")
     return device
+
+
+def setup_world(config: dict[str, Any]) -> tuple[World, torch.device]:
+    """This process's rank (joining torchrun's process group, if launched by it) and device."""
+    from .distributed import join
+
+    return join(pick_device(str(config["run"]["device"])))
 
 
 def environment(device: torch.device) -> dict[str, Any]:
@@ -146,27 +167,45 @@ def converter(cfg: dict[str, Any], spec: CellSpec, task: Task) -> Callable[[torc
     return lambda model: convert(model, variant.mode, **kwargs)
 
 
+def _same_on_every_rank(world: World, digest: str, spec: CellSpec, when: str) -> None:
+    digests = world.gather(digest)
+    if len(set(digests)) > 1:
+        raise FrozenFiltersMoved(f"cell {spec.id}: frozen filters differ between ranks {when} "
+                                 f"({', '.join(d[:12] for d in digests)}); its results are not valid")
+
+
 def run_cell(task: Task, data: Any, config: dict[str, Any], spec: CellSpec, cell_dir: Path,
-             device: torch.device, axis_keys: dict[str, str], quiet: bool) -> dict[str, Any]:
-    """Train and evaluate one cell; returns (and writes) its record. Raises on moved filters."""
+             device: torch.device, axis_keys: dict[str, str], quiet: bool, world: World | None = None,
+             gpus: tuple[int, ...] = ()) -> dict[str, Any]:
+    """Train and evaluate one cell; returns its record, which rank 0 writes. Raises on moved filters.
+
+    Under data parallelism every rank trains; the frozen digests are compared across ranks
+    before and after training.
+    """
+    world = world or World()
     cfg = cell_config(config, spec, axis_keys)
-    cell_dir.mkdir(parents=True, exist_ok=True)
+    if world.is_main:
+        cell_dir.mkdir(parents=True, exist_ok=True)
     data_seed = spec.seed + int(cfg["run"]["data_seed_offset"])
     convert_fn = converter(cfg, spec, task)
     torch.manual_seed(spec.seed)
     model = task.build_model(cfg, data)
     report = convert_fn(model)
     model = report.model.to(device)
-    write_text(cell_dir / "conversion.txt", str(report) + "\n")
+    if world.is_main:
+        write_text(cell_dir / "conversion.txt", str(report) + "\n")
     digest_before = frozen_digest(model)
+    _same_on_every_rank(world, digest_before, spec, "before training")
+    quiet = quiet or not world.is_main
     cell = Cell(variant=spec.variant.name, seed=spec.seed, init_seed=spec.seed, data_seed=data_seed,
                 dir=cell_dir, device=device, convert=convert_fn, quiet=quiet,
-                log=(lambda _msg: None) if quiet else print)
+                log=(lambda _msg: None) if quiet else print, world=world, gpus=gpus)
     began = time.perf_counter()
     with PeakMemory(device) as memory:
         model, history = task.fit(model, data, cfg, cell)
         train_time = time.perf_counter() - began
         digest_after = frozen_digest(model)
+        _same_on_every_rank(world, digest_after, spec, "after training")
         if digest_after != digest_before:
             raise FrozenFiltersMoved(
                 f"cell {spec.id}: frozen filters changed during training "
@@ -187,14 +226,17 @@ def run_cell(task: Task, data: Any, config: dict[str, Any], spec: CellSpec, cell
             "total_params": report.params_after["total"], "forward_macs_per_sample": report.macs_after,
             "train_time_s": train_time, "wall_time_s": time.perf_counter() - began,
             "peak_memory_mb": memory.peak_mb, "peak_memory_kind": memory.kind, "device": str(device),
+            "world_size": world.size, "host": platform.node(),
             "data_wait_share": _mean([h.get("data_wait_share") for h in history]),
         },
         "conversion": report.to_dict(),
     }
-    _save_analysis_inputs(model, cell_dir)
-    write_json(cell_dir / "cell.json", record)
-    if cell.checkpoint_path.exists():
-        cell.checkpoint_path.unlink()
+    if world.is_main:
+        _save_analysis_inputs(model, cell_dir)
+        write_json(cell_dir / "cell.json", record)
+        if cell.checkpoint_path.exists():
+            cell.checkpoint_path.unlink()
+    world.barrier()
     return record
 
 
@@ -248,19 +290,36 @@ def cell_record(cell_dir: Path) -> dict[str, Any] | None:
 
 
 def execute(task: Task, config: dict[str, Any], run_dir: Path, cells: list[CellSpec],
-            axis_keys: dict[str, str], cache_dir: Path) -> list[dict[str, Any]]:
+            axis_keys: dict[str, str], cache_dir: Path, world: World | None = None,
+            device: torch.device | None = None) -> list[dict[str, Any]]:
     """Run every unfinished cell of ``run_dir``; returns all finished records (old and new).
 
     A cell that fails (e.g. its frozen filters moved) is recorded as failed and the others go on;
     the caller reports failures. Ctrl-C stops at once; the cell's last epoch checkpoint remains.
+    Under data parallelism (``world`` of several ranks, see :mod:`lcdense.distributed`) every
+    rank runs every cell and rank 0 writes; rank 0 prepares the data first (the embedded
+    dataset is generated once), the other ranks then read it.
     """
+    world = world or World()
     quiet = bool(config["run"].get("quiet"))
-    say = (lambda _m: None) if quiet else print
-    device = pick_device(str(config["run"]["device"]))
+    say = print if world.is_main and not quiet else (lambda _m: None)
+    device = device or pick_device(str(config["run"]["device"]))
     if config["run"].get("threads"):
         torch.set_num_threads(int(config["run"]["threads"]))
-    write_json(run_dir / "environment.json", environment(device))
-    data = task.prepare_data(config, cache_dir)
+    if world.active and task.data_parallel != "torchrun":
+        raise LcdenseError(f"task '{task.name}' does not train under torchrun; run it with lcdense run --ddp N")
+    gpus = gpu_list(str(config["run"]["device"]))
+    if gpus and task.data_parallel != "own":
+        raise LcdenseError(f"run.device '{config['run']['device']}' lists several GPUs; start the run with "
+                           f"lcdense run --device {config['run']['device']} (or --ddp N)")
+    batch = int(config["train"].get("batch_size", world.size))
+    if batch % world.size:
+        raise LcdenseError(f"train.batch_size {batch} (the global batch) must be a multiple of the {world.size} ranks")
+    prepared: list[Any] = []
+    world.on_main(lambda: prepared.append(task.prepare_data(config, cache_dir)))  # errors reach every rank
+    data = prepared[0] if prepared else task.prepare_data(config, cache_dir)
+    if world.is_main:
+        write_json(run_dir / "environment.json", {**environment(device), "world_size": world.size})
     records, failures = [], []
     for index, spec in enumerate(cells, 1):
         cell_dir = run_dir / "cells" / spec.id
@@ -270,11 +329,12 @@ def execute(task: Task, config: dict[str, Any], run_dir: Path, cells: list[CellS
             continue
         say(f"[{index}/{len(cells)}] {spec.id}")
         try:
-            record = run_cell(task, data, config, spec, cell_dir, device, axis_keys, quiet)
+            record = run_cell(task, data, config, spec, cell_dir, device, axis_keys, quiet, world, gpus)
         except FrozenFiltersMoved as exc:
             failures.append(str(exc))
-            write_json(cell_dir / "cell.json", {"id": spec.id, "variant": spec.variant.name, "seed": spec.seed,
-                                                "status": "failed", "error": str(exc)})
+            if world.is_main:
+                write_json(cell_dir / "cell.json", {"id": spec.id, "variant": spec.variant.name, "seed": spec.seed,
+                                                    "status": "failed", "error": str(exc)})
             say(f"  FAILED: {exc}")
             continue
         records.append(record)

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .convert import ConversionReport
+from .distributed import World
 from .registry import Registry
 
 TASKS: Registry[type[Task]] = Registry("task", group="lcdense.tasks")
@@ -43,7 +44,12 @@ def get_task(name: str) -> Task:
 
 @dataclass
 class Cell:
-    """One (variant, seed) of a run, as a task sees it while training and evaluating."""
+    """One (variant, seed) of a run, as a task sees it while training and evaluating.
+
+    Under data-parallel training ``world`` says which rank this is: a task takes its share of each
+    global batch with ``cell.world.shard(indices)``; ``train.batch_size`` stays the global batch.
+    ``gpus`` lists the GPUs of a task that launches its own workers (``data_parallel = "own"``).
+    """
 
     variant: str
     seed: int
@@ -54,7 +60,8 @@ class Cell:
     convert: Callable[[nn.Module], ConversionReport]
     quiet: bool = False
     log: Callable[[str], None] = print
-    extra: dict[str, Any] = field(default_factory=dict)
+    world: World = field(default_factory=World)
+    gpus: tuple[int, ...] = ()
 
     @property
     def checkpoint_path(self) -> Path:
@@ -85,6 +92,11 @@ class Task(ABC):
     higher_is_better: ClassVar[bool] = True
     #: Sweepable model settings: sweep axis name → dotted config key (e.g. "width": "model.width").
     sweep_axes: ClassVar[dict[str, str]] = {}
+    #: How one cell trains on several GPUs (``lcdense run --ddp N`` or ``--device 0,1,...``):
+    #: ``"torchrun"``: lcdense starts N ranks with torchrun and ``fit`` trains on
+    #: ``cell.world.shard(...)`` of each global batch; ``"own"``: ``fit`` hands ``cell.gpus`` to a
+    #: framework that launches its own workers (ultralytics); ``None``: one device only.
+    data_parallel: ClassVar[str | None] = None
 
     @abstractmethod
     def default_config(self) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .distributed import average_running_stats, wrap
 from .errors import LcdenseError
 from .precondition import PreconditionedConv, check_preconditioned_optimizer
 from .task import Cell
@@ -44,6 +45,7 @@ class TrainSettings:
     schedule: str = "cosine"
     warmup_epochs: float = 0.0
     amp: bool = True
+    sync_bn: bool = False
     grad_clip: float | None = None
     eval_every: int = 1
 
@@ -110,9 +112,20 @@ def train_loop(
     checkpoint replays exactly; the checkpoint holds model, optimizer, schedule and history.
     Preconditioned LC layers are refused unless the optimizer is SGD without gradient clipping
     (the only setting in which they are exact).
+
+    Data-parallel (``cell.world`` of several ranks): ``batches`` yields this rank's shard, the
+    model is wrapped in DDP (``sync_bn`` turns BatchNorm into SyncBatchNorm, CUDA only), random
+    augmentation and dropout are seeded with ``data_seed + rank``, normalisation statistics are
+    averaged over the ranks after every epoch, the logged loss is the mean over ranks, and only
+    rank 0 writes the checkpoint.
     """
     from tqdm.auto import tqdm
 
+    world = cell.world
+    if settings.sync_bn and world.active:
+        if cell.device.type != "cuda":
+            raise LcdenseError("train.sync_bn needs CUDA (torch's SyncBatchNorm); set train.sync_bn=false on CPU")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = make_optimizer(model, settings)
     check_preconditioned_optimizer(optimizer, model)
     if settings.grad_clip and any(isinstance(m, PreconditionedConv) for m in model.modules()):
@@ -131,8 +144,9 @@ def train_loop(
         scheduler.load_state_dict(state["scheduler"])
         history, start = list(state["history"]), int(state["epoch"]) + 1
         cell.log(f"resumed {cell.variant} seed {cell.seed} after epoch {start}")
+    net = wrap(model, world, cell.device)
     for epoch in range(start, settings.epochs):
-        torch.manual_seed(epoch_seed(cell.data_seed, epoch))
+        torch.manual_seed(epoch_seed(cell.data_seed + world.rank, epoch))
         model.train()
         total, count, waited = 0.0, 0, 0.0
         began = tick = time.perf_counter()
@@ -141,7 +155,7 @@ def train_loop(
         for batch in bar:
             waited += time.perf_counter() - tick
             with _autocast(cell.device, settings.amp):
-                value = loss(model, batch)
+                value = loss(net, batch)
             optimizer.zero_grad(set_to_none=True)
             value.backward()
             if settings.grad_clip:
@@ -153,14 +167,16 @@ def train_loop(
             tick = time.perf_counter()
         if count == 0:
             raise LcdenseError("the training set yields no batch; lower train.batch_size or add data")
+        average_running_stats(model, world)
         elapsed = time.perf_counter() - began
-        record = {"epoch": epoch + 1, "train_loss": total / count, "lr": scheduler.get_last_lr()[0],
+        record = {"epoch": epoch + 1, "train_loss": world.mean(total / count), "lr": scheduler.get_last_lr()[0],
                   "epoch_time_s": elapsed, "data_wait_share": waited / elapsed}
         if evaluate is not None and ((epoch + 1) % settings.eval_every == 0 or epoch + 1 == settings.epochs):
             record.update(evaluate(model))
         history.append(record)
-        cell.save_checkpoint({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                              "scheduler": scheduler.state_dict(), "history": history})
+        if world.is_main:
+            cell.save_checkpoint({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                  "scheduler": scheduler.state_dict(), "history": history})
         if not cell.quiet:
             shown = ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "epoch")
             cell.log(f"  {cell.variant} s{cell.seed} epoch {epoch + 1}/{settings.epochs}: {shown}")

@@ -9,11 +9,20 @@ from lcdense.config import load_yaml, resolve
 from lcdense.task import get_task
 from lcdense.variants import parse_expansions, parse_seeds, parse_variants
 
-CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*/*.yaml"))
+ROOT = Path(__file__).parents[1] / "configs"
+CONFIGS = sorted(p for p in ROOT.glob("*/*.yaml") if p.parent.name != "executors")
 
 
 def test_every_task_has_configs():
     assert {p.parent.name for p in CONFIGS} == {"classification", "detection", "segmentation"}
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "executors").glob("*.yaml")), ids=lambda p: p.name)
+def test_executor_configs_load(path):
+    from lcdense.executors import executor_settings
+
+    settings = executor_settings(path.stem, path, {})
+    assert int(settings["timeout_min"]) >= 60
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")

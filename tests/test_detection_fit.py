@@ -114,6 +114,48 @@ def test_resume_from_fp16_ema_restores_seeded_frozen_filters(setup, tmp_path: Pa
     assert lcdense.frozen_digest(trained) == digest
 
 
+def test_ultralytics_ddp_workers_rebuild_the_lcdense_trainer(setup, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Multi-GPU detection goes through ultralytics' own DDP launcher, which pickles the trainer's
+    class, arguments, model and callbacks into a file that each worker runs. Here the parent
+    writes that file exactly as ultralytics does and one worker runs it on CPU (no GPUs: one
+    process, but the same hand-over); fit then reads the workers' result back."""
+    from ultralytics.utils.dist import generate_ddp_file
+
+    from tasks.detection.trainer import LcdenseDetectionTrainer
+
+    task, config, data = setup
+    model = fresh_model(task, config, data)
+    digest = lcdense.frozen_digest(model)
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    launched: list[str] = []
+
+    def train_in_a_worker(self: LcdenseDetectionTrainer) -> None:
+        file = generate_ddp_file(self)
+        launched.append(file)
+        try:
+            subprocess.run([sys.executable, file], check=True, capture_output=True, text=True)
+        finally:
+            for path in (Path(file), Path(file).with_suffix(".pt")):
+                path.unlink(missing_ok=True)
+        self.ddp = True  # what ultralytics' parent process knows once its workers are done
+
+    monkeypatch.setattr(LcdenseDetectionTrainer, "train", train_in_a_worker)
+    trained, history = task.fit(model, data, config, make_cell(tmp_path / "cell"))
+    assert len(launched) == 1
+    assert lcdense.frozen_digest(trained) == digest
+    assert [h["epoch"] for h in history] == [1.0, 2.0]
+    moved = [k for k, v in trained.state_dict().items() if v.is_floating_point() and not torch.equal(v, initial[k])]
+    assert moved  # the worker's training reached the parent's model
+
+
+def test_the_trainer_needs_its_cell_context() -> None:
+    from tasks.detection.trainer import LcdenseDetectionTrainer
+
+    with pytest.raises(lcdense.LcdenseError, match="needs its CellContext"):
+        LcdenseDetectionTrainer(overrides={})
+
+
 def test_fit_and_evaluate_make_no_network_access(tmp_path: Path) -> None:
     """A fresh interpreter (so ultralytics' import-time checks are covered) with sockets that refuse."""
     script = textwrap.dedent(f"""

@@ -5,15 +5,18 @@ Example: ``lcdense run --task classification --E 8 --seeds 0,1,2``
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from ..config import load_yaml, resolve
 from ..errors import LcdenseError
 from ..runner import execute, load_plan, new_run_dir, plan_cells, save_run_config
 from ..summary import write_report
 from ..task import Task, get_task, list_tasks
-from ..variants import parse_expansions, parse_seeds, parse_variants
+from ..variants import CellSpec, parse_expansions, parse_seeds, parse_variants
 from .common import positive_int
 
 # CLI flag → dotted config key
@@ -37,7 +40,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--download", action="store_true",
                    help="fetch the official dataset archive into --data first (tasks that support it); "
                         "without it nothing is ever downloaded")
-    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1")
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, or a GPU list 0,1,2,3 (data-parallel, like --ddp 4)")
+    p.add_argument("--ddp", type=positive_int, metavar="N",
+                   help="train each cell data-parallel on N GPUs (with --device cpu: N gloo ranks) via torchrun; "
+                        "detection uses ultralytics' own DDP launcher")
     p.add_argument("--out", help="output root (default: runs); the run goes to OUT/TASK/NAME")
     p.add_argument("--name", help="run name (default: a timestamp); an existing name is refused")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config value, e.g. train.lr=0.05")
@@ -70,39 +76,118 @@ def _axes(task: Task, config: dict[str, Any], requested: dict[str, list[Any]]) -
     return requested, {a: axis_keys[a] for a in requested}
 
 
+def load_run(run_dir: Path) -> tuple[dict[str, Any], Task, list[CellSpec], dict[str, str]]:
+    """Config, task, cell plan and sweep-axis keys of an existing run directory."""
+    if not (run_dir / "config.yaml").is_file():
+        raise LcdenseError(f"{run_dir} is not an lcdense run directory (no config.yaml); check the path")
+    config = load_yaml(run_dir / "config.yaml")
+    cells, axis_keys = load_plan(run_dir)
+    return config, get_task(config["task"]), cells, axis_keys
+
+
+def _new_run(args: argparse.Namespace, sweep: dict[str, list[Any]]) -> tuple[dict[str, Any], Task, list[CellSpec], dict[str, str]]:
+    file_config = load_yaml(args.config) if args.config else {}
+    name = args.task or file_config.get("task")
+    if not name:
+        raise LcdenseError(f"say which task to run: --task NAME (one of: {', '.join(list_tasks())})")
+    if args.task and file_config.get("task") not in (None, args.task):
+        raise LcdenseError(f"--task {args.task} conflicts with task '{file_config['task']}' in {args.config}")
+    task = get_task(name)
+    config = resolve(task.default_config(), file_config, _flags(args), args.set, where=args.config or "config")
+    config["task"] = name
+    expansions = parse_expansions(config["run"]["E"])
+    variants = parse_variants(config["run"]["variants"], expansions)
+    seeds = parse_seeds(config["run"]["seeds"])
+    axes, axis_keys = _axes(task, config, sweep)
+    return config, task, plan_cells(variants, seeds, axes), axis_keys
+
+
+def _gpus_requested(args: argparse.Namespace) -> tuple[int, ...]:
+    """GPUs asked for with ``--ddp N`` (0..N-1) or ``--device 0,1,...`` (empty if neither)."""
+    from ..runner import gpu_list
+
+    listed = gpu_list(args.device or "")
+    if args.ddp and listed and args.ddp != len(listed):
+        raise LcdenseError(f"--ddp {args.ddp} conflicts with the {len(listed)} GPUs of --device {args.device}")
+    return listed or (tuple(range(args.ddp)) if args.ddp and args.ddp > 1 else ())
+
+
+def _relaunch_under_torchrun(args: argparse.Namespace, ranks: int) -> int:
+    """Run this same command as ``ranks`` data-parallel processes through torchrun."""
+    import os
+    import subprocess
+
+    from ..distributed import torchrun_command
+    from ..runner import gpu_list
+
+    argv, env, skip = [], dict(os.environ), False
+    for item in args.argv:
+        if skip:
+            skip = False
+        elif item in ("--ddp", "--device"):
+            skip = True
+        elif not item.startswith(("--ddp=", "--device=")):
+            argv.append(item)
+    if gpu_list(args.device or ""):
+        env["CUDA_VISIBLE_DEVICES"] = args.device.replace(" ", "")
+        argv += ["--device", "cuda"]
+    elif args.device:
+        argv += ["--device", args.device]
+    return subprocess.run(torchrun_command(ranks, argv), env=env).returncode
+
+
 def launch(args: argparse.Namespace, sweep: dict[str, list[Any]]) -> int:
-    """Start (or resume) a run whose grid is the variants × seeds × ``sweep`` axes."""
+    """Start (or resume) a run whose grid is the variants × seeds × ``sweep`` axes.
+
+    ``--ddp N`` re-runs the command under torchrun; under torchrun rank 0 creates the run
+    directory and every rank trains each cell on its shard of the data. ``--executor`` hands the
+    cells to submitit jobs instead of running them here.
+    """
+    from ..distributed import launched_by_torchrun
+    from ..runner import setup_world
+
     if args.resume:
-        run_dir = Path(args.resume)
-        if not (run_dir / "config.yaml").is_file():
-            raise LcdenseError(f"{run_dir} is not an lcdense run directory (no config.yaml); check the path")
-        config = load_yaml(run_dir / "config.yaml")
+        run_dir: Path | None = Path(args.resume)
+        config, task, cells, axis_keys = load_run(run_dir)
         config["run"]["quiet"] = bool(args.quiet or config["run"].get("quiet"))
-        task = get_task(config["task"])
-        cells, axis_keys = load_plan(run_dir)
     else:
-        file_config = load_yaml(args.config) if args.config else {}
-        name = args.task or file_config.get("task")
-        if not name:
-            raise LcdenseError(f"say which task to run: --task NAME (one of: {', '.join(list_tasks())})")
-        if args.task and file_config.get("task") not in (None, args.task):
-            raise LcdenseError(f"--task {args.task} conflicts with task '{file_config['task']}' in {args.config}")
-        task = get_task(name)
-        config = resolve(task.default_config(), file_config, _flags(args), args.set,
-                         where=args.config or "config")
-        config["task"] = name
-        expansions = parse_expansions(config["run"]["E"])
-        variants = parse_variants(config["run"]["variants"], expansions)
-        seeds = parse_seeds(config["run"]["seeds"])
-        axes, axis_keys = _axes(task, config, sweep)
-        cells = plan_cells(variants, seeds, axes)
-        run_dir = new_run_dir(config["run"]["out"], name, config["run"]["name"])
-        save_run_config(run_dir, config, cells, axis_keys, task)
+        run_dir = None
+        config, task, cells, axis_keys = _new_run(args, sweep)
+    gpus = _gpus_requested(args)
+    if gpus and not launched_by_torchrun():
+        if task.data_parallel is None:
+            raise LcdenseError(f"task '{task.name}' does not support data-parallel training; drop --ddp/--device list")
+        if getattr(args, "executor", None):
+            raise LcdenseError("--ddp runs one machine's GPUs; with --executor use --gpus-per-job instead")
+        batch = int(config["train"].get("batch_size", len(gpus)))
+        if batch % len(gpus):
+            raise LcdenseError(f"train.batch_size {batch} (the global batch) must be a multiple of the {len(gpus)} ranks")
+        if task.data_parallel == "torchrun":
+            return _relaunch_under_torchrun(args, len(gpus))
+        if args.device == "cpu" or not torch.cuda.is_available():
+            raise LcdenseError(f"task '{task.name}' trains data-parallel through its framework's own launcher, "
+                               "which needs CUDA GPUs; none is visible here")
+        config["run"]["device"] = ",".join(map(str, gpus))  # the task's framework launches its own workers
+    world, device = setup_world(config)
+    if run_dir is None:
+        run_dir = world.on_main(lambda: new_run_dir(config["run"]["out"], task.name, config["run"]["name"]))
+        if world.is_main:
+            save_run_config(run_dir, config, cells, axis_keys, task)
     cache_dir = Path(config["run"]["cache_dir"] or Path(config["run"]["out"]) / ".cache")
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    if not config["run"]["quiet"]:
-        print(f"lcdense: {task.name}: {len(cells)} cell(s) -> {run_dir}")
-    execute(task, config, run_dir, cells, axis_keys, cache_dir)
+    if world.is_main:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    if getattr(args, "executor", None):
+        return _submit(args, task, config, run_dir, cells, cache_dir)
+    if world.is_main and not config["run"]["quiet"]:
+        print(f"lcdense: {task.name}: {len(cells)} cell(s) -> {run_dir}" + (f", {world.size} ranks each" if world.active else ""))
+    execute(task, config, run_dir, cells, axis_keys, cache_dir, world, device)
+    if world.is_main:
+        finish(run_dir, task, config)
+    return 0
+
+
+def finish(run_dir: Path, task: Task, config: dict[str, Any]) -> None:
+    """Filter analysis (unless disabled), then results.csv, summary and figures; prints the table."""
     sections = []
     if config["run"].get("analysis", True):
         from ..analysis import analyze_run
@@ -111,6 +196,42 @@ def launch(args: argparse.Namespace, sweep: dict[str, list[Any]]) -> int:
     table = write_report(run_dir, task.primary_metric, task.higher_is_better, sections)
     print(table)
     print(f"results: {run_dir}/summary.md, results.csv, summary.json, figures/")
+
+
+def _submit(args: argparse.Namespace, task: Task, config: dict[str, Any], run_dir: Path, cells: list[CellSpec],
+            cache_dir: Path) -> int:
+    """Hand the unfinished cells to submitit; wait (local, debug, or --wait) and report."""
+    from .. import executors
+    from ..runner import cell_record
+
+    name = args.executor
+    settings = executors.executor_settings(name, args.executor_config, {
+        "partition": args.partition, "gpus_per_job": args.gpus_per_job, "timeout_min": args.time_limit,
+        "array_parallelism": args.array_parallelism})
+    if int(settings["gpus_per_job"]) > 1 and task.data_parallel is None:
+        raise LcdenseError(f"task '{task.name}' trains on one device; use --gpus-per-job 1")
+    task.prepare_data(config, cache_dir)  # the embedded dataset is generated once, before any job starts
+    pending = [c for c in cells if cell_record(run_dir / "cells" / c.id) is None]
+    todo, notes = executors.cells_to_submit(run_dir, pending, name)
+    for note in notes:
+        print(f"lcdense: {note}")
+    print(f"lcdense: {task.name}: {len(cells)} cell(s), {len(cells) - len(pending)} finished, "
+          f"{len(todo)} to run on '{name}' -> {run_dir}")
+    submitted = executors.submit(run_dir, todo, cache_dir, name, settings,
+                                 task_per_gpu=task.data_parallel != "own") if todo else []
+    print(executors.describe(submitted))
+    if name == "slurm" and not args.wait:
+        print(f"lcdense: jobs write into {run_dir}/cells; when they finish: lcdense report {run_dir}\n"
+              f"         re-submit missing or failed cells: lcdense sweep --resume {run_dir} --executor slurm")
+        return 0
+    failures = executors.wait(submitted)
+    for line in failures:
+        print(f"lcdense: job failed: {line}", file=sys.stderr)
+    if any(cell_record(run_dir / "cells" / c.id) for c in cells):
+        finish(run_dir, task, config)
+    if failures:
+        raise LcdenseError(f"{len(failures)} job(s) failed; finished cells are kept. Run the missing ones again: "
+                           f"lcdense sweep --resume {run_dir} --executor {name}")
     return 0
 
 

@@ -1,6 +1,10 @@
 """Run a grid over E (and width, depth, kernel size or init where the task supports them) as one resumable run.
 
 Example: ``lcdense sweep --task classification --E 1,8,64 --seeds 2``
+
+With ``--executor slurm|local`` every cell becomes a submitit job writing into the same run
+directory; ``lcdense sweep --resume RUN_DIR --executor slurm`` submits only the cells that are
+missing or failed, and ``lcdense report RUN_DIR`` assembles whatever has finished.
 """
 from __future__ import annotations
 
@@ -10,7 +14,9 @@ from typing import Any
 import yaml
 
 from ..errors import LcdenseError
+from ..executors import EXECUTORS
 from . import run as run_command
+from .common import positive_int
 
 AXES = ("width", "depth", "kernel_size", "init")
 
@@ -21,6 +27,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--depth", help="comma-separated depths (e.g. 20,56)")
     p.add_argument("--kernel-size", help="comma-separated kernel sizes (e.g. 3,5,7)")
     p.add_argument("--init", help="comma-separated spatial inits (e.g. kaiming_uniform,orthogonal)")
+    jobs = p.add_argument_group("cluster jobs (submitit)")
+    jobs.add_argument("--executor", choices=EXECUTORS,
+                      help="run each cell as a job: slurm (a job array), local (one job per visible GPU; one on CPU), "
+                           "debug (in-process)")
+    jobs.add_argument("--executor-config", metavar="YAML", help="executor settings, e.g. configs/executors/slurm.yaml")
+    jobs.add_argument("--partition", help="Slurm partition")
+    jobs.add_argument("--gpus-per-job", type=positive_int, help="GPUs per cell job (> 1: data-parallel within the cell)")
+    jobs.add_argument("--time-limit", type=positive_int, metavar="MIN", help="time limit per job, in minutes")
+    jobs.add_argument("--array-parallelism", type=positive_int, help="Slurm array jobs running at once")
+    jobs.add_argument("--wait", action="store_true", help="slurm: wait for the jobs, then write the report")
 
 
 def _values(text: str, axis: str) -> list[Any]:

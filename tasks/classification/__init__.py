@@ -21,7 +21,7 @@ from torch import nn
 
 from lcdense import Cell, LcdenseError, Task
 from lcdense.models import cifar_resnet, create_model
-from lcdense.training import TrainSettings, epoch_generator, train_loop
+from lcdense.training import TrainSettings, epoch_generator, epoch_seed, train_loop
 
 from .data import DATASETS, TensorData, download, ensure_embedded, fingerprint, load_tensor_dataset
 from .models import Normalized
@@ -34,6 +34,7 @@ class ClassificationTask(Task):
     primary_metric = "top1"
     higher_is_better = True
     sweep_axes = {"width": "model.width", "depth": "model.depth", "kernel_size": "model.kernel_size"}
+    data_parallel = "torchrun"
 
     def default_config(self) -> dict[str, Any]:
         """The embedded-default setting: a ResNet-8-16 on the generated CIFAR-format shapes.
@@ -46,7 +47,7 @@ class ClassificationTask(Task):
             "model": {"name": "resnet_lc", "depth": 8, "width": 16, "kernel_size": 3},
             "train": {"epochs": 4, "batch_size": 128, "lr": 0.05, "optimizer": "sgd", "momentum": 0.9,
                       "nesterov": True, "weight_decay": 5e-4, "schedule": "cosine", "warmup_epochs": 0.0,
-                      "label_smoothing": 0.1, "augment": True, "amp": True, "eval_every": 1},
+                      "label_smoothing": 0.1, "augment": True, "amp": True, "sync_bn": False, "eval_every": 1},
             "eval": {"batch_size": 500, "fgsm_eps": 1 / 255},
         }
 
@@ -106,15 +107,19 @@ class ClassificationTask(Task):
             steps = math.ceil(len(data.train_y) / batch_size)
 
             def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-                return _tensor_batches(data, batch_size, epoch_generator(cell.data_seed, epoch),
-                                       bool(train.get("augment", True)), cell.device)
+                return _tensor_batches(data, batch_size, epoch, cell, bool(train.get("augment", True)))
         else:
-            loader_args = {"batch_size": batch_size, "num_workers": int(config["data"]["workers"]), "drop_last": True}
+            world = cell.world
+            loader_args = {"batch_size": batch_size // world.size, "num_workers": int(config["data"]["workers"]),
+                           "drop_last": True}
             steps = len(data["train"]) // batch_size
 
             def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-                loader = torch.utils.data.DataLoader(data["train"], shuffle=True,
-                                                     generator=epoch_generator(cell.data_seed, epoch), **loader_args)
+                sampler = torch.utils.data.DistributedSampler(  # one shared order, a shard per rank
+                    data["train"], num_replicas=world.size, rank=world.rank, shuffle=True,
+                    seed=epoch_seed(cell.data_seed, epoch), drop_last=True)
+                loader = torch.utils.data.DataLoader(data["train"], sampler=sampler, **loader_args,
+                                                     generator=epoch_generator(cell.data_seed + world.rank, epoch))
                 return ((x.to(cell.device), y.to(cell.device)) for x, y in loader)
 
         history = train_loop(model, batches=batches, steps_per_epoch=steps, loss=loss, settings=settings, cell=cell,
@@ -163,15 +168,19 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return padded[index, channel, rows, cols]
 
 
-def _tensor_batches(data: TensorData, batch_size: int, gen: torch.Generator, augment: bool,
-                    device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def _tensor_batches(data: TensorData, batch_size: int, epoch: int, cell: Cell,
+                    augment: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """This rank's share of each global batch. Order and augmentation come from the data seed alone,
+    so any number of ranks trains on the same augmented global batches as one process."""
+    gen = epoch_generator(cell.data_seed, epoch)
     order = torch.randperm(len(data.train_y), generator=gen)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         x = data.train_x[idx]
         if augment:
             x = _augment(x, gen)
-        yield x.to(device).float().div_(255), data.train_y[idx].to(device)
+        mine = cell.world.shard(torch.arange(len(idx)))
+        yield x[mine].to(cell.device).float().div_(255), data.train_y[idx[mine]].to(cell.device)
 
 
 def _val_batches(data: Any, config: dict[str, Any], device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -93,6 +93,7 @@ class DetectionTask(Task):
     primary_metric: ClassVar[str] = "map50_95"
     higher_is_better: ClassVar[bool] = True
     sweep_axes: ClassVar[dict[str, str]] = {"width": "model.width", "depth": "model.depth"}
+    data_parallel: ClassVar[str] = "own"  # ultralytics launches its DDP workers for cell.gpus
 
     def default_config(self) -> dict[str, Any]:
         return {
@@ -140,18 +141,16 @@ class DetectionTask(Task):
     def input_size(self, config: dict[str, Any]) -> tuple[int, ...]:
         return (3, int(config["data"]["imgsz"]), int(config["data"]["imgsz"]))
 
-    def _common_args(self, config: dict[str, Any], data: DetectionData, cell: Cell) -> dict[str, Any]:
-        from .trainer import ultralytics_device
-
+    def _common_args(self, config: dict[str, Any], data: DetectionData, cell: Cell, device: str) -> dict[str, Any]:
         amp = config["train"]["amp"]
         if amp not in (False, "bf16"):
             raise LcdenseError(f"train.amp must be false or bf16, got {amp!r} (ultralytics' fp16 AMP check downloads weights)")
         return {"data": str(data.dataset.yaml_path), "imgsz": int(config["data"]["imgsz"]),
-                "device": ultralytics_device(cell.device), "workers": int(config["data"]["workers"]),
+                "device": device, "workers": int(config["data"]["workers"]),
                 "plots": False, "verbose": not cell.quiet, "amp": amp, "save_json": False}
 
     def fit(self, model: nn.Module, data: DetectionData, config: dict[str, Any], cell: Cell) -> tuple[nn.Module, list[dict[str, float]]]:
-        from .trainer import LcdenseDetectionTrainer, finished_state, last_checkpoint, model_yaml
+        from .trainer import CellContext, LcdenseDetectionTrainer, finished_state, last_checkpoint, model_yaml, ultralytics_device
 
         train, expected = config["train"], frozen_digest(model)
         done = finished_state(cell, int(train["epochs"]))
@@ -162,7 +161,8 @@ class DetectionTask(Task):
         last = last_checkpoint(save_dir)
         model_cfg = model_yaml(config["model"]["name"], config["model"].get("depth"), config["model"].get("width"))
         overrides = {
-            **self._common_args(config, data, cell), **{k: train[k] for k in _TRAIN_KEYS},
+            **self._common_args(config, data, cell, ",".join(map(str, cell.gpus)) or ultralytics_device(cell.device)),
+            **{k: train[k] for k in _TRAIN_KEYS},
             "model": model_cfg["yaml_file"], "save_dir": str(save_dir), "batch": int(train["batch_size"]),
             "nbs": train["nbs"] or int(train["batch_size"]),
             "seed": cell.data_seed, "pretrained": False, "val": bool(train["val_every_epoch"]),
@@ -171,13 +171,19 @@ class DetectionTask(Task):
         }
         threads = torch.get_num_threads()
         source_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        context = CellContext(cell, model_cfg, source_state, expected, threads)
         with _ultralytics_logging(cell.quiet):
-            trainer = LcdenseDetectionTrainer(overrides, cell=cell, model_cfg=model_cfg, source_state=source_state,
-                                              expected_digest=expected, threads=threads)
+            trainer = LcdenseDetectionTrainer(overrides=overrides, context=context)
             try:
                 trainer.train()
             finally:
                 torch.set_num_threads(threads)
+        if trainer.ddp:  # ultralytics trained in its own DDP workers; rank 0 saved the fp32 model each epoch
+            state = finished_state(cell, int(train["epochs"]))
+            if state is None:
+                raise LcdenseError(f"the DDP workers of cell {cell.variant} seed {cell.seed} left no final state in {cell.dir}")
+            model.load_state_dict(state["model"])
+            return model, list(state["history"])
         if trainer.resumed_from:
             cell.log(f"resumed from {last} ({trainer.resumed_from} weights)")
         return trainer.model, trainer.history
@@ -186,7 +192,9 @@ class DetectionTask(Task):
         from .trainer import CollectingValidator
 
         train = config["train"]
-        args = {**self._common_args(config, data, cell), "batch": 2 * int(train["batch_size"]), "split": "val",
+        from .trainer import ultralytics_device
+
+        args = {**self._common_args(config, data, cell, ultralytics_device(cell.device)), "batch": 2 * int(train["batch_size"]), "split": "val",
                 "conf": train["conf"], "iou": train["iou"], "max_det": train["max_det"], "rect": True}
         threads = torch.get_num_threads()
         validator = CollectingValidator(args=args, save_dir=cell.dir / "val")

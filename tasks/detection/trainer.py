@@ -21,6 +21,7 @@ Frozen filters through the ultralytics training loop:
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ import torch
 from torch import nn
 from ultralytics.models.yolo.detect import DetectionTrainer, DetectionValidator
 from ultralytics.nn.tasks import DetectionModel, yaml_model_load
+from ultralytics.utils import DEFAULT_CFG
 
 from lcdense import Cell, LcdenseError, fold, frozen_digest, frozen_tensors
 
@@ -89,17 +91,54 @@ def _epoch_record(epoch: int, metrics: dict[str, float]) -> dict[str, float]:
     return record
 
 
-class LcdenseDetectionTrainer(DetectionTrainer):
-    """DetectionTrainer that trains an lcdense-converted model and keeps its frozen filters exact."""
+@dataclass
+class CellContext:
+    """What :class:`LcdenseDetectionTrainer` needs besides ultralytics' arguments.
 
-    def __init__(self, overrides: dict[str, Any], *, cell: Cell, model_cfg: dict[str, Any],
-                 source_state: dict[str, torch.Tensor], expected_digest: str, threads: int) -> None:
-        self.cell, self.model_cfg = cell, model_cfg
-        self.source_state, self.expected_digest = source_state, expected_digest
+    It is registered as the trainer's ``on_train_epoch_end`` callback, so it travels with the
+    callbacks that ultralytics pickles for its DDP workers (multi-GPU training re-creates the
+    trainer from its class, arguments and callbacks in each worker). As a callback it checks,
+    under DDP, that every rank holds the same frozen filters.
+    """
+
+    cell: Cell
+    model_cfg: dict[str, Any]
+    source_state: dict[str, torch.Tensor]
+    expected_digest: str
+    threads: int
+
+    def __call__(self, trainer: DetectionTrainer) -> None:
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return
+        model = trainer.model.module if hasattr(trainer.model, "module") else trainer.model
+        digests: list[Any] = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(digests, frozen_digest(model))
+        if len(set(digests)) > 1 or digests[0] != self.expected_digest:
+            raise LcdenseError(f"frozen filters differ between DDP ranks or moved (cell {self.cell.variant}, "
+                               f"seed {self.cell.seed}): {', '.join(d[:12] for d in digests)}")
+
+
+class LcdenseDetectionTrainer(DetectionTrainer):
+    """DetectionTrainer that trains an lcdense-converted model and keeps its frozen filters exact.
+
+    Constructed like any ultralytics trainer plus ``context=``; in a DDP worker the context is
+    found among the callbacks ultralytics hands over.
+    """
+
+    def __init__(self, cfg: Any = DEFAULT_CFG, overrides: dict[str, Any] | None = None,
+                 _callbacks: dict | None = None, *, context: CellContext | None = None) -> None:
+        found = [c for c in (_callbacks or {}).get("on_train_epoch_end", []) if isinstance(c, CellContext)]
+        context = context or (found[0] if found else None)
+        if context is None:
+            raise LcdenseError("LcdenseDetectionTrainer needs its CellContext (context=...)")
+        self.context, self.cell, self.model_cfg = context, context.cell, context.model_cfg
+        self.source_state, self.expected_digest = context.source_state, context.expected_digest
         self.history: list[dict[str, float]] = []
         self.resumed_from = ""  # "", "fp32" or "ema"
-        super().__init__(overrides=overrides)
-        torch.set_num_threads(threads)  # ultralytics' select_device set (cores - 1)
+        super().__init__(cfg, overrides, _callbacks)
+        if not found:
+            self.add_callback("on_train_epoch_end", context)
+        torch.set_num_threads(context.threads)  # ultralytics' select_device set (cores - 1)
 
     def _check_digest(self, model: nn.Module, when: str) -> None:
         if frozen_digest(model) != self.expected_digest:
@@ -187,6 +226,7 @@ class CollectingValidator(DetectionValidator):
 
 
 __all__ = [
+    "CellContext",
     "CollectingValidator",
     "LCDetectionModel",
     "LcdenseDetectionTrainer",

@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from lcdense import LcdenseError
+from lcdense.distributed import World
 
 from .layouts import Sample, open_image, rle_decode
 
@@ -104,12 +105,18 @@ class PairDataset:
 
 
 def train_batches(dataset: PairDataset, generator: torch.Generator, *, batch_size: int, workers: int,
-                  pin_memory: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """One epoch of shuffled, augmented, full batches; order and augmentation come from ``generator``."""
+                  pin_memory: bool = False, world: World | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch of shuffled, augmented, full batches; order and augmentation come from ``generator``.
+
+    With several ranks (``world``), each yields its share of every global batch of ``batch_size``.
+    """
+    world = world or World()
     order = torch.randperm(len(dataset), generator=generator).tolist()
     seeds = torch.randint(0, 2**62, (len(dataset),), generator=generator).tolist()
     keys = list(zip(order, seeds))
-    return iter(DataLoader(dataset, batch_size=batch_size, sampler=keys, drop_last=True,
+    mine = world.shard(torch.arange(batch_size)).tolist()
+    keys = [keys[start + i] for start in range(0, len(keys) - batch_size + 1, batch_size) for i in mine]
+    return iter(DataLoader(dataset, batch_size=len(mine), sampler=keys, drop_last=True,
                            num_workers=workers, pin_memory=pin_memory))
 
 

@@ -75,6 +75,7 @@ class SegmentationTask(Task):
     name: ClassVar[str] = "segmentation"
     primary_metric: ClassVar[str] = "dice"
     higher_is_better: ClassVar[bool] = True
+    data_parallel: ClassVar[str] = "torchrun"
 
     def default_config(self) -> dict[str, Any]:
         return {
@@ -95,7 +96,8 @@ class SegmentationTask(Task):
             },
             "train": {
                 "epochs": None, "batch_size": 16, "lr": None, "optimizer": "adamw", "weight_decay": 1e-4,
-                "schedule": "cosine", "warmup_epochs": 0.0, "amp": True, "grad_clip": None, "eval_every": 1,
+                "schedule": "cosine", "warmup_epochs": 0.0, "amp": True, "sync_bn": False, "grad_clip": None,
+                "eval_every": 1,
             },
         }
 
@@ -149,7 +151,7 @@ class SegmentationTask(Task):
 
         def batches(epoch: int):
             return train_batches(train_set, epoch_generator(cell.data_seed, epoch), batch_size=batch_size,
-                                 workers=workers, pin_memory=pin)
+                                 workers=workers, pin_memory=pin, world=cell.world)
 
         history = train_loop(model, batches=batches, steps_per_epoch=len(train_set) // batch_size, loss=loss,
                              settings=settings, cell=cell,
@@ -177,6 +179,8 @@ def _write_init_sources(model: nn.Module, conversion: dict[str, Any], cell: Cell
     tally: dict[str, int] = {}
     for source in sources.values():
         tally[source] = tally.get(source, 0) + 1
+    if not cell.world.is_main:
+        return
     cell.dir.mkdir(parents=True, exist_ok=True)
     tmp = cell.dir / "init_sources.json.tmp"
     tmp.write_text(json.dumps({"summary": tally, "layers": sources}, indent=1))

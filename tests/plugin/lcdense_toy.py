@@ -14,6 +14,7 @@ class ToyTask(Task):
     name = "toy"
     primary_metric = "accuracy"
     sweep_axes = {"width": "model.width"}
+    data_parallel = "torchrun"  # fit trains on this rank's share of each batch, so `--ddp N` works
 
     def default_config(self):
         return {"data": {"samples": 512}, "model": {"width": 8},
@@ -31,8 +32,8 @@ class ToyTask(Task):
 
     def build_model(self, config, data):
         w = config["model"]["width"]
-        return nn.Sequential(nn.Conv2d(1, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU(),
-                             nn.Conv2d(w, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU(), nn.AdaptiveAvgPool2d((1, 2)),
+        return nn.Sequential(nn.Conv2d(1, w, 3, padding=1), nn.GroupNorm(2, w), nn.ReLU(),
+                             nn.Conv2d(w, w, 3, padding=1), nn.GroupNorm(2, w), nn.ReLU(), nn.AdaptiveAvgPool2d((1, 2)),
                              nn.Flatten(), nn.Linear(2 * w, 2))
 
     def input_size(self, config):
@@ -44,7 +45,9 @@ class ToyTask(Task):
 
         def batches(epoch):
             order = torch.randperm(len(y), generator=epoch_generator(cell.data_seed, epoch))
-            return ((x[order[i:i + size]], y[order[i:i + size]]) for i in range(0, len(y), size))
+            for i in range(0, len(y), size):
+                mine = cell.world.shard(order[i:i + size])  # this rank's share of the global batch
+                yield x[mine], y[mine]
 
         history = train_loop(model, batches=batches, steps_per_epoch=-(-len(y) // size),
                              loss=lambda m, b: F.cross_entropy(m(b[0]), b[1]),

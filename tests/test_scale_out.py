@@ -1,0 +1,163 @@
+"""Scaling out: a cell trained data-parallel by torchrun (2 gloo ranks on CPU) equals the
+single-process cell, and sweeps run as submitit jobs that can fail and be re-submitted."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from lcdense import executors
+from lcdense.cli import main
+from lcdense.variants import CellSpec, Variant
+
+CONFIGS = Path(__file__).parents[1] / "configs" / "executors"
+TOY = ["--task", "toy", "--E", "4", "--seeds", "1", "--quiet", "--no-analysis", "--device", "cpu",
+       "--set", "run.threads=1"]
+
+
+def _cells(run_dir: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in (run_dir / "cells").glob("*/cell.json")}
+
+
+def test_two_gloo_ranks_train_the_same_cell_as_one_process(toy_installed, tmp_path):
+    out = tmp_path / "runs"
+    common = ["run", *TOY, "--variants", "learnable,lc-frozen", "--out", str(out)]
+    assert main([*common, "--name", "one"]) == 0
+    assert main([*common, "--name", "two", "--ddp", "2"]) == 0
+    assert sorted(p.name for p in (out / "toy").iterdir() if not p.name.startswith(".")) == ["one", "two"]
+    one, two = _cells(out / "toy" / "one"), _cells(out / "toy" / "two")
+    assert sorted(two) == sorted(one) == ["lc-frozen@4__seed0", "learnable__seed0"]
+    for cell_id, single in one.items():
+        parallel = two[cell_id]
+        assert (single["costs"]["world_size"], parallel["costs"]["world_size"]) == (1, 2)
+        assert parallel["frozen_digest_before"] == parallel["frozen_digest_after"] == single["frozen_digest_after"]
+        assert parallel["metrics"]["accuracy"] == pytest.approx(single["metrics"]["accuracy"], abs=1e-6)
+        losses = [(a["train_loss"], b["train_loss"]) for a, b in zip(single["history"], parallel["history"])]
+        assert len(losses) == 3
+        for a, b in losses:
+            assert b == pytest.approx(a, rel=1e-5)
+        trained = [torch.load(out / "toy" / name / "cells" / cell_id / "filters.pt", weights_only=True)
+                   for name in ("one", "two")]
+        for key, tensor in trained[0].items():
+            if torch.is_tensor(tensor):
+                torch.testing.assert_close(trained[1][key], tensor, rtol=1e-4, atol=1e-5)
+        assert not (out / "toy" / "two" / "cells" / cell_id / "checkpoint.pt").exists()
+    environment = json.loads((out / "toy" / "two" / "environment.json").read_text())
+    assert environment["world_size"] == 2
+
+
+def test_data_parallel_refusals_are_one_line(toy_installed, tmp_path, monkeypatch, capsys):
+    import lcdense_toy
+
+    out = ["--out", str(tmp_path / "runs")]
+    assert main(["run", "--task", "detection", "--ddp", "2", "--device", "cpu", *out]) == 2
+    assert "task 'detection' trains data-parallel through its framework's own launcher, which needs CUDA GPUs" \
+        in capsys.readouterr().err
+    assert main(["run", *TOY, "--ddp", "3", *out]) == 2  # the toy's global batch is 32
+    assert "train.batch_size 32 (the global batch) must be a multiple of the 3 ranks" in capsys.readouterr().err
+    assert main(["run", "--task", "toy", "--device", "0,gpu1", *out]) == 2
+    assert "device list '0,gpu1' must be GPU indices" in capsys.readouterr().err
+    monkeypatch.setattr(lcdense_toy.ToyTask, "data_parallel", None)
+    assert main(["run", *TOY, "--ddp", "2", *out]) == 2
+    assert "task 'toy' does not support data-parallel training" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "toy").exists() or not any((tmp_path / "runs" / "toy").iterdir())
+
+
+def test_failed_cell_job_is_rerun_by_resubmission(toy_installed, tmp_path, monkeypatch, capsys):
+    import lcdense_toy
+
+    fit, calls, failed = lcdense_toy.ToyTask.fit, [], []
+
+    def flaky_fit(self, model, data, config, cell):
+        calls.append(cell.variant)
+        if cell.variant == "frozen" and not failed:
+            failed.append(cell.variant)
+            raise RuntimeError("injected failure")
+        return fit(self, model, data, config, cell)
+
+    monkeypatch.setattr(lcdense_toy.ToyTask, "fit", flaky_fit)
+    out = tmp_path / "runs"
+    sweep = ["sweep", *TOY, "--variants", "learnable,frozen", "--width", "4,8", "--out", str(out),
+             "--name", "grid", "--executor", "debug"]
+    assert main(sweep) == 2
+    err = capsys.readouterr().err
+    assert "job failed: frozen__width=4__seed0: injected failure" in err
+    assert "lcdense sweep --resume" in err.strip().splitlines()[-1]
+    run_dir = out / "toy" / "grid"
+    cells = _cells(run_dir)
+    assert sorted(cells) == ["frozen__width=8__seed0", "learnable__width=4__seed0", "learnable__width=8__seed0"]
+    assert (run_dir / "results.csv").read_text().count("\n") == 4  # header + the 3 finished cells
+    jobs = json.loads((run_dir / "jobs.json").read_text())
+    assert len(jobs) == 4 and {j["executor"] for j in jobs.values()} == {"debug"}
+
+    assert main(["report", str(run_dir), "--no-analysis"]) == 0  # assembles whatever has finished
+    capsys.readouterr()
+    calls.clear()
+    assert main(["sweep", "--resume", str(run_dir), "--executor", "debug", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "4 cell(s), 3 finished, 1 to run on 'debug'" in printed
+    assert calls == ["frozen"]
+    assert sorted(_cells(run_dir)) == sorted([*cells, "frozen__width=4__seed0"])
+    assert (run_dir / "results.csv").read_text().count("\n") == 5
+
+
+def test_local_executor_runs_the_cells_in_a_job_process(toy_installed, tmp_path, capsys):
+    out = tmp_path / "runs"
+    assert main(["sweep", *TOY, "--variants", "lc-frozen", "--width", "4,8", "--out", str(out), "--name", "local",
+                 "--executor", "local", "--set", "train.epochs=1"]) == 0
+    run_dir = out / "toy" / "local"
+    assert sorted(_cells(run_dir)) == ["lc-frozen@4__width=4__seed0", "lc-frozen@4__width=8__seed0"]
+    jobs = json.loads((run_dir / "jobs.json").read_text())
+    (job_id,) = {j["job_id"] for j in jobs.values()}  # CPU only: one job runs both cells in turn
+    assert list((run_dir / "jobs").glob(f"{job_id}/*_log.out"))
+    assert "| lc-frozen@4" in capsys.readouterr().out
+    assert main(["sweep", "--resume", str(run_dir), "--executor", "local", "--quiet"]) == 0
+    assert "2 cell(s), 2 finished, 0 to run" in capsys.readouterr().out
+
+
+def test_slurm_settings_become_an_sbatch_array(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"  # submitit checks that srun exists; nothing is submitted here
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")
+    (bin_dir / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    settings = executors.executor_settings("slurm", CONFIGS / "slurm.yaml",
+                                           {"partition": "gpu", "gpus_per_job": 4, "timeout_min": 90})
+    executor = executors._executor("slurm", tmp_path, settings, gpus=0)
+    script = executor._executor._make_submission_file_text("python -m submitit.core._submit x", "uid")
+    for line in ("#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=4", "#SBATCH --ntasks-per-node=4",
+                 "#SBATCH --time=90", "#SBATCH --nodes=1"):
+        assert line in script, line
+    assert executors.executor_settings("local", CONFIGS / "local.yaml", {})["gpus_per_job"] == 1
+
+
+def test_slurm_without_slurm_is_a_one_line_error(toy_installed, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no srun
+    assert main(["sweep", *TOY, "--out", str(tmp_path / "runs"), "--executor", "slurm"]) == 2
+    assert "cannot use the slurm executor here" in capsys.readouterr().err
+
+
+def test_executor_settings_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("partitions: gpu\n")
+    with pytest.raises(Exception, match="unknown executor setting 'partitions'"):
+        executors.executor_settings("slurm", bad, {})
+    with pytest.raises(Exception, match="unknown executor 'slrum'; did you mean 'slurm'"):
+        executors.executor_settings("slrum", None, {})
+    with pytest.raises(Exception, match="gpus_per_job must be >= 1"):
+        executors.executor_settings("slurm", None, {"gpus_per_job": 0})
+
+
+def test_resubmission_skips_cells_whose_slurm_job_is_alive(tmp_path, monkeypatch):
+    specs = [CellSpec(Variant("frozen"), 0, {}), CellSpec(Variant("learnable"), 0, {})]
+    (tmp_path / "jobs.json").write_text(json.dumps({
+        "frozen__seed0": {"job_id": "11_0", "executor": "slurm", "submitted": "x"},
+        "learnable__seed0": {"job_id": "11_1", "executor": "slurm", "submitted": "x"}}))
+    states = {"11_0": "RUNNING", "11_1": "FAILED"}
+    monkeypatch.setattr(executors, "_slurm_state", lambda run_dir, job_id: states[job_id])
+    todo, notes = executors.cells_to_submit(tmp_path, specs, "slurm")
+    assert [c.id for c in todo] == ["learnable__seed0"]
+    assert notes == ["frozen__seed0: job 11_0 is running, not submitted again"]
