@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -182,6 +183,17 @@ def submit(run_dir: Path, cells: list[CellSpec], cache_dir: Path, name: str, set
     return [(job, group) for job, group in zip(jobs, groups)]
 
 
+def _reason(error: BaseException) -> str:
+    """One line on why a job failed: the job's exception, or how it ended without a result."""
+    from submitit.core.utils import FailedJobError, UncompletedJobError
+
+    if isinstance(error, UncompletedJobError) and not isinstance(error, FailedJobError):  # killed, timed out...
+        state = re.search(r"\(state: ([^)]*)\)", str(error))
+        return f"the job ended without a result (state: {state.group(1) if state else 'unknown'})"
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
 def wait(submitted: list[Any]) -> list[str]:
     """Wait for the jobs; returns one line per failed job (its cells, the error's last line, its log)."""
     failures = []
@@ -189,8 +201,7 @@ def wait(submitted: list[Any]) -> list[str]:
         error = job.exception()  # waits; the job's error (submitit's FailedJobError, or the debug job's own)
         if error is None:
             continue
-        lines = [line for line in str(error).strip().splitlines() if line.strip()]
-        reason = lines[-1] if lines else type(error).__name__
+        reason = _reason(error)
         log = job.paths.stderr
         failures.append(f"{', '.join(group)}: {reason}" + (f" (log: {log})" if log.is_file() else ""))
     return failures

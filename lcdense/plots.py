@@ -80,10 +80,13 @@ def _versus_e(run_dir: Path, summary: dict[str, Any]) -> list[str]:
                          color="tab:purple", label="lc-frozen@E − lc-learnable@E")
             gax.axhline(0, color="black", linewidth=0.8)
             gax.set_xscale("log", base=2)
+            gax.legend()
+        else:
+            gax.text(0.5, 0.5, "no lc-frozen / lc-learnable pair at the same E", ha="center", va="center",
+                     transform=gax.transAxes)
         gax.set_xlabel("LC expansion E")
         gax.set_ylabel(f"gap in {primary} (paired by seed)")
         gax.set_title("frozen − learnable gap vs E")
-        gax.legend()
         suffix = f"_{group.replace('=', '').replace(',', '_')}" if group else ""
         paths.append(_save(fig, run_dir, f"metric_vs_E{suffix}.png"))
     return paths

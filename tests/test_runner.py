@@ -16,7 +16,6 @@ import pytest
 
 from lcdense.cli import main
 from lcdense.summary import paired_gap
-from lcdense.task import TASKS
 
 PLUGIN_DIR = Path(__file__).parent / "plugin"
 

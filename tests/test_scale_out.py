@@ -39,11 +39,12 @@ def test_two_gloo_ranks_train_the_same_cell_as_one_process(toy_installed, tmp_pa
         assert len(losses) == 3
         for a, b in losses:
             assert b == pytest.approx(a, rel=1e-5)
-        trained = [torch.load(out / "toy" / name / "cells" / cell_id / "filters.pt", weights_only=True)
-                   for name in ("one", "two")]
-        for key, tensor in trained[0].items():
-            if torch.is_tensor(tensor):
-                torch.testing.assert_close(trained[1][key], tensor, rtol=1e-4, atol=1e-5)
+        layers = [torch.load(out / "toy" / name / "cells" / cell_id / "filters.pt", weights_only=True)["layers"]
+                  for name in ("one", "two")]
+        assert len(layers[0]) == len(layers[1]) == 2  # the toy's two spatial convs, trained filters W'
+        for a, b in zip(*layers):
+            assert a["name"] == b["name"]
+            torch.testing.assert_close(b["weight"], a["weight"], rtol=1e-4, atol=1e-5)
         assert not (out / "toy" / "two" / "cells" / cell_id / "checkpoint.pt").exists()
     environment = json.loads((out / "toy" / "two" / "environment.json").read_text())
     assert environment["world_size"] == 2
@@ -161,3 +162,14 @@ def test_resubmission_skips_cells_whose_slurm_job_is_alive(tmp_path, monkeypatch
     todo, notes = executors.cells_to_submit(tmp_path, specs, "slurm")
     assert [c.id for c in todo] == ["learnable__seed0"]
     assert notes == ["frozen__seed0: job 11_0 is running, not submitted again"]
+
+
+def test_a_failed_job_is_explained_in_one_line():
+    from submitit.core.utils import FailedJobError, UncompletedJobError
+
+    killed = UncompletedJobError("Job 7 (task: 0) with path /x/7_0_result.pkl\n"
+                                 "has not produced any output (state: NO PROCESS AND NO RESULT)\nlog lines")
+    assert executors._reason(killed) == "the job ended without a result (state: NO PROCESS AND NO RESULT)"
+    crashed = FailedJobError("Job (task=0) failed during processing with trace:\n----\nTraceback (most recent "
+                             "call last):\n  File x\nRuntimeError: CUDA out of memory\n")
+    assert executors._reason(crashed) == "RuntimeError: CUDA out of memory"

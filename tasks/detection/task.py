@@ -150,7 +150,8 @@ class DetectionTask(Task):
                 "plots": False, "verbose": not cell.quiet, "amp": amp, "save_json": False}
 
     def fit(self, model: nn.Module, data: DetectionData, config: dict[str, Any], cell: Cell) -> tuple[nn.Module, list[dict[str, float]]]:
-        from .trainer import CellContext, LcdenseDetectionTrainer, finished_state, last_checkpoint, model_yaml, ultralytics_device
+        from .trainer import (CellContext, LcdenseDetectionTrainer, finished_state, last_checkpoint, model_yaml,
+                              ultralytics_device)
 
         train, expected = config["train"], frozen_digest(model)
         done = finished_state(cell, int(train["epochs"]))
