@@ -54,6 +54,8 @@ def executor_settings(name: str, config_file: str | Path | None, overrides: dict
         raise unknown_name("executor", name, EXECUTORS)
     file_settings = load_yaml(config_file) if config_file else {}
     settings = dict(DEFAULTS)
+    if name == "local":
+        settings["timeout_min"] = 10080  # a local job runs all its cells in turn: a week
     for key, value in {**file_settings, **{k: v for k, v in overrides.items() if v is not None}}.items():
         if key not in DEFAULTS:
             raise LcdenseError(f"unknown executor setting '{key}' in {config_file}; known: {', '.join(sorted(DEFAULTS))}")
@@ -75,7 +77,7 @@ def run_cells_job(run_dir: str, cell_ids: list[str], cache_dir: str) -> dict[str
     if "SLURM_JOB_ID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
         import submitit
 
-        submitit.helpers.TorchDistributedEnvironment().export()
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
     config, task, cells, axis_keys = load_run(Path(run_dir))
     if task.data_parallel == "own" and visible_gpus() > 1:  # e.g. ultralytics: it launches its own workers
         config["run"]["device"] = ",".join(str(i) for i in range(visible_gpus()))
@@ -124,18 +126,22 @@ def _executor(name: str, run_dir: Path, settings: dict[str, Any], gpus: int, tas
     import submitit
 
     try:
-        executor = submitit.AutoExecutor(folder=run_dir / "jobs" / "%j", cluster=name)
+        folder = run_dir / "jobs" / "%j"
+        executor = submitit.LocalExecutor(folder) if name == "local" else submitit.AutoExecutor(folder, cluster=name)
     except RuntimeError as exc:  # submitit: no srun on this machine
         raise LcdenseError(f"cannot use the {name} executor here ({exc}); submit from a Slurm login node, "
                            "or use --executor local") from None
     per_job = int(settings["gpus_per_job"]) if name == "slurm" else min(gpus, 1)
-    params: dict[str, Any] = {"timeout_min": int(settings["timeout_min"]), "name": f"lcdense-{run_dir.name}"}
+    params: dict[str, Any] = {"timeout_min": int(settings["timeout_min"])}
+    if name != "local":  # submitit's LocalExecutor takes no job name
+        params["name"] = f"lcdense-{run_dir.name}"
     if name == "slurm":
         tasks = per_job if task_per_gpu else 1  # one rank per GPU, or one process that launches its own workers
         params.update(gpus_per_node=per_job, tasks_per_node=tasks, nodes=1,
                       cpus_per_task=int(settings["cpus_per_gpu"]) * per_job // tasks,
                       mem_gb=float(settings["mem_gb_per_gpu"]) * per_job,
-                      slurm_array_parallelism=int(settings["array_parallelism"]), slurm_setup=list(settings["setup"]))
+                      slurm_array_parallelism=int(settings["array_parallelism"]), slurm_setup=list(settings["setup"]),
+                      slurm_srun_args=["--kill-on-bad-exit=1"])  # one failing rank ends the job, no hang
         for key in ("partition", "account", "qos", "constraint"):
             if settings[key]:
                 params[f"slurm_{key}"] = settings[key]
@@ -170,7 +176,7 @@ def submit(run_dir: Path, cells: list[CellSpec], cache_dir: Path, name: str, set
     if name == "local" and gpus:
         jobs = []
         for k, group in enumerate(groups):
-            executor.update_parameters(local_visible_gpus=(k,))
+            executor.update_parameters(visible_gpus=(k,))
             jobs.append(executor.submit(run_cells_job, run_arg, group, cache_arg))
     else:
         jobs = executor.map_array(run_cells_job, [run_arg] * len(groups), groups, [cache_arg] * len(groups))
@@ -190,7 +196,10 @@ def _reason(error: BaseException) -> str:
     if isinstance(error, UncompletedJobError) and not isinstance(error, FailedJobError):  # killed, timed out...
         state = re.search(r"\(state: ([^)]*)\)", str(error))
         return f"the job ended without a result (state: {state.group(1) if state else 'unknown'})"
-    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    text = str(error)
+    if "\n----" in text:  # submitit: "... with trace:\n----\n<traceback>\n----\n<log paths>"
+        text = text.split("\n----", 2)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("---")]
     return lines[-1] if lines else type(error).__name__
 
 

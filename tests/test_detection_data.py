@@ -72,6 +72,14 @@ def test_labels_written_and_difficult_policy(tmp_path: Path) -> None:
     assert again.yaml_path == excluded.yaml_path
 
 
+def test_a_relative_cache_dir_gives_absolute_yaml_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    devkit = _devkit(tmp_path / "src", XML.format(w=353, h=500, xmin=8))
+    monkeypatch.chdir(tmp_path)  # e.g. the default runs/.cache: ultralytics reads yaml paths against the cwd
+    data = json.loads(build_yolo_dataset(devkit, SPLITS, Path("runs/.cache"), difficult="exclude").yaml_path.read_text())
+    for key in ("path", "train", "val"):
+        assert Path(data[key]).is_absolute() and Path(data[key]).exists(), key
+
+
 @pytest.mark.parametrize(("xml", "message"), [
     ("<annotation><size><width>10</width>", "broken XML"),
     (XML.format(w=353, h=500, xmin=0), "outside the 353x500 image"),

@@ -61,10 +61,13 @@ def test_data_parallel_refusals_are_one_line(toy_installed, tmp_path, monkeypatc
     assert "train.batch_size 32 (the global batch) must be a multiple of the 3 ranks" in capsys.readouterr().err
     assert main(["run", "--task", "toy", "--device", "0,gpu1", *out]) == 2
     assert "device list '0,gpu1' must be GPU indices" in capsys.readouterr().err
+    (tmp_path / "runs" / "toy" / "taken").mkdir(parents=True)
+    assert main(["run", *TOY, "--ddp", "2", "--name", "taken", *out]) == 2  # said once, before torchrun starts
+    assert "toy/taken already exists; pick another --name" in capsys.readouterr().err
     monkeypatch.setattr(lcdense_toy.ToyTask, "data_parallel", None)
     assert main(["run", *TOY, "--ddp", "2", *out]) == 2
     assert "task 'toy' does not support data-parallel training" in capsys.readouterr().err
-    assert not (tmp_path / "runs" / "toy").exists() or not any((tmp_path / "runs" / "toy").iterdir())
+    assert [p.name for p in (tmp_path / "runs" / "toy").iterdir()] == ["taken"]
 
 
 def test_failed_cell_job_is_rerun_by_resubmission(toy_installed, tmp_path, monkeypatch, capsys):
@@ -170,6 +173,8 @@ def test_a_failed_job_is_explained_in_one_line():
     killed = UncompletedJobError("Job 7 (task: 0) with path /x/7_0_result.pkl\n"
                                  "has not produced any output (state: NO PROCESS AND NO RESULT)\nlog lines")
     assert executors._reason(killed) == "the job ended without a result (state: NO PROCESS AND NO RESULT)"
-    crashed = FailedJobError("Job (task=0) failed during processing with trace:\n----\nTraceback (most recent "
-                             "call last):\n  File x\nRuntimeError: CUDA out of memory\n")
+    crashed = FailedJobError(  # the text submitit's Job.exception() builds (core/core.py)
+        "Job (task=0) failed during processing with trace:\n----------------------\nTraceback (most recent call "
+        "last):\n  File \"x\", line 1\nRuntimeError: CUDA out of memory\n\n----------------------\nYou can check "
+        "full logs with 'job.stderr(0)' and 'job.stdout(0)'or at paths:\n  - /r/7_0_log.err\n  - /r/7_0_log.out")
     assert executors._reason(crashed) == "RuntimeError: CUDA out of memory"

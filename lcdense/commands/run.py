@@ -112,6 +112,21 @@ def _gpus_requested(args: argparse.Namespace) -> tuple[int, ...]:
     return listed or (tuple(range(args.ddp)) if args.ddp and args.ddp > 1 else ())
 
 
+def _check_before_relaunch(args: argparse.Namespace, config: dict[str, Any], task: Task, gpus: tuple[int, ...]) -> None:
+    """Errors the ranks would each print (with torchrun's traceback after them), said once here."""
+    from ..runner import gpu_list
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    device = args.device or "auto"
+    if gpu_list(device) or device.startswith("cuda") or (device == "auto" and count):
+        if max(gpus) >= count:
+            raise LcdenseError(f"{len(gpus)} GPUs asked for, {count} visible; use fewer, or --device cpu for gloo ranks")
+    name = config["run"]["name"]
+    if not args.resume and name and (Path(config["run"]["out"]) / task.name / name).exists():
+        raise LcdenseError(f"run directory {Path(config['run']['out']) / task.name / name} already exists; "
+                           "pick another --name or continue it with --resume")
+
+
 def _relaunch_under_torchrun(args: argparse.Namespace, ranks: int) -> int:
     """Run this same command as ``ranks`` data-parallel processes through torchrun."""
     import os
@@ -128,8 +143,9 @@ def _relaunch_under_torchrun(args: argparse.Namespace, ranks: int) -> int:
             skip = True
         elif not item.startswith(("--ddp=", "--device=")):
             argv.append(item)
-    if gpu_list(args.device or ""):
-        env["CUDA_VISIBLE_DEVICES"] = args.device.replace(" ", "")
+    if gpus := gpu_list(args.device or ""):
+        visible = [v for v in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(visible[i] if visible else str(i) for i in gpus)  # indices as torch sees them
         argv += ["--device", "cuda"]
     elif args.device:
         argv += ["--device", args.device]
@@ -163,21 +179,26 @@ def launch(args: argparse.Namespace, sweep: dict[str, list[Any]]) -> int:
         if batch % len(gpus):
             raise LcdenseError(f"train.batch_size {batch} (the global batch) must be a multiple of the {len(gpus)} ranks")
         if task.data_parallel == "torchrun":
+            _check_before_relaunch(args, config, task, gpus)
             return _relaunch_under_torchrun(args, len(gpus))
         if args.device == "cpu" or not torch.cuda.is_available():
             raise LcdenseError(f"task '{task.name}' trains data-parallel through its framework's own launcher, "
                                "which needs CUDA GPUs; none is visible here")
         config["run"]["device"] = ",".join(map(str, gpus))  # the task's framework launches its own workers
+    cache_dir = Path(config["run"]["cache_dir"] or Path(config["run"]["out"]) / ".cache").resolve()
+    if getattr(args, "executor", None):  # the jobs pick their devices; this machine may have no GPU
+        if run_dir is None:
+            run_dir = new_run_dir(config["run"]["out"], task.name, config["run"]["name"])
+            save_run_config(run_dir, config, cells, axis_keys, task)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        return _submit(args, task, config, run_dir, cells, cache_dir)
     world, device = setup_world(config)
     if run_dir is None:
         run_dir = world.on_main(lambda: new_run_dir(config["run"]["out"], task.name, config["run"]["name"]))
         if world.is_main:
             save_run_config(run_dir, config, cells, axis_keys, task)
-    cache_dir = Path(config["run"]["cache_dir"] or Path(config["run"]["out"]) / ".cache")
     if world.is_main:
         cache_dir.mkdir(parents=True, exist_ok=True)
-    if getattr(args, "executor", None):
-        return _submit(args, task, config, run_dir, cells, cache_dir)
     if world.is_main and not config["run"]["quiet"]:
         print(f"lcdense: {task.name}: {len(cells)} cell(s) -> {run_dir}" + (f", {world.size} ranks each" if world.active else ""))
     execute(task, config, run_dir, cells, axis_keys, cache_dir, world, device)

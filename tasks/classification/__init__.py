@@ -171,11 +171,14 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 def _tensor_batches(data: TensorData, batch_size: int, epoch: int, cell: Cell,
                     augment: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """This rank's share of each global batch. Order and augmentation come from the data seed alone,
-    so any number of ranks trains on the same augmented global batches as one process."""
+    so any number of ranks trains on the same augmented global batches as one process (except that
+    data-parallel training drops the last partial batch, whose shards would be unequal)."""
     gen = epoch_generator(cell.data_seed, epoch)
     order = torch.randperm(len(data.train_y), generator=gen)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
+        if cell.world.active and len(idx) < batch_size:
+            break
         x = data.train_x[idx]
         if augment:
             x = _augment(x, gen)

@@ -189,7 +189,8 @@ class LcdenseDetectionTrainer(DetectionTrainer):
 
     def save_model(self) -> bool:
         """Save the fp32 model (resume point of the cell) before ultralytics writes its fp16 last.pt."""
-        state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        model = self.model.module if isinstance(self.model, nn.parallel.DistributedDataParallel) else self.model
+        state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}  # no DDP "module." prefix
         self.cell.save_checkpoint({"epoch": self.epoch, "model": state, "history": self.history})
         return super().save_model()
 

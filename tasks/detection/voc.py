@@ -220,7 +220,7 @@ def build_yolo_dataset(devkit: Path, splits: dict[str, list[str]], cache_dir: Pa
     for split, found in members.items():
         if not found:
             raise LcdenseError(f"split '{split}' ({', '.join(splits[split])}) lists no images")
-    out = Path(cache_dir) / f"voc-yolo-{_cache_key(devkit, splits, classes, difficult, members)}"
+    out = Path(cache_dir).resolve() / f"voc-yolo-{_cache_key(devkit, splits, classes, difficult, members)}"
     if not (out / "data.yaml").is_file():
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
