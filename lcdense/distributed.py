@@ -84,6 +84,11 @@ class World:
         return value
 
 
+def visible_gpus() -> int:
+    """How many CUDA GPUs torch sees (0 without CUDA)."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def launched_by_torchrun() -> bool:
     """True inside a process started by torchrun (or any launcher that sets ``WORLD_SIZE`` > 1)."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -136,4 +141,4 @@ def torchrun_command(nproc: int, argv: list[str]) -> list[str]:
             "-m", "lcdense", *argv]
 
 
-__all__ = ["World", "average_running_stats", "join", "launched_by_torchrun", "torchrun_command", "wrap"]
+__all__ = ["World", "average_running_stats", "join", "launched_by_torchrun", "torchrun_command", "visible_gpus", "wrap"]

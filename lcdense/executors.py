@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import load_yaml
+from .distributed import visible_gpus
 from .errors import LcdenseError, unknown_name
 from .files import write_json
 from .variants import CellSpec
@@ -71,16 +72,15 @@ def run_cells_job(run_dir: str, cell_ids: list[str], cache_dir: str) -> dict[str
 
     Returns {cell id: "done"}; a failing cell raises, which fails the job (re-submit to retry).
     """
-    from .commands.run import load_run
-    from .runner import execute, setup_world
+    from .runner import execute, load_run, setup_world
 
     if "SLURM_JOB_ID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
         import submitit
 
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
     config, task, cells, axis_keys = load_run(Path(run_dir))
-    if task.data_parallel == "own" and visible_gpus() > 1:  # e.g. ultralytics: it launches its own workers
-        config["run"]["device"] = ",".join(str(i) for i in range(visible_gpus()))
+    if task.data_parallel == "own" and (gpus := visible_gpus()) > 1:  # e.g. ultralytics launches its own workers
+        config["run"]["device"] = ",".join(str(i) for i in range(gpus))
     by_id = {c.id: c for c in cells}
     world, device = setup_world(config)
     records = execute(task, config, Path(run_dir), [by_id[i] for i in cell_ids], axis_keys, Path(cache_dir),
@@ -151,12 +151,6 @@ def _executor(name: str, run_dir: Path, settings: dict[str, Any], gpus: int, tas
     return executor
 
 
-def visible_gpus() -> int:
-    import torch
-
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
 def submit(run_dir: Path, cells: list[CellSpec], cache_dir: Path, name: str, settings: dict[str, Any],
            task_per_gpu: bool = True) -> list[Any]:
     """Submit ``cells`` of ``run_dir`` to executor ``name``; records the jobs in ``jobs.json``.
@@ -167,8 +161,9 @@ def submit(run_dir: Path, cells: list[CellSpec], cache_dir: Path, name: str, set
     job per cell.
     """
     gpus = visible_gpus() if name == "local" else 0
-    if name == "local":
-        groups = [[c.id for c in cells[k::max(gpus, 1)]] for k in range(min(max(gpus, 1), len(cells)))]
+    if name == "local":  # one job per GPU (one on CPU), each taking every n-th cell
+        slots = min(max(gpus, 1), len(cells))
+        groups = [[c.id for c in cells[k::slots]] for k in range(slots)]
     else:
         groups = [[c.id] for c in cells]
     executor = _executor(name, run_dir, settings, gpus, task_per_gpu)
@@ -186,7 +181,7 @@ def submit(run_dir: Path, cells: list[CellSpec], cache_dir: Path, name: str, set
         for cell_id in group:
             record[cell_id] = {"job_id": str(job.job_id), "executor": name, "submitted": stamp}
     write_json(_jobs_file(run_dir), record)
-    return [(job, group) for job, group in zip(jobs, groups)]
+    return list(zip(jobs, groups))
 
 
 def _reason(error: BaseException) -> str:
@@ -222,5 +217,5 @@ def describe(submitted: list[Any]) -> str:
 
 
 __all__ = ["EXECUTORS", "cells_to_submit", "describe", "executor_settings", "run_cells_job", "submit",
-           "submitted_jobs", "wait", "visible_gpus"]
+           "submitted_jobs", "wait"]
 

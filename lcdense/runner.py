@@ -28,13 +28,13 @@ from typing import Any
 
 import torch
 
-from .config import dump, set_dotted
+from .config import dump, load_yaml, set_dotted
 from .convert import ConversionReport, convert
 from .digest import frozen_digest
 from .distributed import World
 from .errors import LcdenseError
 from .files import write_json, write_text
-from .task import Cell, Task
+from .task import Cell, Task, get_task
 from .variants import CellSpec, Variant
 
 PACKAGES = ("torch", "torchvision", "timm", "ultralytics", "segmentation-models-pytorch", "albumentations",
@@ -251,6 +251,21 @@ def _save_analysis_inputs(model: torch.nn.Module, cell_dir: Path) -> None:
     save_filters(model, cell_dir / "filters.pt")
 
 
+def refuse_existing_run(out: str | Path, task: str, name: str) -> Path:
+    """``<out>/<task>/<name>``, or an error if that run directory exists already."""
+    run_dir = Path(out) / task / name
+    if run_dir.exists():
+        raise LcdenseError(f"run directory {run_dir} already exists; pick another --name or continue it with --resume {run_dir}")
+    return run_dir
+
+
+def check_global_batch(config: dict[str, Any], ranks: int) -> None:
+    """``train.batch_size`` is the global batch: it must split evenly over the ranks."""
+    batch = int(config["train"].get("batch_size", ranks))
+    if batch % ranks:
+        raise LcdenseError(f"train.batch_size {batch} (the global batch) must be a multiple of the {ranks} ranks")
+
+
 def new_run_dir(out: str | Path, task: str, name: str | None) -> Path:
     """A fresh ``<out>/<task>/<name>`` directory; an existing name is refused, never reused."""
     parent = Path(out) / task
@@ -261,9 +276,7 @@ def new_run_dir(out: str | Path, task: str, name: str | None) -> Path:
     if not os.access(parent, os.W_OK):
         raise LcdenseError(f"output directory {parent} is not writable; choose another with --out")
     if name:
-        run_dir = parent / name
-        if run_dir.exists():
-            raise LcdenseError(f"run directory {run_dir} already exists; pick another --name or continue it with --resume {run_dir}")
+        run_dir = refuse_existing_run(out, task, name)
         run_dir.mkdir()
         return run_dir
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -312,9 +325,7 @@ def execute(task: Task, config: dict[str, Any], run_dir: Path, cells: list[CellS
     if gpus and task.data_parallel != "own":
         raise LcdenseError(f"run.device '{config['run']['device']}' lists several GPUs; start the run with "
                            f"lcdense run --device {config['run']['device']} (or --ddp N)")
-    batch = int(config["train"].get("batch_size", world.size))
-    if batch % world.size:
-        raise LcdenseError(f"train.batch_size {batch} (the global batch) must be a multiple of the {world.size} ranks")
+    check_global_batch(config, world.size)
     prepared: list[Any] = []
     world.on_main(lambda: prepared.append(task.prepare_data(config, cache_dir)))  # errors reach every rank
     data = prepared[0] if prepared else task.prepare_data(config, cache_dir)
@@ -354,6 +365,15 @@ def save_run_config(run_dir: Path, config: dict[str, Any], cells: list[CellSpec]
                                        "higher_is_better": task.higher_is_better, "axis_keys": axis_keys,
                                        "cells": [{"kind": c.variant.kind, "E": c.variant.E, "seed": c.seed,
                                                   "axes": c.axes} for c in cells]})
+
+
+def load_run(run_dir: Path) -> tuple[dict[str, Any], Task, list[CellSpec], dict[str, str]]:
+    """Config, task, cell plan and sweep-axis keys of an existing run directory."""
+    if not (run_dir / "config.yaml").is_file():
+        raise LcdenseError(f"{run_dir} is not an lcdense run directory (no config.yaml); check the path")
+    config = load_yaml(run_dir / "config.yaml")
+    cells, axis_keys = load_plan(run_dir)
+    return config, get_task(config["task"]), cells, axis_keys
 
 
 def load_plan(run_dir: Path) -> tuple[list[CellSpec], dict[str, str]]:

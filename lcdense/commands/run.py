@@ -5,15 +5,17 @@ Example: ``lcdense run --task classification --E 8 --seeds 0,1,2``
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..config import load_yaml, resolve
+from ..distributed import launched_by_torchrun, torchrun_command, visible_gpus
 from ..errors import LcdenseError
-from ..runner import execute, load_plan, new_run_dir, plan_cells, save_run_config
+from ..runner import (cell_record, check_global_batch, execute, gpu_list, load_run, new_run_dir, plan_cells,
+                      refuse_existing_run, save_run_config, setup_world)
 from ..summary import write_report
 from ..task import Task, get_task, list_tasks
 from ..variants import CellSpec, parse_expansions, parse_seeds, parse_variants
@@ -76,15 +78,6 @@ def _axes(task: Task, config: dict[str, Any], requested: dict[str, list[Any]]) -
     return requested, {a: axis_keys[a] for a in requested}
 
 
-def load_run(run_dir: Path) -> tuple[dict[str, Any], Task, list[CellSpec], dict[str, str]]:
-    """Config, task, cell plan and sweep-axis keys of an existing run directory."""
-    if not (run_dir / "config.yaml").is_file():
-        raise LcdenseError(f"{run_dir} is not an lcdense run directory (no config.yaml); check the path")
-    config = load_yaml(run_dir / "config.yaml")
-    cells, axis_keys = load_plan(run_dir)
-    return config, get_task(config["task"]), cells, axis_keys
-
-
 def _new_run(args: argparse.Namespace, sweep: dict[str, list[Any]]) -> tuple[dict[str, Any], Task, list[CellSpec], dict[str, str]]:
     file_config = load_yaml(args.config) if args.config else {}
     name = args.task or file_config.get("task")
@@ -104,8 +97,6 @@ def _new_run(args: argparse.Namespace, sweep: dict[str, list[Any]]) -> tuple[dic
 
 def _gpus_requested(args: argparse.Namespace) -> tuple[int, ...]:
     """GPUs asked for with ``--ddp N`` (0..N-1) or ``--device 0,1,...`` (empty if neither)."""
-    from ..runner import gpu_list
-
     listed = gpu_list(args.device or "")
     if args.ddp and listed and args.ddp != len(listed):
         raise LcdenseError(f"--ddp {args.ddp} conflicts with the {len(listed)} GPUs of --device {args.device}")
@@ -114,27 +105,16 @@ def _gpus_requested(args: argparse.Namespace) -> tuple[int, ...]:
 
 def _check_before_relaunch(args: argparse.Namespace, config: dict[str, Any], task: Task, gpus: tuple[int, ...]) -> None:
     """Errors the ranks would each print (with torchrun's traceback after them), said once here."""
-    from ..runner import gpu_list
-
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    count = visible_gpus()
     device = args.device or "auto"
-    if gpu_list(device) or device.startswith("cuda") or (device == "auto" and count):
-        if max(gpus) >= count:
-            raise LcdenseError(f"{len(gpus)} GPUs asked for, {count} visible; use fewer, or --device cpu for gloo ranks")
-    name = config["run"]["name"]
-    if not args.resume and name and (Path(config["run"]["out"]) / task.name / name).exists():
-        raise LcdenseError(f"run directory {Path(config['run']['out']) / task.name / name} already exists; "
-                           "pick another --name or continue it with --resume")
+    if (gpu_list(device) or device.startswith("cuda") or (device == "auto" and count)) and max(gpus) >= count:
+        raise LcdenseError(f"{len(gpus)} GPUs asked for, {count} visible; use fewer, or --device cpu for gloo ranks")
+    if not args.resume and config["run"]["name"]:
+        refuse_existing_run(config["run"]["out"], task.name, config["run"]["name"])
 
 
 def _relaunch_under_torchrun(args: argparse.Namespace, ranks: int) -> int:
     """Run this same command as ``ranks`` data-parallel processes through torchrun."""
-    import os
-    import subprocess
-
-    from ..distributed import torchrun_command
-    from ..runner import gpu_list
-
     argv, env, skip = [], dict(os.environ), False
     for item in args.argv:
         if skip:
@@ -159,9 +139,6 @@ def launch(args: argparse.Namespace, sweep: dict[str, list[Any]]) -> int:
     directory and every rank trains each cell on its shard of the data. ``--executor`` hands the
     cells to submitit jobs instead of running them here.
     """
-    from ..distributed import launched_by_torchrun
-    from ..runner import setup_world
-
     if args.resume:
         run_dir: Path | None = Path(args.resume)
         config, task, cells, axis_keys = load_run(run_dir)
@@ -175,13 +152,11 @@ def launch(args: argparse.Namespace, sweep: dict[str, list[Any]]) -> int:
             raise LcdenseError(f"task '{task.name}' does not support data-parallel training; drop --ddp/--device list")
         if getattr(args, "executor", None):
             raise LcdenseError("--ddp runs one machine's GPUs; with --executor use --gpus-per-job instead")
-        batch = int(config["train"].get("batch_size", len(gpus)))
-        if batch % len(gpus):
-            raise LcdenseError(f"train.batch_size {batch} (the global batch) must be a multiple of the {len(gpus)} ranks")
+        check_global_batch(config, len(gpus))
         if task.data_parallel == "torchrun":
             _check_before_relaunch(args, config, task, gpus)
             return _relaunch_under_torchrun(args, len(gpus))
-        if args.device == "cpu" or not torch.cuda.is_available():
+        if args.device == "cpu" or not visible_gpus():
             raise LcdenseError(f"task '{task.name}' trains data-parallel through its framework's own launcher, "
                                "which needs CUDA GPUs; none is visible here")
         config["run"]["device"] = ",".join(map(str, gpus))  # the task's framework launches its own workers
@@ -223,7 +198,6 @@ def _submit(args: argparse.Namespace, task: Task, config: dict[str, Any], run_di
             cache_dir: Path) -> int:
     """Hand the unfinished cells to submitit; wait (local, debug, or --wait) and report."""
     from .. import executors
-    from ..runner import cell_record
 
     name = args.executor
     settings = executors.executor_settings(name, args.executor_config, {

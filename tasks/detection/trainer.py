@@ -30,6 +30,7 @@ from torch import nn
 from ultralytics.models.yolo.detect import DetectionTrainer, DetectionValidator
 from ultralytics.nn.tasks import DetectionModel, yaml_model_load
 from ultralytics.utils import DEFAULT_CFG
+from ultralytics.utils.torch_utils import unwrap_model
 
 from lcdense import Cell, LcdenseError, fold, frozen_digest, frozen_tensors
 
@@ -110,7 +111,7 @@ class CellContext:
     def __call__(self, trainer: DetectionTrainer) -> None:
         if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
             return
-        model = trainer.model.module if hasattr(trainer.model, "module") else trainer.model
+        model = unwrap_model(trainer.model)
         digests: list[Any] = [None] * torch.distributed.get_world_size()
         torch.distributed.all_gather_object(digests, frozen_digest(model))
         if len(set(digests)) > 1 or digests[0] != self.expected_digest:
@@ -131,8 +132,7 @@ class LcdenseDetectionTrainer(DetectionTrainer):
         context = context or (found[0] if found else None)
         if context is None:
             raise LcdenseError("LcdenseDetectionTrainer needs its CellContext (context=...)")
-        self.context, self.cell, self.model_cfg = context, context.cell, context.model_cfg
-        self.source_state, self.expected_digest = context.source_state, context.expected_digest
+        self.context, self.cell = context, context.cell
         self.history: list[dict[str, float]] = []
         self.resumed_from = ""  # "", "fp32" or "ema"
         super().__init__(cfg, overrides, _callbacks)
@@ -141,16 +141,16 @@ class LcdenseDetectionTrainer(DetectionTrainer):
         torch.set_num_threads(context.threads)  # ultralytics' select_device set (cores - 1)
 
     def _check_digest(self, model: nn.Module, when: str) -> None:
-        if frozen_digest(model) != self.expected_digest:
+        if frozen_digest(model) != self.context.expected_digest:
             raise LcdenseError(f"frozen filters changed {when} (cell {self.cell.variant}, seed {self.cell.seed}); "
                                f"delete {self.cell.dir} to restart the cell")
 
     def get_model(self, cfg: Any = None, weights: nn.Module | None = None, verbose: bool = True) -> nn.Module:
         """Build from yaml, convert, then load the weights handed to ``fit`` (or, on resume, the EMA)."""
-        model = self.cell.convert(build_detection_model(self.model_cfg, self.data["names"])).model
+        model = self.cell.convert(build_detection_model(self.context.model_cfg, self.data["names"])).model
         seeded = {name: tensor.clone() for name, tensor in frozen_tensors(model).items()}
         if weights is None:
-            model.load_state_dict(self.source_state)
+            model.load_state_dict(self.context.source_state)
         else:
             model.load_state_dict(weights.float().state_dict())
             current = frozen_tensors(model)
@@ -189,8 +189,7 @@ class LcdenseDetectionTrainer(DetectionTrainer):
 
     def save_model(self) -> bool:
         """Save the fp32 model (resume point of the cell) before ultralytics writes its fp16 last.pt."""
-        model = self.model.module if isinstance(self.model, nn.parallel.DistributedDataParallel) else self.model
-        state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}  # no DDP "module." prefix
+        state = {k: v.detach().cpu().clone() for k, v in unwrap_model(self.model).state_dict().items()}  # no "module."
         self.cell.save_checkpoint({"epoch": self.epoch, "model": state, "history": self.history})
         return super().save_model()
 
