@@ -176,3 +176,17 @@ def test_unknown_dataset_and_missing_data(tmp_path, capsys):
     assert main(["run", "--task", "classification", "--dataset", "svhn", "--data", str(tmp_path / "none"),
                  "--out", str(tmp_path)]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_fetching_is_a_separate_setup_script_never_part_of_a_run(tmp_path, capsys):
+    import importlib.util
+
+    import tasks.classification as classification
+
+    assert "download" not in classification.ClassificationTask().default_config()["data"]
+    path = Path(__file__).parents[1] / "scripts" / "fetch_dataset.py"
+    spec = importlib.util.spec_from_file_location("fetch_dataset", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main(["imagefolder", str(tmp_path)]) == 2  # refused before anything is fetched
+    assert "no official archive to fetch for 'imagefolder'" in capsys.readouterr().err

@@ -140,7 +140,9 @@ def test_runs_are_never_overwritten(toy_installed, tmp_path, capsys):
     (["run", "--task", "toy", "--set", "train.lrr=1"], "unknown config key 'train.lrr'"),
     (["run", "--task", "toy", "--config", "nope.yaml"], "config file not found: nope.yaml"),
     (["run"], "say which task to run"),
-    (["run", "--task", "toy", "--download"], "unknown key 'download' in command-line flags.data"),
+    (["run", "--task", "toy", "--download"], "unrecognized arguments: --download"),  # runs never download
+    (["run", "--task", "classification", "--dataset", "cifar10"],
+     "needs its files: pass --data PATH (nothing is downloaded; fetch it once with: python scripts/fetch_dataset.py"),
     (["sweep", "--task", "toy", "--depth", "8,14"], "task 'toy' cannot sweep 'depth'"),
     (["run", "--resume", "/nonexistent/run"], "is not an lcdense run directory"),
     (["report", "/nonexistent/run"], "is not an lcdense run directory"),

@@ -39,9 +39,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", help="dataset name, where the task has several")
     p.add_argument("--model", help="model name, where the task has several")
     p.add_argument("--workers", type=int, help="data loader worker processes")
-    p.add_argument("--download", action="store_true",
-                   help="fetch the official dataset archive into --data first (tasks that support it); "
-                        "without it nothing is ever downloaded")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, or a GPU list 0,1,2,3 (data-parallel, like --ddp 4)")
     p.add_argument("--ddp", type=positive_int, metavar="N",
                    help="train each cell data-parallel on N GPUs (with --device cpu: N gloo ranks) via torchrun; "
@@ -63,8 +60,6 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
             flags.setdefault(section, {})[name] = value
     if args.quiet:
         flags.setdefault("run", {})["quiet"] = True
-    if args.download:
-        flags.setdefault("data", {})["download"] = True
     if args.no_analysis:
         flags.setdefault("run", {})["analysis"] = False
     return flags

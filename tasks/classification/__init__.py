@@ -23,7 +23,7 @@ from lcdense import Cell, LcdenseError, Task
 from lcdense.models import cifar_resnet, create_model
 from lcdense.training import TrainSettings, epoch_generator, epoch_seed, train_loop
 
-from .data import DATASETS, TensorData, download, ensure_embedded, fingerprint, load_tensor_dataset
+from .data import DATASETS, TensorData, ensure_embedded, fingerprint, load_tensor_dataset
 from .models import Normalized
 
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -42,7 +42,7 @@ class ClassificationTask(Task):
         The paper's recipe lives in configs/classification/cifar10_resnet_lc_20_16.yaml.
         """
         return {
-            "data": {"dataset": "embedded", "root": None, "download": False, "workers": 0,
+            "data": {"dataset": "embedded", "root": None, "workers": 0,
                      "image_size": 224, "train_limit": None},
             "model": {"name": "resnet_lc", "depth": 8, "width": 16, "kernel_size": 3},
             "train": {"epochs": 4, "batch_size": 128, "lr": 0.05, "optimizer": "sgd", "momentum": 0.9,
@@ -64,13 +64,11 @@ class ClassificationTask(Task):
                 raise LcdenseError("data.dataset 'embedded' is generated; pass --dataset cifar10 (etc.) with --data")
             data = load_tensor_dataset("cifar10", ensure_embedded(cache_dir))
         elif not cfg["root"]:
-            raise LcdenseError(f"dataset '{dataset}' needs its files: pass --data PATH (nothing is downloaded "
-                               f"unless you also pass --download)")
+            raise LcdenseError(f"dataset '{dataset}' needs its files: pass --data PATH (nothing is downloaded; "
+                               f"fetch it once with: python scripts/fetch_dataset.py {dataset} PATH)")
         elif dataset == "imagefolder":
             return _image_folders(Path(cfg["root"]), int(cfg["image_size"]))
         else:
-            if cfg["download"]:
-                download(dataset, Path(cfg["root"]))
             data = load_tensor_dataset(dataset, Path(cfg["root"]))
         if cfg.get("train_limit"):
             n = int(cfg["train_limit"])

@@ -176,7 +176,10 @@ def read_fashion_mnist(root: Path) -> TensorData:
 
 
 def download(dataset: str, root: Path) -> None:
-    """Fetch an official archive into ``root`` (only when the user passed ``data.download``)."""
+    """Fetch an official archive into ``root`` with torchvision's fetchers.
+
+    Only ``scripts/fetch_dataset.py`` calls it, as a setup step before any run; runs never do.
+    """
     import torchvision.datasets as tvd
 
     fetch = {"cifar10": lambda s: tvd.CIFAR10(root, train=s, download=True),
@@ -184,7 +187,7 @@ def download(dataset: str, root: Path) -> None:
              "svhn": lambda s: tvd.SVHN(root, split="train" if s else "test", download=True),
              "fashion-mnist": lambda s: tvd.FashionMNIST(root, train=s, download=True)}
     if dataset not in fetch:
-        raise LcdenseError(f"data.download is not available for '{dataset}'")
+        raise LcdenseError(f"no official archive to fetch for '{dataset}'; use one of: {', '.join(fetch)}")
     for split in (True, False):
         fetch[dataset](split)
 
