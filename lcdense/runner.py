@@ -34,6 +34,7 @@ from .digest import frozen_digest
 from .distributed import World
 from .errors import LcdenseError
 from .files import write_json, write_text
+from .inits import check_init
 from .task import Cell, Task, get_task
 from .variants import CellSpec, Variant
 
@@ -153,18 +154,45 @@ def cell_config(config: dict[str, Any], spec: CellSpec, axis_keys: dict[str, str
     return cfg
 
 
+def cell_init(cfg: dict[str, Any], variant: Variant) -> str:
+    """The init of a variant's spatial filters: ``conversion.init`` for the frozen and LC variants,
+    ``run.baseline_init`` (default kaiming_uniform, PyTorch's default) for the learnable baseline,
+    so that an init sweep moves the random filters and not the baseline.
+
+    >>> cfg = {"conversion": {"init": "orthogonal"}, "run": {"baseline_init": "kaiming_uniform"}}
+    >>> cell_init(cfg, Variant("learnable")), cell_init(cfg, Variant("frozen"))
+    ('kaiming_uniform', 'orthogonal')
+    """
+    if variant.mode == "learnable":
+        return cfg["run"].get("baseline_init", "kaiming_uniform")  # runs made before the key existed
+    return cfg["conversion"]["init"]
+
+
 def converter(cfg: dict[str, Any], spec: CellSpec, task: Task) -> Callable[[torch.nn.Module], ConversionReport]:
     """The conversion of ``spec``'s variant, seeded with the cell's init seed."""
     conv = cfg["conversion"]
     variant = spec.variant
     kwargs: dict[str, Any] = {
-        "init": conv["init"], "seed": spec.seed, "include": conv["include"], "exclude": conv["exclude"],
+        "init": cell_init(cfg, variant), "seed": spec.seed, "include": conv["include"], "exclude": conv["exclude"],
         "stem": conv["stem"], "head": conv["head"],
         "input_size": task.input_size(cfg), "batch_size": int(cfg["train"].get("batch_size", 1)),
     }
     if variant.mode == "lc":
         kwargs.update(E=variant.E, spatial=variant.spatial, mid=conv["mid"], impl=conv["impl"])
     return lambda model: convert(model, variant.mode, **kwargs)
+
+
+def check_before_training(task: Task, config: dict[str, Any], cells: list[CellSpec]) -> None:
+    """Refuse, before any cell trains, settings that would make a run silently inexact or fail late:
+    an unknown ``run.baseline_init``, and ``conversion.impl: preconditioned`` for lc-frozen cells
+    unless the task verifies that its optimizer trains that form exactly (plain SGD, no clipping)."""
+    check_init(str(config["run"].get("baseline_init", "kaiming_uniform")))
+    preconditioned = config["conversion"]["impl"] == "preconditioned"
+    if preconditioned and any(c.variant.kind == "lc-frozen" for c in cells):
+        reason = task.preconditioned_inexact(config)
+        if reason:
+            raise LcdenseError(f"conversion.impl 'preconditioned' is exact only under plain SGD without gradient "
+                               f"clipping, refused: {reason}; use conversion.impl=auto")
 
 
 def _same_on_every_rank(world: World, digest: str, spec: CellSpec, when: str) -> None:
@@ -197,9 +225,10 @@ def run_cell(task: Task, data: Any, config: dict[str, Any], spec: CellSpec, cell
     digest_before = frozen_digest(model)
     _same_on_every_rank(world, digest_before, spec, "before training")
     quiet = quiet or not world.is_main
+    init = cell_init(cfg, spec.variant)
     cell = Cell(variant=spec.variant.name, seed=spec.seed, init_seed=spec.seed, data_seed=data_seed,
                 dir=cell_dir, device=device, convert=convert_fn, quiet=quiet,
-                log=(lambda _msg: None) if quiet else print, world=world, gpus=gpus)
+                log=(lambda _msg: None) if quiet else print, world=world, gpus=gpus, init=init)
     began = time.perf_counter()
     with PeakMemory(device) as memory:
         model, history = task.fit(model, data, cfg, cell)
@@ -212,6 +241,7 @@ def run_cell(task: Task, data: Any, config: dict[str, Any], spec: CellSpec, cell
                 f"(digest {digest_before[:12]} -> {digest_after[:12]}); its results are not valid"
             )
         metrics = task.evaluate(model, data, cfg, cell)
+        _check_evaluated_copies(cell, digest_after, spec)
     record = {
         "id": spec.id, "task": task.name, "variant": spec.variant.name, "kind": spec.variant.kind,
         "mode": spec.variant.mode, "spatial": spec.variant.spatial, "E": spec.variant.E,
@@ -230,6 +260,7 @@ def run_cell(task: Task, data: Any, config: dict[str, Any], spec: CellSpec, cell
             "data_wait_share": _mean([h.get("data_wait_share") for h in history]),
         },
         "conversion": report.to_dict(),
+        "provenance": _provenance(cell, digest_after),
     }
     if world.is_main:
         _save_analysis_inputs(model, cell_dir)
@@ -238,6 +269,21 @@ def run_cell(task: Task, data: Any, config: dict[str, Any], spec: CellSpec, cell
             cell.checkpoint_path.unlink()
     world.barrier()
     return record
+
+
+def _check_evaluated_copies(cell: Cell, digest: str, spec: CellSpec) -> None:
+    """Every copy of the weights the task evaluated (e.g. detection's EMA) holds the model's frozen filters."""
+    for name, other in cell.provenance.frozen_digests.items():
+        if other != digest:
+            raise FrozenFiltersMoved(f"cell {spec.id}: the frozen filters of the evaluated {name} weights differ from "
+                                     f"the model's (digest {other[:12]} vs {digest[:12]}); its results are not valid")
+
+
+def _provenance(cell: Cell, digest: str) -> dict[str, Any]:
+    """The record's ``provenance``: precision, init, resume, primary weights and every evaluated copy's digest."""
+    provenance = cell.provenance.to_dict(cell.init)
+    provenance["frozen_digests"] = {"model": digest, **provenance["frozen_digests"]}
+    return provenance
 
 
 def _mean(values: list[Any]) -> float | None:

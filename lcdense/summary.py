@@ -90,6 +90,7 @@ def summarize(records: list[dict[str, Any]], primary: str, higher_is_better: boo
                 "costs": {c: describe([r["costs"][c] for r in rs]) for c in
                           ("trainable_params", "frozen_params", "forward_macs_per_sample", "wall_time_s",
                            "peak_memory_mb") if all(isinstance(r["costs"].get(c), (int, float)) for r in rs)},
+                "provenance": variant_provenance(rs),
             }
         gaps = []
         by_kind_e = {(rs[0]["kind"], rs[0]["E"]): {r["seed"]: r["metrics"].get(primary) for r in rs}
@@ -106,6 +107,54 @@ def summarize(records: list[dict[str, Any]], primary: str, higher_is_better: boo
                     gaps.append({"gap": label, "E": E, **stats})
         out["groups"][group] = {"variants": variants, "gaps": gaps}
     return out
+
+
+def variant_provenance(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the cells of one variant did (``provenance`` of their records): spatial inits, train and
+    eval precisions, the weights the primary metric came from, and which cells resumed, exactly or not.
+
+    >>> cell = {"id": "frozen__seed0", "provenance": {"init": "orthogonal", "precision": {"train": "bf16", "eval": "fp32"},
+    ...     "primary_weights": "model", "resume": {"resumed": True, "exact": False, "resumes": []}}}
+    >>> variant_provenance([cell])["approximate_resumes"], variant_provenance([cell])["precision_train"]
+    (['frozen__seed0'], ['bf16'])
+    """
+    provenance = [(r["id"], r.get("provenance") or {}) for r in records]
+
+    def values(get: Any) -> list[str]:
+        return sorted({str(get(p)) if get(p) is not None else "not recorded" for _, p in provenance})
+
+    return {
+        "init": values(lambda p: p.get("init")),
+        "precision_train": values(lambda p: p.get("precision", {}).get("train")),
+        "precision_eval": values(lambda p: p.get("precision", {}).get("eval")),
+        "primary_weights": values(lambda p: p.get("primary_weights")),
+        "resumed": [i for i, p in provenance if p.get("resume", {}).get("resumed")],
+        "approximate_resumes": [i for i, p in provenance if p.get("resume", {}).get("exact") is False],
+    }
+
+
+def provenance_lines(variants: dict[str, Any]) -> list[str]:
+    """Markdown lines under a group's tables: the spatial init of each variant, and — only where they
+    apply — precisions other than fp32, primary metrics from other than the trained weights, and
+    approximate resumes."""
+    prov = {name: v["provenance"] for name, v in variants.items() if "provenance" in v}
+    if not prov:
+        return []
+    inits = {"/".join(p["init"]) for p in prov.values()}
+    lines = ["Spatial init: " + (f"{inits.pop()} (every variant)" if len(inits) == 1 else
+                                 "; ".join(f"{n} {'/'.join(p['init'])}" for n, p in prov.items()))]
+    precision = [f"{n} trained in {'/'.join(p['precision_train'])}, evaluated in {'/'.join(p['precision_eval'])}"
+                 for n, p in prov.items() if p["precision_train"] != ["fp32"] or p["precision_eval"] != ["fp32"]]
+    if precision:
+        lines.append("**Precision not fp32:** " + "; ".join(precision))
+    weights = {n: "/".join(p["primary_weights"]) for n, p in prov.items() if p["primary_weights"] != ["model"]}
+    if weights:
+        lines.append("Primary metric from the " + "; ".join(f"{w} weights ({n})" for n, w in weights.items()))
+    approximate = [i for p in prov.values() for i in p["approximate_resumes"]]
+    if approximate:
+        lines.append("**Approximate resumes** (continued from ultralytics' fp16 EMA checkpoint, not an exact fp32 "
+                     "state): " + ", ".join(approximate))
+    return ["", *(f"{line}  " for line in lines)]
 
 
 def _known(values: dict[int, float | None]) -> dict[int, float]:
@@ -138,8 +187,21 @@ def markdown_table(summary: dict[str, Any]) -> str:
             for g in content["gaps"]:
                 ci = f"[{g['ci95'][0]:+.4f}, {g['ci95'][1]:+.4f}]" if "ci95" in g else "n/a (1 seed)"
                 lines.append(f"| {g['gap']} | {g['mean']:+.4f} ± {g['std']:.4f} | {ci} | {g['n']} |")
+        lines += provenance_lines(content["variants"])
         lines.append("")
     return "\n".join(lines)
+
+
+PROVENANCE_COLUMNS: tuple[str, ...] = ("init", "precision_train", "precision_eval", "primary_weights", "resumed",
+                                       "resume_exact")
+
+
+def provenance_row(record: dict[str, Any]) -> list[Any]:
+    """A record's :data:`PROVENANCE_COLUMNS` (empty where an older record has none)."""
+    p = record.get("provenance") or {}
+    precision, resume = p.get("precision", {}), p.get("resume", {})
+    return [p.get("init"), precision.get("train"), precision.get("eval"), p.get("primary_weights"),
+            resume.get("resumed"), resume.get("exact")]
 
 
 def results_csv(records: list[dict[str, Any]]) -> str:
@@ -149,7 +211,7 @@ def results_csv(records: list[dict[str, Any]]) -> str:
     cost_names = ["trainable_params", "frozen_params", "total_params", "forward_macs_per_sample", "train_time_s",
                   "wall_time_s", "peak_memory_mb", "peak_memory_kind", "device", "data_wait_share"]
     header = ["id", "task", "variant", "mode", "spatial", "E", *axis_names, "seed", "init_seed", "data_seed",
-              *metric_names, "frozen_digest_before", "frozen_digest_after", *cost_names]
+              *metric_names, "frozen_digest_before", "frozen_digest_after", *cost_names, *PROVENANCE_COLUMNS]
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(header)
@@ -157,7 +219,7 @@ def results_csv(records: list[dict[str, Any]]) -> str:
         writer.writerow([r["id"], r["task"], r["variant"], r["mode"], r["spatial"], r["E"],
                          *(r.get("axes", {}).get(a) for a in axis_names), r["seed"], r["init_seed"], r["data_seed"],
                          *(r["metrics"].get(m) for m in metric_names), r["frozen_digest_before"],
-                         r["frozen_digest_after"], *(r["costs"].get(c) for c in cost_names)])
+                         r["frozen_digest_after"], *(r["costs"].get(c) for c in cost_names), *provenance_row(r)])
     return buffer.getvalue()
 
 

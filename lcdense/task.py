@@ -22,6 +22,7 @@ from torch import nn
 
 from .convert import ConversionReport
 from .distributed import World
+from .provenance import Provenance
 from .registry import Registry
 
 TASKS: Registry[type[Task]] = Registry("task", group="lcdense.tasks")
@@ -49,6 +50,8 @@ class Cell:
     Under data-parallel training ``world`` says which rank this is: a task takes its share of each
     global batch with ``cell.world.shard(indices)``; ``train.batch_size`` stays the global batch.
     ``gpus`` lists the GPUs of a task that launches its own workers (``data_parallel = "own"``).
+    ``init`` is the init of the cell's converted spatial filters. A task notes what it actually did
+    (precision, resume, which weights it evaluated) in ``provenance``.
     """
 
     variant: str
@@ -62,6 +65,8 @@ class Cell:
     log: Callable[[str], None] = print
     world: World = field(default_factory=World)
     gpus: tuple[int, ...] = ()
+    init: str = "kaiming_uniform"
+    provenance: Provenance = field(default_factory=Provenance)
 
     @property
     def checkpoint_path(self) -> Path:
@@ -118,9 +123,16 @@ class Task(ABC):
     def fit(self, model: nn.Module, data: Any, config: dict[str, Any], cell: Cell) -> tuple[nn.Module, list[dict[str, float]]]:
         """Train the converted ``model``; return the trained model and per-epoch metrics.
 
-        Resume from ``cell.load_checkpoint()`` if present and save one per epoch.
+        Resume from ``cell.load_checkpoint()`` if present and save one per epoch; note the training
+        precision and any resume in ``cell.provenance`` (:func:`lcdense.training.train_loop` does both).
         """
+
+    def preconditioned_inexact(self, config: dict[str, Any]) -> str | None:
+        """Why ``conversion.impl: preconditioned`` would not train exactly under ``config``, or None
+        if the task verifies that it does (plain SGD, no gradient clipping). The default: not verified."""
+        return f"task '{self.name}' does not verify that its optimizer is plain SGD without gradient clipping"
 
     @abstractmethod
     def evaluate(self, model: nn.Module, data: Any, config: dict[str, Any], cell: Cell) -> dict[str, float]:
-        """Final metrics of the trained model; must include ``primary_metric``."""
+        """Final metrics of the trained model; must include ``primary_metric``. Note the precision
+        evaluated in as ``cell.provenance.eval_precision``."""

@@ -26,6 +26,7 @@ from torch import nn
 from .distributed import average_running_stats, wrap
 from .errors import LcdenseError
 from .precondition import PreconditionedConv, check_preconditioned_optimizer
+from .provenance import autocast_precision
 from .task import Cell
 
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")
@@ -92,8 +93,25 @@ def epoch_generator(data_seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(epoch_seed(data_seed, epoch))
 
 
-def _autocast(device: torch.device, enabled: bool):
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
+def preconditioned_inexact(settings: TrainSettings) -> str | None:
+    """Why this loop would not train ``conversion.impl: preconditioned`` exactly, or None (plain SGD,
+    no gradient clipping).
+
+    >>> preconditioned_inexact(TrainSettings(epochs=1, lr=0.1, optimizer="adamw"))
+    "train.optimizer 'adamw' (the preconditioned form is exact only under SGD)"
+    """
+    if settings.optimizer != "sgd":
+        return f"train.optimizer '{settings.optimizer}' (the preconditioned form is exact only under SGD)"
+    if settings.grad_clip:
+        return f"train.grad_clip {settings.grad_clip} (clipping breaks the preconditioned form's exactness)"
+    return None
+
+
+def autocast(device: torch.device, amp: bool):
+    """The loop's autocast: bf16 on CUDA when ``amp``, nothing on CPU (see
+    :func:`lcdense.provenance.autocast_precision`, which names the precision it gives)."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
+                          enabled=autocast_precision(amp, device) == "bf16")
 
 
 def train_loop(
@@ -111,7 +129,8 @@ def train_loop(
     Each epoch reseeds torch from (data_seed, epoch), so an epoch resumed from the cell's
     checkpoint replays exactly; the checkpoint holds model, optimizer, schedule and history.
     Preconditioned LC layers are refused unless the optimizer is SGD without gradient clipping
-    (the only setting in which they are exact).
+    (the only setting in which they are exact). The training precision and any resume (an exact
+    ``fp32_state`` one, data order replayed) go to ``cell.provenance``; the checkpoint keeps them.
 
     Data-parallel (``cell.world`` of several ranks): ``batches`` yields this rank's shard, the
     model is wrapped in DDP (``sync_bn`` turns BatchNorm into SyncBatchNorm, CUDA only), random
@@ -128,9 +147,8 @@ def train_loop(
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = make_optimizer(model, settings)
     check_preconditioned_optimizer(optimizer, model)
-    if settings.grad_clip and any(isinstance(m, PreconditionedConv) for m in model.modules()):
-        raise LcdenseError("train.grad_clip breaks the exactness of conversion.impl 'preconditioned'; "
-                           "set train.grad_clip=null or use impl 'auto'")
+    if any(isinstance(m, PreconditionedConv) for m in model.modules()) and (why := preconditioned_inexact(settings)):
+        raise LcdenseError(f"conversion.impl 'preconditioned' would not train exactly here: {why}; use impl 'auto'")
     total_steps = settings.epochs * steps_per_epoch
     warmup = int(settings.warmup_epochs * steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -143,7 +161,11 @@ def train_loop(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         history, start = list(state["history"]), int(state["epoch"]) + 1
+        cell.provenance.restore(state.get("provenance", {}))
+        cell.provenance.resumed(after_epoch=start, source="fp32_state", data_order="replayed")
         cell.log(f"resumed {cell.variant} seed {cell.seed} after epoch {start}")
+    if start < settings.epochs:
+        cell.provenance.trained_in(autocast_precision(settings.amp, cell.device))
     net = wrap(model, world, cell.device)
     for epoch in range(start, settings.epochs):
         torch.manual_seed(epoch_seed(cell.data_seed + world.rank, epoch))
@@ -154,7 +176,7 @@ def train_loop(
                    desc=f"{cell.variant} s{cell.seed} epoch {epoch + 1}/{settings.epochs}")
         for batch in bar:
             waited += time.perf_counter() - tick
-            with _autocast(cell.device, settings.amp):
+            with autocast(cell.device, settings.amp):
                 value = loss(net, batch)
             optimizer.zero_grad(set_to_none=True)
             value.backward()
@@ -176,7 +198,8 @@ def train_loop(
         history.append(record)
         if world.is_main:
             cell.save_checkpoint({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                  "scheduler": scheduler.state_dict(), "history": history})
+                                  "scheduler": scheduler.state_dict(), "history": history,
+                                  "provenance": cell.provenance.state()})
         if not cell.quiet:
             shown = ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "epoch")
             cell.log(f"  {cell.variant} s{cell.seed} epoch {epoch + 1}/{settings.epochs}: {shown}")

@@ -47,6 +47,46 @@ def make_cell(path: Path) -> Cell:
                 convert=lc_frozen, quiet=True)
 
 
+def _ema_fallback_path_late_decay(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make ultralytics' ModelEMA take its ``d·ema + (1 − d)·model`` path (no _foreach_lerp_) at a
+    decay d ≈ 0.78 (as after 3000 updates), where that arithmetic rounds equal values."""
+    from ultralytics.utils import torch_utils
+
+    original = torch_utils.ModelEMA.update
+
+    def late_update(self, model):
+        self.updates = max(self.updates, 3000)
+        return original(self, model)
+
+    monkeypatch.setattr(torch_utils, "TORCH_2_0", False)
+    monkeypatch.setattr(torch_utils.ModelEMA, "update", late_update)
+
+
+def test_ema_arithmetic_and_the_frozen_copy(setup, monkeypatch: pytest.MonkeyPatch) -> None:  # setup: ultralytics offline
+    """ultralytics' ModelEMA keeps equal values bitwise on its lerp path, not on its fallback path
+    (d ≈ 0.78 here, as after 3000 updates); copy_frozen, which the trainer applies after every
+    update, makes them equal again."""
+    from ultralytics.utils import torch_utils
+
+    from tasks.detection.trainer import copy_frozen
+
+    model = lcdense.convert(torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.Conv2d(16, 16, 3)), "lc", E=4,
+                            spatial="frozen", seed=0).model
+    digest = lcdense.frozen_digest(model)
+    lerp = torch_utils.ModelEMA(model, updates=3000)
+    fallback = torch_utils.ModelEMA(model, updates=3000)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01)
+    lerp.update(model)
+    assert lcdense.frozen_digest(lerp.ema) == digest
+    monkeypatch.setattr(torch_utils, "TORCH_2_0", False)  # the path taken where _foreach_lerp_ is unavailable
+    fallback.update(model)
+    assert lcdense.frozen_digest(fallback.ema) != digest  # d·x + (1 − d)·x rounded the frozen banks
+    copy_frozen(model, fallback.ema)
+    assert lcdense.frozen_digest(fallback.ema) == digest
+
+
 def test_fit_resume_and_evaluate_keep_frozen_filters(setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from tasks.detection.trainer import LcdenseDetectionTrainer
 
@@ -55,6 +95,7 @@ def test_fit_resume_and_evaluate_keep_frozen_filters(setup, tmp_path: Path, monk
     digest = lcdense.frozen_digest(model)
     original_save = LcdenseDetectionTrainer.save_model
     ema_digests: list[str] = []
+    _ema_fallback_path_late_decay(monkeypatch)  # frozen EMA tensors must stay exact on that path too
 
     def interrupt_after_first_epoch(self: LcdenseDetectionTrainer) -> bool:
         ema_digests.append(lcdense.frozen_digest(self.ema.ema))
@@ -72,16 +113,53 @@ def test_fit_resume_and_evaluate_keep_frozen_filters(setup, tmp_path: Path, monk
     assert cell.load_checkpoint()["epoch"] == 0
     assert not any(p for p in cell.dir.rglob("*") if not p.resolve().is_relative_to(cell.dir.resolve()))
 
+    saved = cell.load_checkpoint()
+    restored: list[dict] = []
+    original_restore = LcdenseDetectionTrainer._load_checkpoint_state
+
+    def capture_restored(self: LcdenseDetectionTrainer, ckpt: dict) -> None:
+        original_restore(self, ckpt)
+        restored.append({"ema": {k: v.clone() for k, v in self.ema.ema.state_dict().items()},
+                         "optimizer": {i: {n: v.clone() for n, v in st.items()}
+                                       for i, st in self.optimizer.state_dict()["state"].items()},
+                         "updates": self.ema.updates})
+
+    monkeypatch.setattr(LcdenseDetectionTrainer, "_load_checkpoint_state", capture_restored)
     trained, history = task.fit(fresh_model(task, config, data), data, config, cell)  # exact fp32 resume
     assert lcdense.frozen_digest(trained) == digest == ema_digests[-1]
     assert [h["epoch"] for h in history] == [1.0, 2.0] and history[-1]["train_box_loss"] > 0
     assert any(isinstance(m, lcdense.LCConv) for m in trained.modules())
+    # the resume restored the fp32 EMA and optimizer state bit for bit (last.pt holds them in fp16)
+    (state,) = restored
+    assert state["updates"] == saved["ema_updates"] and set(state["ema"]) == set(saved["ema"])
+    assert all(torch.equal(state["ema"][k], saved["ema"][k]) for k in saved["ema"])
+    moments = [(k, name) for k, v in saved["optimizer"]["state"].items() for name in v if name == "exp_avg"]
+    assert moments and all(torch.equal(state["optimizer"][k][n], saved["optimizer"]["state"][k][n]) for k, n in moments)
+    assert cell.provenance.resumes == [{"after_epoch": 1, "source": "fp32_state", "exact": True,
+                                        "data_order": "restarted"}]
+    assert cell.provenance.train_precisions == ["fp32"]  # train.amp false
 
+    validated: list[dict] = []
+    original_validate = DetectionTask._validate
+
+    def capture_validated(self, model, *args):
+        validated.append({k: v.clone() for k, v in model.state_dict().items()})
+        return original_validate(self, model, *args)
+
+    monkeypatch.setattr(DetectionTask, "_validate", capture_validated)
+    final = cell.load_checkpoint()
     metrics = task.evaluate(trained, data, config, cell)
     assert lcdense.frozen_digest(trained) == digest  # evaluation fuses a copy, never the model
-    for key in ("map50_95", "map50", "precision", "recall", "coco_map50_95", "coco_map50"):
+    for key in ("map50_95", "map50", "precision", "recall", "coco_map50_95", "coco_map50", "raw_map50_95", "raw_map50"):
         assert 0.0 <= metrics[key] <= 1.0, key
     assert metrics["map50"] >= metrics["map50_95"]
+    # primary metrics come from the fp32 EMA weights, the raw_ ones from the trained weights
+    ema_state, raw_state = validated
+    assert all(torch.equal(ema_state[k], final["ema"][k]) for k in final["ema"])
+    assert all(torch.equal(raw_state[k], v) for k, v in trained.state_dict().items())
+    assert any(not torch.equal(ema_state[k], raw_state[k]) for k in raw_state if raw_state[k].is_floating_point())
+    assert cell.provenance.primary_weights == "ema" and cell.provenance.eval_precision == "fp32"
+    assert cell.provenance.frozen_digests == {"ema": digest}
     assert set(metrics["per_class_ap"]) <= {"circle", "square", "triangle"}
     again, _ = task.fit(fresh_model(task, config, data), data, config, cell)  # finished: loads, no retraining
     assert lcdense.frozen_digest(again) == digest
@@ -107,10 +185,10 @@ def test_resume_from_fp16_ema_restores_seeded_frozen_filters(setup, tmp_path: Pa
         task.fit(model, data, config, cell)
     cell.checkpoint_path.unlink()  # as if the run died between last.pt and the fp32 state
     monkeypatch.setattr(LcdenseDetectionTrainer, "save_model", original_save)
-    resumed = []
-    monkeypatch.setattr(LcdenseDetectionTrainer, "final_eval", lambda self: resumed.append(self.resumed_from))
     trained, _ = task.fit(fresh_model(task, config, data), data, config, cell)
-    assert resumed == ["ema"]
+    assert cell.provenance.resumes == [{"after_epoch": 1, "source": "ultralytics_fp16_ema", "exact": False,
+                                        "data_order": "restarted"}]
+    assert cell.provenance.to_dict("kaiming_uniform")["resume"]["exact"] is False
     assert lcdense.frozen_digest(trained) == digest
 
 
@@ -147,6 +225,24 @@ def test_ultralytics_ddp_workers_rebuild_the_lcdense_trainer(setup, tmp_path: Pa
     assert [h["epoch"] for h in history] == [1.0, 2.0]
     moved = [k for k, v in trained.state_dict().items() if v.is_floating_point() and not torch.equal(v, initial[k])]
     assert moved  # the worker's training reached the parent's model
+
+
+def test_detection_cell_records_ema_as_primary_with_both_digests(tmp_path: Path) -> None:
+    from lcdense.cli import main
+
+    shapes = "data.shapes={n_trainval: 8, n_test: 4, size: 64, max_objects: 2, seed: 0}"
+    assert main(["run", "--task", "detection", "--variants", "lc-frozen", "--E", "2", "--epochs", "1", "--batch-size", "4",
+                 "--set", shapes, "--set", "train.warmup_epochs=0", "--device", "cpu", "--out", str(tmp_path),
+                 "--quiet", "--no-analysis"]) == 0
+    (record_path,) = tmp_path.glob("detection/*/cells/lc-frozen@2__seed0/cell.json")
+    record = json.loads(record_path.read_text())
+    provenance = record["provenance"]
+    assert provenance["primary_weights"] == "ema"
+    assert provenance["frozen_digests"] == {"model": record["frozen_digest_after"], "ema": record["frozen_digest_after"]}
+    assert provenance["precision"] == {"train": "fp32", "eval": "fp32"}
+    assert 0.0 <= record["metrics"]["raw_map50_95"] <= record["metrics"]["raw_map50"] <= 1.0
+    summary = (record_path.parents[2] / "summary.md").read_text()
+    assert "Primary metric from the ema weights (lc-frozen@2)" in summary
 
 
 def test_the_trainer_needs_its_cell_context() -> None:

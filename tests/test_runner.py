@@ -100,6 +100,13 @@ def test_interrupted_run_resumes_to_the_same_numbers(toy_installed, tmp_path, mo
     history = json.loads((run_dir / "cells" / "learnable__seed0" / "cell.json").read_text())["history"]
     straight_history = json.loads((_run_dir(tmp_path / "straight") / "cells" / "learnable__seed0" / "cell.json").read_text())["history"]
     assert [h["train_loss"] for h in history] == [h["train_loss"] for h in straight_history]
+    # resume provenance: the learnable cell continued after its first epoch from the exact fp32 state
+    resume = json.loads((run_dir / "cells" / "learnable__seed0" / "cell.json").read_text())["provenance"]["resume"]
+    assert resume == {"resumed": True, "exact": True, "resumes": [
+        {"after_epoch": 1, "source": "fp32_state", "exact": True, "data_order": "replayed"}]}
+    finished = json.loads((run_dir / "cells" / "lc-frozen@2__seed0" / "cell.json").read_text())["provenance"]["resume"]
+    assert finished["resumed"] is False
+    assert "Approximate resumes" not in (run_dir / "summary.md").read_text()
 
 
 def test_ctrl_c_exits_cleanly_and_resume_completes(toy_installed, tmp_path):

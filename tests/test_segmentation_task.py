@@ -145,14 +145,14 @@ def test_init_sources_name_the_conversion_or_smp_scheme(carvana_root):
     config = _tiny_config(carvana_root)
     model = task.build_model(config, None)
     lcdense.convert(model, "learnable", include=SCOPES["encoder"], seed=0)
-    sources = init_sources(model, {"init": "kaiming_uniform"})
+    sources = init_sources(model, "kaiming_uniform")
     assert sources["encoder.conv1"] == "lcdense kaiming_uniform"  # the 7x7 stride-2 stem is in scope
     assert sources["decoder.blocks.0.conv1.0"] == "smp decoder scheme (kaiming_uniform fan_in, relu gain)"
     assert sources["segmentation_head.0"] == "smp head scheme (xavier_uniform)"
     model = task.build_model(config, None)
     report = lcdense.convert(model, "lc", E=2, spatial="frozen", seed=0)
-    assert report.counts() == {"lc": len(init_sources(model, {}))}  # default scope: every spatial conv
-    assert set(init_sources(model, {"init": "kaiming_uniform"}).values()) == {
+    assert report.counts() == {"lc": len(init_sources(model, "kaiming_uniform"))}  # default scope: every spatial conv
+    assert set(init_sources(model, "kaiming_uniform").values()) == {
         "lcdense kaiming_uniform (LC-Block spatial bank)"}
 
 
@@ -163,7 +163,10 @@ def test_lc_frozen_fit_evaluate_and_resume_replays_exactly(carvana_root, tmp_pat
     assert not list((tmp_path / "cache").glob("*"))  # a user root is read in place, nothing generated
     assert len(data.train) == 48 and len(data.val) == 16
 
-    model, history, metrics = _train(task, config, data, _cell(tmp_path / "straight"))
+    straight = _cell(tmp_path / "straight")
+    model, history, metrics = _train(task, config, data, straight)
+    assert straight.provenance.train_precisions == ["fp32"] and straight.provenance.eval_precision == "fp32"  # CPU
+    assert straight.provenance.resumes == []
     assert [h["epoch"] for h in history] == [1, 2]
     assert set(metrics) == {"dice", "iou"} and 0.0 <= metrics["iou"] <= metrics["dice"] <= 1.0
     assert metrics["dice"] == history[-1]["dice"]
@@ -171,7 +174,9 @@ def test_lc_frozen_fit_evaluate_and_resume_replays_exactly(carvana_root, tmp_pat
 
     with pytest.raises(_Crash):
         _train(task, config, data, _cell(tmp_path / "resumed", crash_after=1))
-    resumed, history2, metrics2 = _train(task, config, data, _cell(tmp_path / "resumed"))
+    cell = _cell(tmp_path / "resumed")
+    resumed, history2, metrics2 = _train(task, config, data, cell)
+    assert cell.provenance.resumes == [{"after_epoch": 1, "source": "fp32_state", "exact": True, "data_order": "replayed"}]
     assert metrics2 == metrics
     assert [h["train_loss"] for h in history2] == [h["train_loss"] for h in history]
     for (name, a), (_, b) in zip(model.state_dict().items(), resumed.state_dict().items()):

@@ -14,8 +14,8 @@ from typing import Any
 from ..config import load_yaml, resolve
 from ..distributed import launched_by_torchrun, torchrun_command, visible_gpus
 from ..errors import LcdenseError
-from ..runner import (cell_record, check_global_batch, execute, gpu_list, load_run, new_run_dir, plan_cells,
-                      refuse_existing_run, save_run_config, setup_world)
+from ..runner import (cell_record, check_before_training, check_global_batch, execute, gpu_list, load_run,
+                      new_run_dir, plan_cells, refuse_existing_run, save_run_config, setup_world)
 from ..summary import write_report
 from ..task import Task, get_task, list_tasks
 from ..variants import CellSpec, parse_expansions, parse_seeds, parse_variants
@@ -141,6 +141,7 @@ def launch(args: argparse.Namespace, sweep: dict[str, list[Any]]) -> int:
     else:
         run_dir = None
         config, task, cells, axis_keys = _new_run(args, sweep)
+    check_before_training(task, config, cells)
     gpus = _gpus_requested(args)
     if gpus and not launched_by_torchrun():
         if task.data_parallel is None:

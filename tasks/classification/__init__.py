@@ -21,7 +21,7 @@ from torch import nn
 
 from lcdense import Cell, LcdenseError, Task
 from lcdense.models import cifar_resnet, create_model
-from lcdense.training import TrainSettings, epoch_generator, epoch_seed, train_loop
+from lcdense.training import TrainSettings, epoch_generator, epoch_seed, preconditioned_inexact, train_loop
 
 from .data import DATASETS, TensorData, ensure_embedded, fingerprint, load_tensor_dataset
 from .models import Normalized
@@ -124,7 +124,11 @@ class ClassificationTask(Task):
                              evaluate=lambda m: _clean_metrics(m, data, config, cell.device))
         return model, history
 
+    def preconditioned_inexact(self, config: dict[str, Any]) -> str | None:
+        return preconditioned_inexact(TrainSettings.from_config(config["train"]))
+
     def evaluate(self, model: nn.Module, data: Any, config: dict[str, Any], cell: Cell) -> dict[str, float]:
+        cell.provenance.eval_precision = "fp32"  # no autocast in evaluation or the attack
         metrics = _clean_metrics(model, data, config, cell.device)
         metrics["fgsm_top1"] = _fgsm_top1(model, data, config, cell.device)
         if isinstance(data, TensorData):

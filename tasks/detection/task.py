@@ -14,9 +14,12 @@ Config (``default_config()`` is the embedded tiny setting; ``configs/detection/*
   and :func:`scope_include` (ultralytics' yolov5 layout: backbone = layers 0-9, neck = 10-23,
   head = 24, the Detect layer). The default converts every spatial conv, the 6×6 stem included.
 
-Metrics: ``map50_95`` (primary), ``map50``, ``precision``, ``recall`` from ultralytics' validator,
-``coco_map50_95`` / ``coco_map50`` from pycocotools on the same detections, and
-``per_class_ap`` (a dict, class → AP50-95).
+Metrics, of the EMA weights as ultralytics and YOLOv5 report them (``provenance.primary_weights:
+ema`` in ``cell.json``; evaluated in fp32): ``map50_95`` (primary), ``map50``, ``precision``,
+``recall`` from ultralytics' validator, ``coco_map50_95`` / ``coco_map50`` from pycocotools on the
+same detections, and ``per_class_ap`` (a dict, class → AP50-95); ``raw_map50_95`` / ``raw_map50``
+of the trained (non-averaged) weights. ``conversion.impl: preconditioned`` is refused: ultralytics
+clips gradients.
 
 >>> scope_include("backbone+head")
 ['model.0.*', 'model.1.*', 'model.2.*', 'model.3.*', 'model.4.*', 'model.5.*', 'model.6.*', 'model.7.*', 'model.8.*', 'model.9.*', 'model.24.*']
@@ -24,6 +27,7 @@ Metrics: ``map50_95`` (primary), ``map50``, ``precision``, ``recall`` from ultra
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -155,8 +159,10 @@ class DetectionTask(Task):
 
         train, expected = config["train"], frozen_digest(model)
         done = finished_state(cell, int(train["epochs"]))
-        if done is not None:
+        if done is not None:  # trained to the end before an interruption: the exact fp32 state, nothing left to train
             model.load_state_dict(done["model"])
+            cell.provenance.restore(done.get("provenance", {}))
+            cell.provenance.resumed(after_epoch=done["epoch"] + 1, source="fp32_state", data_order="replayed")
             return model, list(done["history"])
         save_dir = cell.dir / "train"
         last = last_checkpoint(save_dir)
@@ -184,33 +190,57 @@ class DetectionTask(Task):
             if state is None:
                 raise LcdenseError(f"the DDP workers of cell {cell.variant} seed {cell.seed} left no final state in {cell.dir}")
             model.load_state_dict(state["model"])
+            cell.provenance.restore(state.get("provenance", {}))  # what the workers noted
             return model, list(state["history"])
-        if trainer.resumed_from:
-            cell.log(f"resumed from {last} ({trainer.resumed_from} weights)")
+        if cell.provenance.resumes:
+            cell.log(f"resumed from {last} ({cell.provenance.resumes[-1]['source']})")
         return trainer.model, trainer.history
 
+    def preconditioned_inexact(self, config: dict[str, Any]) -> str | None:
+        optimizer = config["train"]["optimizer"]
+        return ("ultralytics' trainer clips gradients (max norm 10)"
+                + (f" and train.optimizer is {optimizer}" if optimizer != "SGD" else ""))
+
     def evaluate(self, model: nn.Module, data: DetectionData, config: dict[str, Any], cell: Cell) -> dict[str, Any]:
-        from .trainer import CollectingValidator
-
-        train = config["train"]
-        from .trainer import ultralytics_device
-
-        args = {**self._common_args(config, data, cell, ultralytics_device(cell.device)), "batch": 2 * int(train["batch_size"]), "split": "val",
-                "conf": train["conf"], "iou": train["iou"], "max_det": train["max_det"], "rect": True}
-        threads = torch.get_num_threads()
-        validator = CollectingValidator(args=args, save_dir=cell.dir / "val")
-        validator.add_callback("on_val_start", lambda _: torch.set_num_threads(threads))
-        with _ultralytics_logging(cell.quiet):
-            try:
-                stats = validator(model=model)  # validates a fused deep copy
-            finally:
-                torch.set_num_threads(threads)
+        """Metrics of the fp32 EMA weights (primary, as ultralytics and YOLOv5 report them), and
+        ``raw_map50_95``/``raw_map50`` of the trained weights themselves; both evaluated in fp32."""
+        state = cell.load_checkpoint()
+        if state is None or "ema" not in state:
+            raise LcdenseError(f"cell {cell.variant} seed {cell.seed} has no saved fp32 EMA in {cell.checkpoint_path}; "
+                               f"delete {cell.dir} to train it again")
+        ema = copy.deepcopy(model)
+        ema.load_state_dict(state["ema"])
+        cell.provenance.primary_weights = "ema"
+        cell.provenance.frozen_digests["ema"] = frozen_digest(ema)  # the runner fails the cell unless it is the model's
+        validator, stats = self._validate(ema, data, config, cell, "val")
         box = validator.metrics.box
         metrics: dict[str, Any] = {
             "map50_95": float(stats["metrics/mAP50-95(B)"]), "map50": float(stats["metrics/mAP50(B)"]),
             "precision": float(stats["metrics/precision(B)"]), "recall": float(stats["metrics/recall(B)"]),
         }
-        metrics.update(coco_metrics(data.dataset.ground_truth["val"], validator.predictions,
-                                    num_classes=len(data.names), max_det=int(train["max_det"]), quiet=cell.quiet))
+        metrics.update(coco_metrics(data.dataset.ground_truth["val"], validator.predictions, num_classes=len(data.names),
+                                    max_det=int(config["train"]["max_det"]), quiet=cell.quiet))
         metrics["per_class_ap"] = {data.names[int(c)]: float(ap) for c, ap in zip(box.ap_class_index, box.ap)}
+        cell.provenance.eval_precision = "fp16" if getattr(validator.args, "quantize", None) == 16 else "fp32"
+        _, raw = self._validate(model, data, config, cell, "val_raw")
+        metrics["raw_map50_95"], metrics["raw_map50"] = float(raw["metrics/mAP50-95(B)"]), float(raw["metrics/mAP50(B)"])
         return metrics
+
+    def _validate(self, model: nn.Module, data: DetectionData, config: dict[str, Any], cell: Cell,
+                  name: str) -> tuple[Any, dict[str, float]]:
+        """ultralytics' validator on a fused deep copy of ``model``, in fp32 (no ``quantize``)."""
+        from .trainer import CollectingValidator, ultralytics_device
+
+        train = config["train"]
+        args = {**self._common_args(config, data, cell, ultralytics_device(cell.device)),
+                "batch": 2 * int(train["batch_size"]), "split": "val", "conf": train["conf"], "iou": train["iou"],
+                "max_det": train["max_det"], "rect": True}
+        threads = torch.get_num_threads()
+        validator = CollectingValidator(args=args, save_dir=cell.dir / name)
+        validator.add_callback("on_val_start", lambda _: torch.set_num_threads(threads))
+        with _ultralytics_logging(cell.quiet):
+            try:
+                stats = validator(model=model)
+            finally:
+                torch.set_num_threads(threads)
+        return validator, stats

@@ -7,14 +7,18 @@ Frozen filters through the ultralytics training loop:
 
 - ``get_model`` builds from yaml, applies ``cell.convert`` (seeded, so its frozen tensors equal
   those of the model handed to ``fit``), loads that model's weights and checks the digest;
-- ultralytics' ModelEMA averages every floating state entry with ``torch._foreach_lerp_``;
-  lerp of two equal values is exact, so the EMA copy's frozen buffers stay bitwise equal
-  (``tests/test_detection_fit.py`` checks it);
-- ``last.pt`` stores the EMA in fp16, which would round frozen tensors on resume. Each epoch
-  the fp32 ``trainer.model`` is saved first to ``cell.checkpoint_path``; a resume loads it when
-  its epoch matches ``last.pt`` (exact resume), otherwise it keeps ultralytics' EMA weights and
-  restores the frozen tensors from the seeded conversion. The digest is verified either way, and
-  the resumed EMA copy gets the model's exact frozen tensors back as well.
+- ultralytics' ModelEMA averages every floating state entry, frozen buffers included. Its
+  ``torch._foreach_lerp_`` path leaves two equal values bitwise equal, but its fallback path
+  (``d·ema + (1 − d)·model``, used where ``_foreach_lerp_`` is unavailable) rounds them. So after
+  every EMA update the trainer copies the model's frozen tensors into the EMA: equal on every path
+  (``tests/test_detection_fit.py`` checks both);
+- ``last.pt`` stores the EMA and the optimizer state in fp16, which would round them on resume.
+  Each epoch the fp32 model, optimizer state and EMA are saved first to ``cell.checkpoint_path``;
+  a resume loads them when their epoch matches ``last.pt`` (``fp32_state``: the state is exact;
+  ultralytics restarts its data order), otherwise it continues from ultralytics' fp16 EMA weights
+  and restores the frozen tensors from the seeded conversion (``ultralytics_fp16_ema``:
+  approximate). ``cell.provenance`` records which. The digest is verified either way, and the
+  resumed EMA copy gets the model's exact frozen tensors back as well.
 
 >>> LCDetectionModel.__mro__[1].__name__
 'DetectionModel'
@@ -83,6 +87,25 @@ def ultralytics_device(device: torch.device) -> str:
     return device.type
 
 
+def ultralytics_precision(amp: bool | str, enabled: bool) -> str:
+    """The precision ultralytics trains in: its ``amp`` argument, once the trainer has set it up.
+
+    >>> ultralytics_precision("bf16", True), ultralytics_precision(True, True), ultralytics_precision(False, False)
+    ('bf16', 'fp16', 'fp32')
+    """
+    if not enabled:
+        return "fp32"
+    return "bf16" if amp == "bf16" else "fp16"  # True: fp16 autocast with a GradScaler
+
+
+def copy_frozen(source: nn.Module, target: nn.Module) -> None:
+    """Copy ``source``'s frozen tensors into ``target``'s (bit for bit)."""
+    current = frozen_tensors(target)
+    with torch.no_grad():
+        for name, tensor in frozen_tensors(source).items():
+            current[name].copy_(tensor)
+
+
 def _epoch_record(epoch: int, metrics: dict[str, float]) -> dict[str, float]:
     """ultralytics' per-epoch keys ("train/box_loss", "metrics/mAP50(B)", "lr/pg0") → flat names."""
     record: dict[str, float] = {"epoch": float(epoch)}
@@ -134,7 +157,7 @@ class LcdenseDetectionTrainer(DetectionTrainer):
             raise LcdenseError("LcdenseDetectionTrainer needs its CellContext (context=...)")
         self.context, self.cell = context, context.cell
         self.history: list[dict[str, float]] = []
-        self.resumed_from = ""  # "", "fp32" or "ema"
+        self.exact_state: dict[str, Any] | None = None  # the fp32 state an exact resume restores
         super().__init__(cfg, overrides, _callbacks)
         if not found:
             self.add_callback("on_train_epoch_end", context)
@@ -161,40 +184,79 @@ class LcdenseDetectionTrainer(DetectionTrainer):
         return model
 
     def setup_model(self) -> dict | None:
-        """ultralytics' setup; on resume, prefer the exact fp32 weights saved for the same epoch."""
+        """ultralytics' setup; on resume, prefer the exact fp32 state saved for the same epoch."""
         ckpt = super().setup_model()
         if self.resume and ckpt is not None:
             state = self.cell.load_checkpoint()
+            done = ckpt.get("epoch", -1) + 1
+            self.cell.provenance.restore((state or {}).get("provenance", {}))
             if state is not None and state["epoch"] == ckpt.get("epoch"):
                 self.model.load_state_dict(state["model"])
                 self.history = list(state["history"])
-                self.resumed_from = "fp32"
+                self.exact_state = state
+                self.cell.provenance.resumed(after_epoch=done, source="fp32_state", data_order="restarted")
             else:
-                self.history = [h for h in (state or {}).get("history", []) if h["epoch"] <= ckpt.get("epoch", -1) + 1]
-                self.resumed_from = "ema"
+                self.history = [h for h in (state or {}).get("history", []) if h["epoch"] <= done]
+                self.cell.provenance.resumed(after_epoch=done, source="ultralytics_fp16_ema", data_order="restarted")
             self._check_digest(self.model, "on resume")
         return ckpt
 
+    def _setup_train(self) -> None:
+        """ultralytics' setup, then the precision its amp setting gives (noted in the cell's provenance)."""
+        super()._setup_train()
+        self.cell.provenance.trained_in(ultralytics_precision(self.args.amp, self.amp))
+
     def _load_checkpoint_state(self, ckpt: dict) -> None:
-        """ultralytics' restore; the fp16 EMA's frozen tensors are then reset to the model's exact ones."""
+        """ultralytics' restore from its fp16 ``last.pt``; then, for an exact resume, the fp32 optimizer
+        state and EMA saved with the model; the EMA's frozen tensors are reset to the model's either way."""
         super()._load_checkpoint_state(ckpt)
-        current = frozen_tensors(self.ema.ema)
-        with torch.no_grad():
-            for name, tensor in frozen_tensors(self.model).items():
-                current[name].copy_(tensor)
+        if self.exact_state is not None:
+            saved = self.exact_state["optimizer"]
+            for group, current in zip(saved["param_groups"], self.optimizer.param_groups):
+                group["fused"] = current.get("fused")  # as ultralytics does: the device picks the kernel
+            self.optimizer.load_state_dict(saved)
+            self.ema.ema.load_state_dict(self.exact_state["ema"])
+            self.ema.updates = int(self.exact_state["ema_updates"])
+        copy_frozen(unwrap_model(self.model), self.ema.ema)
+
+    def optimizer_step(self) -> None:
+        """ultralytics' step (clipping, optimizer, EMA update); then the EMA's frozen tensors are set
+        to the model's, so that no EMA arithmetic can round them."""
+        super().optimizer_step()
+        if self.ema:
+            copy_frozen(unwrap_model(self.model), self.ema.ema)
 
     def save_metrics(self, metrics: dict[str, float]) -> None:
         super().save_metrics(metrics)
         self.history.append(_epoch_record(self.epoch + 1, metrics))
 
     def save_model(self) -> bool:
-        """Save the fp32 model (resume point of the cell) before ultralytics writes its fp16 last.pt."""
-        state = {k: v.detach().cpu().clone() for k, v in unwrap_model(self.model).state_dict().items()}  # no "module."
-        self.cell.save_checkpoint({"epoch": self.epoch, "model": state, "history": self.history})
+        """Save the fp32 model, optimizer state and EMA (the cell's exact resume point, and the EMA the
+        task evaluates) before ultralytics writes its fp16 last.pt."""
+        self.cell.save_checkpoint({
+            "epoch": self.epoch, "model": _cpu_state(unwrap_model(self.model)),  # no "module." prefix
+            "optimizer": _cpu_tree(self.optimizer.state_dict()), "ema": _cpu_state(self.ema.ema),
+            "ema_updates": int(self.ema.updates), "history": self.history, "provenance": self.cell.provenance.state(),
+        })
         return super().save_model()
 
     def final_eval(self) -> None:
-        """Skipped: the task evaluates the fp32 trained model itself (ultralytics would re-validate fp16 best.pt)."""
+        """Skipped: the task evaluates the fp32 EMA and model itself (ultralytics would re-validate fp16 best.pt)."""
+
+
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def _cpu_tree(value: Any) -> Any:
+    """A copy of an optimizer state dict with every tensor on the CPU (dtypes kept: fp32 stays fp32)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().clone()
+    if isinstance(value, dict):
+        return {k: _cpu_tree(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_cpu_tree(v) for v in value)
+    return value
 
 
 def finished_state(cell: Cell, epochs: int) -> dict | None:
@@ -231,8 +293,10 @@ __all__ = [
     "LCDetectionModel",
     "LcdenseDetectionTrainer",
     "build_detection_model",
+    "copy_frozen",
     "finished_state",
     "last_checkpoint",
     "model_yaml",
     "ultralytics_device",
+    "ultralytics_precision",
 ]

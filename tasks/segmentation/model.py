@@ -10,7 +10,7 @@ the conversion scope keep smp's scheme (decoder/head) or the encoder's own defau
 >>> import torch
 >>> _ = torch.manual_seed(0)
 >>> model = build_unet("resnet18", depth=3, decoder_channels=[32, 16, 8])
->>> sources = init_sources(model, {"init": "kaiming_uniform"})
+>>> sources = init_sources(model, "kaiming_uniform")
 >>> sources["decoder.blocks.0.conv1.0"]
 'smp decoder scheme (kaiming_uniform fan_in, relu gain)'
 """
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import Any
 
 import segmentation_models_pytorch as smp
 import timm
@@ -75,15 +74,16 @@ def _digest(weight: torch.Tensor) -> str:
     return hashlib.sha256(weight.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()).hexdigest()
 
 
-def init_sources(model: nn.Module, conversion: dict[str, Any]) -> dict[str, str]:
-    """Each spatial conv → where its starting filters came from (call before training)."""
+def init_sources(model: nn.Module, init: str) -> dict[str, str]:
+    """Each spatial conv → where its starting filters came from (call before training; ``init``:
+    the init the conversion re-drew the cell's filters from)."""
     built: dict[str, str] = getattr(model, _BUILD_DIGESTS, {})
     out = {}
     for name, module in _spatial_convs(model):
         if isinstance(module, LCConv):
-            out[name] = f"lcdense {conversion.get('init')} (LC-Block spatial bank)"
+            out[name] = f"lcdense {init} (LC-Block spatial bank)"
         elif built.get(name) != _digest(module.weight):
-            out[name] = f"lcdense {conversion.get('init')}"
+            out[name] = f"lcdense {init}"
         elif name.startswith("decoder."):
             out[name] = "smp decoder scheme (kaiming_uniform fan_in, relu gain)"
         elif name.startswith("segmentation_head."):

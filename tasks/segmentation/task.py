@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from lcdense import Cell, LcdenseError, Task
-from lcdense.training import TrainSettings, epoch_generator, train_loop
+from lcdense.provenance import autocast_precision
+from lcdense.training import TrainSettings, autocast, epoch_generator, preconditioned_inexact, train_loop
 
 from .data import PairDataset, eval_batches, train_batches
 from .embedded import ensure_embedded
@@ -138,7 +139,7 @@ class SegmentationTask(Task):
         cfg = self.resolve_config(config)
         settings = TrainSettings.from_config(cfg["train"])
         batch_size, workers = cfg["train"]["batch_size"], cfg["data"]["workers"]
-        _write_init_sources(model, cfg.get("conversion", {}), cell)
+        _write_init_sources(model, cell)
         model.to(cell.device)
         train_set = PairDataset(data.train, data.size, augment=cfg["data"]["augment"])
         pin = cell.device.type == "cuda"
@@ -158,13 +159,16 @@ class SegmentationTask(Task):
                              evaluate=lambda net: self.evaluate(net, data, config, cell))
         return model, history
 
+    def preconditioned_inexact(self, config: dict[str, Any]) -> str | None:
+        return preconditioned_inexact(TrainSettings.from_config(self.resolve_config(config)["train"]))
+
     def evaluate(self, model: nn.Module, data: SegmentationData, config: dict[str, Any], cell: Cell) -> dict[str, float]:
         cfg = self.resolve_config(config)
         model.to(cell.device).eval()
         val_set = PairDataset(data.val, data.size, augment=False)
         counts, start = ConfusionCounts(), 0
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cell.device.type == "cuda" and cfg["train"]["amp"])
-        with torch.no_grad(), autocast:
+        cell.provenance.eval_precision = autocast_precision(cfg["train"]["amp"], cell.device)
+        with torch.no_grad(), autocast(cell.device, cfg["train"]["amp"]):
             for images, masks in eval_batches(val_set, batch_size=cfg["train"]["batch_size"],
                                               workers=cfg["data"]["workers"], pin_memory=cell.device.type == "cuda"):
                 logits = model(images.to(cell.device, non_blocking=True))
@@ -173,9 +177,9 @@ class SegmentationTask(Task):
         return counts.scores(per_group=data.dataset == "brain-mri")
 
 
-def _write_init_sources(model: nn.Module, conversion: dict[str, Any], cell: Cell) -> None:
+def _write_init_sources(model: nn.Module, cell: Cell) -> None:
     """Record where each spatial conv's starting filters came from (``init_sources.json``)."""
-    sources = init_sources(model, conversion)
+    sources = init_sources(model, cell.init)
     tally: dict[str, int] = {}
     for source in sources.values():
         tally[source] = tally.get(source, 0) + 1

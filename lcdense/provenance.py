@@ -1,0 +1,87 @@
+"""What a cell actually did beyond its config: the precision it trained and evaluated in, whether
+and how it resumed, which weights its primary metric comes from, and the frozen digests of every
+copy of the weights it evaluated.
+
+Tasks and the shared training loop fill a cell's :class:`Provenance` in (``cell.provenance``);
+the runner writes it to ``cell.json`` as ``provenance`` and fails the cell if any evaluated copy's
+frozen digest differs from the trained model's.
+
+Resume sources: ``fp32_state`` (lcdense's own fp32 checkpoint of the model, optimizer, schedule
+and, for detection, the EMA: the state is restored bit for bit) and ``ultralytics_fp16_ema``
+(ultralytics' ``last.pt``: the weights continue from the fp16-rounded EMA, so the resume is
+approximate). ``data_order`` says whether the resumed epochs see the data an uninterrupted run
+would (``replayed``) or the framework restarted its data order (``restarted``).
+
+>>> p = Provenance()
+>>> p.trained_in("fp32")
+>>> p.resumed(after_epoch=3, source="ultralytics_fp16_ema", data_order="restarted")
+>>> p.to_dict(init="orthogonal")["resume"]["exact"]
+False
+>>> autocast_precision(True, torch.device("cpu"))
+'fp32'
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+#: resume source → whether it restores the training state exactly
+RESUME_SOURCES: dict[str, bool] = {"fp32_state": True, "ultralytics_fp16_ema": False}
+
+
+def autocast_precision(amp: bool, device: torch.device) -> str:
+    """The precision the shared training loop runs in: bf16 autocast on CUDA when ``amp``, else fp32
+    (on CPU ``amp`` does nothing)."""
+    return "bf16" if amp and device.type == "cuda" else "fp32"
+
+
+@dataclass
+class Provenance:
+    """A cell's provenance, filled in while it trains and evaluates."""
+
+    #: precisions used for training, in order (several only if a resume changed it)
+    train_precisions: list[str] = field(default_factory=list)
+    eval_precision: str | None = None
+    resumes: list[dict[str, Any]] = field(default_factory=list)
+    primary_weights: str = "model"
+    #: frozen digests of evaluated copies other than the trained model, e.g. {"ema": ...}
+    frozen_digests: dict[str, str] = field(default_factory=dict)
+
+    def trained_in(self, precision: str) -> None:
+        """Note the precision of (this part of) training."""
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision '{precision}'; use one of {PRECISIONS}")
+        if precision not in self.train_precisions:
+            self.train_precisions.append(precision)
+
+    def resumed(self, *, after_epoch: int, source: str, data_order: str) -> None:
+        """Note a resume after ``after_epoch`` finished epochs, from ``source`` (see RESUME_SOURCES)."""
+        self.resumes.append({"after_epoch": int(after_epoch), "source": source, "exact": RESUME_SOURCES[source],
+                             "data_order": data_order})
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint keeps so that a later resume still knows the earlier ones."""
+        return {"train_precisions": list(self.train_precisions), "resumes": [dict(r) for r in self.resumes]}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Take back :meth:`state` from a checkpoint (before noting this resume)."""
+        self.train_precisions = list(state.get("train_precisions", []))
+        self.resumes = [dict(r) for r in state.get("resumes", [])]
+
+    def to_dict(self, init: str) -> dict[str, Any]:
+        """The record's ``provenance`` section (``init``: the cell's spatial init)."""
+        return {
+            "precision": {"train": "+".join(self.train_precisions) or None, "eval": self.eval_precision},
+            "init": init,
+            "resume": {"resumed": bool(self.resumes),
+                       "exact": all(r["exact"] for r in self.resumes) if self.resumes else None,
+                       "resumes": [dict(r) for r in self.resumes]},
+            "primary_weights": self.primary_weights,
+            "frozen_digests": dict(self.frozen_digests),
+        }
+
+
+__all__ = ["PRECISIONS", "RESUME_SOURCES", "Provenance", "autocast_precision"]

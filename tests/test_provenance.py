@@ -1,0 +1,175 @@
+"""Run provenance (issue 12, fidelity): the precision every cell trained and evaluated in, the
+baseline's init in an init sweep, resume provenance, the refusal of an inexact preconditioned form
+before any training, and the summary lines that show them."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from lcdense.analysis import load_filters
+from lcdense.cli import main
+from lcdense.provenance import autocast_precision
+from lcdense.summary import markdown_table, results_csv, summarize
+
+CONFIGS = Path(__file__).parents[1] / "configs" / "classification"
+PAPER_CONFIGS = sorted(CONFIGS.glob("*_resnet_lc_20_16.yaml"))
+
+
+def _run_dir(out: Path, task: str = "toy") -> Path:
+    (run_dir,) = [p for p in (out / task).iterdir() if p.is_dir() and not p.name.startswith(".")]
+    return run_dir
+
+
+def _cell(run_dir: Path, cell_id: str) -> dict:
+    return json.loads((run_dir / "cells" / cell_id / "cell.json").read_text())
+
+
+@pytest.mark.parametrize("path", PAPER_CONFIGS, ids=lambda p: p.name)
+def test_paper_recipe_configs_train_in_fp32(path):
+    from lcdense.config import load_yaml, resolve
+    from lcdense.task import get_task
+
+    assert len(PAPER_CONFIGS) == 4
+    config = resolve(get_task("classification").default_config(), load_yaml(path), {}, [], where=str(path))
+    assert config["train"]["amp"] is False
+    assert autocast_precision(config["train"]["amp"], torch.device("cuda")) == "fp32"
+    assert autocast_precision(True, torch.device("cuda")) == "bf16"  # the default would autocast on a GPU
+
+
+def test_cells_record_the_precision_actually_used_and_their_init(toy_installed, tmp_path):
+    # train.amp is true by default, but on CPU the loop runs in fp32: the record says fp32
+    assert main(["run", "--task", "toy", "--variants", "learnable,lc-frozen", "--E", "2", "--epochs", "1",
+                 "--out", str(tmp_path), "--quiet", "--no-analysis"]) == 0
+    run_dir = _run_dir(tmp_path)
+    for cell_id in ("learnable__seed0", "lc-frozen@2__seed0"):
+        record = _cell(run_dir, cell_id)
+        provenance = record["provenance"]
+        assert provenance["precision"] == {"train": "fp32", "eval": "fp32"}
+        assert provenance["init"] == "kaiming_uniform"
+        assert provenance["resume"] == {"resumed": False, "exact": None, "resumes": []}
+        assert provenance["primary_weights"] == "model"
+        assert provenance["frozen_digests"] == {"model": record["frozen_digest_after"]}
+    summary = (run_dir / "summary.md").read_text()
+    assert "Spatial init: kaiming_uniform (every variant)" in summary
+    assert "Precision not fp32" not in summary and "Approximate resumes" not in summary
+
+
+def test_init_sweep_keeps_the_baseline_at_the_default_init(toy_installed, tmp_path):
+    common = ["--task", "toy", "--variants", "learnable,frozen", "--epochs", "1", "--quiet", "--no-analysis"]
+    assert main(["sweep", *common, "--init", "orthogonal", "--out", str(tmp_path / "sweep")]) == 0
+    assert main(["run", *common, "--out", str(tmp_path / "default")]) == 0
+    sweep, default = _run_dir(tmp_path / "sweep"), _run_dir(tmp_path / "default")
+    swept = {k: _cell(sweep, f"{k}__init=orthogonal__seed0") for k in ("learnable", "frozen")}
+    plain = {k: _cell(default, f"{k}__seed0") for k in ("learnable", "frozen")}
+    assert swept["learnable"]["provenance"]["init"] == "kaiming_uniform"
+    assert swept["learnable"]["conversion"]["settings"]["init"] == "kaiming_uniform"
+    assert swept["frozen"]["provenance"]["init"] == "orthogonal"
+    # the baseline trained from the default filters: the same trained filters as a default-init run
+    learned = load_filters(sweep / "cells" / "learnable__init=orthogonal__seed0" / "filters.pt")["layers"]
+    reference = load_filters(default / "cells" / "learnable__seed0" / "filters.pt")["layers"]
+    assert [layer["name"] for layer in learned] == [layer["name"] for layer in reference] and learned
+    assert all(torch.equal(a["weight"], b["weight"]) for a, b in zip(learned, reference))
+    assert swept["learnable"]["metrics"] == plain["learnable"]["metrics"]
+    # the frozen variant's random filters did move to the orthogonal init
+    assert swept["frozen"]["frozen_digest_before"] != plain["frozen"]["frozen_digest_before"]
+    summary = (sweep / "summary.md").read_text()
+    assert "Spatial init: learnable kaiming_uniform; frozen orthogonal" in summary
+    rows = results_csv([swept["learnable"], swept["frozen"]]).splitlines()
+    assert rows[0].split(",")[-6:] == ["init", "precision_train", "precision_eval", "primary_weights", "resumed",
+                                       "resume_exact"]
+    assert rows[1].split(",")[-6:] == ["kaiming_uniform", "fp32", "fp32", "model", "False", ""]
+
+
+def test_baseline_init_asks_for_another_baseline_init(toy_installed, tmp_path, capsys):
+    assert main(["run", "--task", "toy", "--variants", "learnable", "--epochs", "1", "--set", "run.baseline_init=orthogonal",
+                 "--out", str(tmp_path), "--quiet", "--no-analysis"]) == 0
+    assert _cell(_run_dir(tmp_path), "learnable__seed0")["provenance"]["init"] == "orthogonal"
+    assert main(["run", "--task", "toy", "--set", "run.baseline_init=kaiming", "--out", str(tmp_path / "bad"),
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "unknown init 'kaiming'" in err, err
+    assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("argv,reason", [
+    (["--task", "classification", "--set", "train.optimizer=adamw"], "train.optimizer 'adamw'"),
+    (["--task", "segmentation"], "train.optimizer 'adamw'"),  # segmentation trains with AdamW
+    (["--task", "segmentation", "--set", "train.optimizer=sgd", "--set", "train.grad_clip=5"], "train.grad_clip 5"),
+    (["--task", "detection", "--set", "train.optimizer=SGD"], "ultralytics' trainer clips gradients (max norm 10)"),
+    (["--task", "detection"], "clips gradients (max norm 10) and train.optimizer is AdamW"),
+    (["--task", "toy"], "task 'toy' does not verify"),
+])
+def test_inexact_preconditioned_form_is_refused_before_any_training(toy_installed, tmp_path, capsys, argv, reason):
+    out = tmp_path / "runs"
+    code = main(["run", *argv, "--variants", "learnable,lc-frozen", "--E", "2", "--set", "conversion.impl=preconditioned",
+                 "--out", str(out), "--quiet", "--no-analysis"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("lcdense: error: conversion.impl 'preconditioned' is exact only under plain SGD") and reason in err
+    assert not list(out.glob("*/*/cells/*"))  # not even the learnable baseline trained
+    assert not list(out.glob("*/*"))
+
+
+def test_preconditioned_under_plain_sgd_passes_the_check():
+    from lcdense.config import resolve
+    from lcdense.runner import check_before_training, plan_cells
+    from lcdense.task import get_task
+    from lcdense.variants import parse_variants
+
+    task = get_task("classification")
+    config = resolve(task.default_config(), {}, {}, ["conversion.impl=preconditioned"])
+    check_before_training(task, config, plan_cells(parse_variants(["lc-frozen"], [2]), [0], {}))
+
+
+def test_resumed_cells_say_from_where_and_the_summary_flags_approximate_ones():
+    def record(cell_id: str, variant: str, *, train: str = "fp32", resume: dict | None = None) -> dict:
+        kind, _, e = variant.partition("@")
+        resumes = [resume] if resume else []
+        return {"id": cell_id, "task": "detection", "variant": variant, "kind": kind, "mode": "x", "spatial": None,
+                "E": int(e) if e else None, "axes": {}, "seed": 0, "init_seed": 0, "data_seed": 1000,
+                "metrics": {"map50_95": 0.5}, "frozen_digest_before": "d", "frozen_digest_after": "d",
+                "costs": {"trainable_params": 1, "wall_time_s": 1.0},
+                "provenance": {"precision": {"train": train, "eval": "fp32"}, "init": "kaiming_uniform",
+                               "resume": {"resumed": bool(resumes), "exact": all(r["exact"] for r in resumes) if resumes else None,
+                                          "resumes": resumes},
+                               "primary_weights": "ema", "frozen_digests": {"model": "d", "ema": "d"}}}
+
+    records = [
+        record("learnable__seed0", "learnable", train="bf16",
+               resume={"after_epoch": 3, "source": "fp32_state", "exact": True, "data_order": "restarted"}),
+        record("frozen__seed0", "frozen",
+               resume={"after_epoch": 5, "source": "ultralytics_fp16_ema", "exact": False, "data_order": "restarted"}),
+    ]
+    summary = summarize(records, "map50_95", True)
+    variants = summary["groups"][""]["variants"]
+    assert variants["learnable"]["provenance"]["resumed"] == ["learnable__seed0"]
+    assert variants["learnable"]["provenance"]["approximate_resumes"] == []
+    assert variants["frozen"]["provenance"]["approximate_resumes"] == ["frozen__seed0"]
+    table = markdown_table(summary)
+    assert "**Precision not fp32:** learnable trained in bf16, evaluated in fp32" in table
+    assert "frozen trained" not in table  # fp32 is not shown
+    assert "Primary metric from the ema weights (learnable); ema weights (frozen)" in table
+    assert "**Approximate resumes** (continued from ultralytics' fp16 EMA checkpoint" in table
+    assert table.split("**Approximate resumes**")[1].split("\n")[0].endswith("frozen__seed0  ")
+
+
+def test_an_evaluated_copy_with_other_frozen_filters_fails_the_cell(toy_installed, tmp_path, monkeypatch, capsys):
+    from lcdense.task import get_task
+
+    toy = type(get_task("toy"))
+    original = toy.evaluate
+
+    def evaluate_a_drifted_copy(self, model, data, config, cell):
+        cell.provenance.frozen_digests["ema"] = "0" * 64
+        return original(self, model, data, config, cell)
+
+    monkeypatch.setattr(toy, "evaluate", evaluate_a_drifted_copy)
+    assert main(["run", "--task", "toy", "--variants", "frozen", "--epochs", "1", "--out", str(tmp_path), "--quiet",
+                 "--no-analysis"]) == 2
+    assert "frozen filters of the evaluated ema weights differ from the model's" in capsys.readouterr().err
+    record = _cell(_run_dir(tmp_path), "frozen__seed0")
+    assert record["status"] == "failed"
