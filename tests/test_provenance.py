@@ -173,3 +173,40 @@ def test_an_evaluated_copy_with_other_frozen_filters_fails_the_cell(toy_installe
     assert "frozen filters of the evaluated ema weights differ from the model's" in capsys.readouterr().err
     record = _cell(_run_dir(tmp_path), "frozen__seed0")
     assert record["status"] == "failed"
+
+
+def test_every_resume_of_a_cell_is_kept_in_its_provenance(tmp_path):
+    from torch import nn
+
+    from lcdense.task import Cell
+    from lcdense.training import TrainSettings, train_loop
+
+    class Crash(Exception):
+        pass
+
+    x, y = torch.randn(32, 4, generator=torch.Generator().manual_seed(0)), torch.randn(32, 1)
+    settings = TrainSettings(epochs=4, lr=0.05, optimizer="sgd")
+
+    def train(crash_at: int | None) -> Cell:
+        cell = Cell(variant="learnable", seed=0, init_seed=0, data_seed=1000, dir=tmp_path, device=torch.device("cpu"),
+                    convert=lambda m: m, quiet=True)
+        save = cell.save_checkpoint
+
+        def save_then_crash(state):
+            save(state)
+            if state["epoch"] + 1 == crash_at:
+                raise Crash
+
+        cell.save_checkpoint = save_then_crash
+        torch.manual_seed(0)
+        train_loop(nn.Linear(4, 1), batches=lambda epoch: [(x, y)], steps_per_epoch=1,
+                   loss=lambda m, b: nn.functional.mse_loss(m(b[0]), b[1]), settings=settings, cell=cell)
+        return cell
+
+    for crash_at in (1, 3):
+        with pytest.raises(Crash):
+            train(crash_at)
+    cell = train(None)
+    assert [r["after_epoch"] for r in cell.provenance.resumes] == [1, 3]
+    assert cell.provenance.to_dict("kaiming_uniform")["resume"]["exact"] is True
+    assert cell.provenance.train_precisions == ["fp32"]
