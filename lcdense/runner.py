@@ -188,6 +188,9 @@ def check_before_training(task: Task, config: dict[str, Any], cells: list[CellSp
     unless the task verifies that its optimizer trains that form exactly (plain SGD, no clipping)."""
     check_init(str(config["run"].get("baseline_init", "kaiming_uniform")))
     preconditioned = config["conversion"]["impl"] == "preconditioned"
+    if preconditioned and (config["conversion"]["mid"] or any(c.variant.kind == "lc-learnable" for c in cells)):
+        raise LcdenseError("conversion.impl 'preconditioned' needs a frozen bank and no mid op: it cannot train "
+                           "lc-learnable cells or conversion.mid; run those with conversion.impl=auto")
     if preconditioned and any(c.variant.kind == "lc-frozen" for c in cells):
         reason = task.preconditioned_inexact(config)
         if reason:

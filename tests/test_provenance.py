@@ -114,6 +114,14 @@ def test_inexact_preconditioned_form_is_refused_before_any_training(toy_installe
     assert not list(out.glob("*/*"))
 
 
+def test_preconditioned_with_a_learnable_bank_is_refused_before_any_training(tmp_path, capsys):
+    code = main(["run", "--task", "classification", "--E", "2", "--set", "conversion.impl=preconditioned",
+                 "--out", str(tmp_path), "--quiet"])  # default variants include lc-learnable
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "cannot train lc-learnable cells" in err, err
+    assert not list(tmp_path.glob("*/*"))
+
+
 def test_preconditioned_under_plain_sgd_passes_the_check():
     from lcdense.config import resolve
     from lcdense.runner import check_before_training, plan_cells
