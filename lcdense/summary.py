@@ -148,7 +148,7 @@ def markdown_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _percent(value: float, unit: str) -> str:
+def _in_unit(value: float, unit: str) -> str:
     return f"{value:.2f}" if unit == "percent" else f"{value:.4f}"
 
 
@@ -180,9 +180,9 @@ def paper_table(block: dict[str, Any], primary: str) -> list[str]:
             (f" {row['metric']}" if row["metric"] != primary else "")
         m = row["measured"]
         measured = "not measured" if m is None else \
-            f"{_percent(m['mean'], block['unit'])} ± {_percent(m['std'], block['unit'])} ({m['n']})"
-        paper = _percent(row["published_mean"], block["unit"]) + \
-            ("" if row["published_std"] is None else f" ± {_percent(row['published_std'], block['unit'])}")
+            f"{_in_unit(m['mean'], block['unit'])} ± {_in_unit(m['std'], block['unit'])} ({m['n']})"
+        paper = _in_unit(row["published_mean"], block["unit"]) + \
+            ("" if row["published_std"] is None else f" ± {_in_unit(row['published_std'], block['unit'])}")
         delta = "n/a" if row["difference"] is None else f"{row['difference']:+.2f}" if block["unit"] == "percent" \
             else f"{row['difference']:+.4f}"
         lines.append(f"| {name} | {measured} | {paper} | {row['source']} | {delta} | {row['within_published_spread']} |")

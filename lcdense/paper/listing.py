@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .registry import Experiment, experiments, get_experiment
+from .registry import Experiment, experiments, get_experiment  # noqa: F401 (get_experiment: the doctest)
 
 
 def _grid(experiment: Experiment) -> str:
@@ -55,5 +55,3 @@ def as_dict(experiment: Experiment) -> dict[str, Any]:
 
     return asdict(experiment)
 
-
-__all__ = ["as_dict", "describe", "format_list", "get_experiment"]
