@@ -93,7 +93,11 @@ def _versus_e(run_dir: Path, summary: dict[str, Any]) -> list[str]:
 
 
 def _axis_order(value: Any) -> tuple[int, float, str]:
-    """Numbers by value, then everything else (names, None) by text: axes such as ``mid`` mix them."""
+    """Numbers by value, then everything else (names, None) by text: axes such as ``mid`` mix them.
+
+    >>> sorted([None, "relu", 16, 8], key=_axis_order)
+    [8, 16, None, 'relu']
+    """
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return (0, float(value), "")
     return (1, 0.0, str(value))

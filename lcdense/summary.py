@@ -173,7 +173,7 @@ def paper_table(block: dict[str, Any], primary: str) -> list[str]:
     if not block["rows"]:
         return lines + [f"Paper: {block['note']}.", ""]
     lines += [f"Within the published spread: {block['definition']}.", "",
-              f"| variant | measured{unit} (mean ± std (seeds)) | paper{unit} | source | Δ measured − paper | "
+              f"| variant | measured{unit}: mean ± std (seeds) | paper{unit} | source | Δ measured − paper | "
               f"within published spread |", "|---|---|---|---|---|---|"]
     for row in block["rows"]:
         name = row["variant"] + (f" [{row['group']}]" if row["group"] else "") + \

@@ -154,7 +154,7 @@ def test_paper_doctests_run():
     import importlib
 
     for name in ("lcdense.paper", "lcdense.paper.comparison", "lcdense.paper.listing", "lcdense.paper.registry",
-                 "lcdense.paper.run", "lcdense.summary"):
+                 "lcdense.paper.run", "lcdense.summary", "lcdense.plots"):
         result = doctest.testmod(importlib.import_module(name))
         assert result.attempted and not result.failed, name
 
