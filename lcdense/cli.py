@@ -15,7 +15,8 @@ from .errors import LcdenseError
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("lcdense.commands.convert", "print the conversion report of a torchvision/timm model"),
     "run": ("lcdense.commands.run", "train baseline, frozen and LC variants of a task and report the gap"),
-    "sweep": ("lcdense.commands.sweep", "run a grid over E (or width, depth, kernel size, init) as one resumable run"),
+    "sweep": ("lcdense.commands.sweep", "run a grid over E (or width, depth, kernel size, init, LC-Block op) as one resumable run"),
+    "paper": ("lcdense.commands.paper", "the paper's experiments: list them with their published numbers, run one"),
     "report": ("lcdense.commands.report", "re-render summary and plots of a run directory from its files"),
     "analyze": ("lcdense.analysis", "filter variance entropy, spatial variance, filter grids and LC bank diagnostics of a run"),
     "bench": ("lcdense.bench", "time and memory of LC-Block implementations vs the baseline"),

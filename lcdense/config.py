@@ -1,7 +1,8 @@
 """Run configuration: task defaults ← YAML file ← CLI flags ← ``--set key=value``.
 
 Sections ``data``, ``model`` and ``train`` belong to the task; ``run`` and ``conversion`` to the
-runner. Unknown keys are an error (a typo must not silently do nothing).
+runner; ``paper`` names the paper experiment a run reproduces (see :mod:`lcdense.paper`). Unknown
+keys are an error (a typo must not silently do nothing).
 
 >>> cfg = merge({"train": {"epochs": 75, "lr": 0.01}}, {"train": {"epochs": 2}})
 >>> cfg["train"]
@@ -45,6 +46,15 @@ RUN_DEFAULTS: dict[str, Any] = {
         "head": True,
         "mid": None,
         "impl": "auto",
+    },
+    # set by `lcdense paper run` (lcdense.paper): which paper experiment this run reproduces, at
+    # which scale (full: the paper's recipe; smoke: shortened, never compared), from which recipe,
+    # and what the user changed on top of it
+    "paper": {
+        "experiment": None,
+        "scale": None,
+        "recipe": None,
+        "overrides": [],
     },
 }
 

@@ -92,6 +92,17 @@ def _versus_e(run_dir: Path, summary: dict[str, Any]) -> list[str]:
     return paths
 
 
+def _axis_order(value: Any) -> tuple[int, float, str]:
+    """Numbers by value, then everything else (names, None) by text: axes such as ``mid`` mix them.
+
+    >>> sorted([None, "relu", 16, 8], key=_axis_order)
+    [8, 16, None, 'relu']
+    """
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (0, float(value), "")
+    return (1, 0.0, str(value))
+
+
 def _versus_axis(run_dir: Path, records: list[dict[str, Any]], primary: str, axis: str) -> str:
     import statistics
 
@@ -103,7 +114,7 @@ def _versus_axis(run_dir: Path, records: list[dict[str, Any]], primary: str, axi
         if axis in r.get("axes", {}) and primary in r["metrics"]:
             by_variant.setdefault(r["variant"], {}).setdefault(r["axes"][axis], []).append(r["metrics"][primary])
     for name, points in sorted(by_variant.items()):
-        xs = sorted(points)
+        xs = sorted(points, key=_axis_order)
         ax.errorbar([str(x) for x in xs], [statistics.fmean(points[x]) for x in xs],
                     yerr=[statistics.stdev(points[x]) if len(points[x]) > 1 else 0 for x in xs],
                     marker="o", capsize=3, label=name, color=COLORS.get(name.split("@")[0]))

@@ -265,6 +265,8 @@ def run_cell(task: Task, data: Any, config: dict[str, Any], spec: CellSpec, cell
         "conversion": report.to_dict(),
         "provenance": _provenance(cell, digest_after),
     }
+    if cfg.get("paper", {}).get("experiment"):  # a paper run: which experiment, at which scale
+        record["paper"] = cfg["paper"]
     if world.is_main:
         _save_analysis_inputs(model, cell_dir)
         write_json(cell_dir / "cell.json", record)
@@ -412,6 +414,7 @@ def save_run_config(run_dir: Path, config: dict[str, Any], cells: list[CellSpec]
     write_text(run_dir / "config.yaml", dump(config))
     write_json(run_dir / "plan.json", {"task": task.name, "primary_metric": task.primary_metric,
                                        "higher_is_better": task.higher_is_better, "axis_keys": axis_keys,
+                                       "paper": config.get("paper") if config.get("paper", {}).get("experiment") else None,
                                        "cells": [{"kind": c.variant.kind, "E": c.variant.E, "seed": c.seed,
                                                   "axes": c.axes} for c in cells]})
 

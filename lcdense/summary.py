@@ -69,16 +69,20 @@ def _variant_order(record: dict[str, Any]) -> tuple[int, int]:
     return (0 if record["E"] is None else 1, record["E"] or 0, kinds.index(record["kind"]))
 
 
-def _group_key(record: dict[str, Any]) -> str:
-    """The sweep point of a record other than E, e.g. 'width=32' ('' for a plain run)."""
-    return ",".join(f"{k}={v}" for k, v in sorted(record.get("axes", {}).items()))
+def group_key(axes: dict[str, Any]) -> str:
+    """A sweep point other than E as the summary names its groups, e.g. 'width=32' ('' for a plain run).
+
+    >>> group_key({"width": 32, "mid": None})
+    'mid=None,width=32'
+    """
+    return ",".join(f"{k}={v}" for k, v in sorted(axes.items()))
 
 
 def summarize(records: list[dict[str, Any]], primary: str, higher_is_better: bool) -> dict[str, Any]:
     """The summary of a run as a JSON-able dict."""
     groups: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for r in records:
-        groups.setdefault(_group_key(r), {}).setdefault(r["variant"], []).append(r)
+        groups.setdefault(group_key(r.get("axes", {})), {}).setdefault(r["variant"], []).append(r)
     out: dict[str, Any] = {"primary_metric": primary, "higher_is_better": higher_is_better, "groups": {}}
     for group, by_variant in groups.items():
         variants = {}
@@ -189,6 +193,8 @@ def markdown_table(summary: dict[str, Any]) -> str:
                 lines.append(f"| {g['gap']} | {g['mean']:+.4f} ± {g['std']:.4f} | {ci} | {g['n']} |")
         lines += provenance_lines(content["variants"])
         lines.append("")
+    if "paper" in summary:
+        lines += paper_table(summary["paper"], primary)
     return "\n".join(lines)
 
 
@@ -204,14 +210,56 @@ def provenance_row(record: dict[str, Any]) -> list[Any]:
             resume.get("resumed"), resume.get("exact")]
 
 
+def _in_unit(value: float, unit: str) -> str:
+    return f"{value:.2f}" if unit == "percent" else f"{value:.4f}"
+
+
+def paper_table(block: dict[str, Any], primary: str) -> list[str]:
+    """The paper column: each published number next to the run's measured mean ± std.
+
+    >>> block = {"experiment": "table1-svhn", "source": "Table 1", "scale": "full", "unit": "percent",
+    ...          "definition": "|m - p| <= s", "note": None, "overrides": [], "rows": [
+    ...     {"variant": "learnable", "group": "", "metric": "top1", "source": "ICLR", "published_mean": 96.38,
+    ...      "published_std": 0.12, "measured": {"mean": 96.3, "std": 0.1, "n": 4}, "difference": -0.08,
+    ...      "within_published_spread": "yes"}]}
+    >>> paper_table(block, "top1")[-2]
+    '| learnable | 96.30 ± 0.10 (4) | 96.38 ± 0.12 | ICLR | -0.08 | yes |'
+    """
+    unit = " (%)" if block["unit"] == "percent" else ""
+    lines = [f"### Paper: {block['experiment']} ({block['source']}), {block['scale']} scale", ""]
+    if block["scale"] != "full":
+        lines += [f"**{block['scale'].upper()} run**: a shortened recipe, not comparable to the paper; "
+                  "no agreement is claimed.", ""]
+    if block["overrides"]:
+        lines += [f"Changed from the paper's grid: {', '.join(block['overrides'])}.", ""]
+    if not block["rows"]:
+        return lines + [f"Paper: {block['note']}.", ""]
+    lines += [f"Within the published spread: {block['definition']}.", "",
+              f"| variant | measured{unit}: mean ± std (seeds) | paper{unit} | source | Δ measured − paper | "
+              f"within published spread |", "|---|---|---|---|---|---|"]
+    for row in block["rows"]:
+        name = row["variant"] + (f" [{row['group']}]" if row["group"] else "") + \
+            (f" {row['metric']}" if row["metric"] != primary else "")
+        m = row["measured"]
+        measured = "not measured" if m is None else \
+            f"{_in_unit(m['mean'], block['unit'])} ± {_in_unit(m['std'], block['unit'])} ({m['n']})"
+        paper = _in_unit(row["published_mean"], block["unit"]) + \
+            ("" if row["published_std"] is None else f" ± {_in_unit(row['published_std'], block['unit'])}")
+        delta = "n/a" if row["difference"] is None else f"{row['difference']:+.2f}" if block["unit"] == "percent" \
+            else f"{row['difference']:+.4f}"
+        lines.append(f"| {name} | {measured} | {paper} | {row['source']} | {delta} | {row['within_published_spread']} |")
+    return lines + [""]
+
+
 def results_csv(records: list[dict[str, Any]]) -> str:
     """One row per cell: identity, every metric, digests and costs."""
     metric_names = sorted({k for r in records for k in r["metrics"]})
     axis_names = sorted({k for r in records for k in r.get("axes", {})})
     cost_names = ["trainable_params", "frozen_params", "total_params", "forward_macs_per_sample", "train_time_s",
                   "wall_time_s", "peak_memory_mb", "peak_memory_kind", "device", "data_wait_share"]
+    paper = ["paper_experiment", "paper_scale"] if any("paper" in r for r in records) else []
     header = ["id", "task", "variant", "mode", "spatial", "E", *axis_names, "seed", "init_seed", "data_seed",
-              *metric_names, "frozen_digest_before", "frozen_digest_after", *cost_names, *PROVENANCE_COLUMNS]
+              *metric_names, "frozen_digest_before", "frozen_digest_after", *cost_names, *PROVENANCE_COLUMNS, *paper]
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(header)
@@ -219,8 +267,20 @@ def results_csv(records: list[dict[str, Any]]) -> str:
         writer.writerow([r["id"], r["task"], r["variant"], r["mode"], r["spatial"], r["E"],
                          *(r.get("axes", {}).get(a) for a in axis_names), r["seed"], r["init_seed"], r["data_seed"],
                          *(r["metrics"].get(m) for m in metric_names), r["frozen_digest_before"],
-                         r["frozen_digest_after"], *(r["costs"].get(c) for c in cost_names), *provenance_row(r)])
+                         r["frozen_digest_after"], *(r["costs"].get(c) for c in cost_names), *provenance_row(r),
+                         *((r.get("paper", {}).get("experiment"), r.get("paper", {}).get("scale")) if paper else ())])
     return buffer.getvalue()
+
+
+def _paper_settings(run_dir: Path) -> dict[str, Any] | None:
+    """The ``paper`` section of the run's saved config, if the run reproduces a paper experiment."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return None
+    from .config import load_yaml
+
+    paper = load_yaml(path).get("paper") or {}
+    return paper if paper.get("experiment") else None
 
 
 def write_report(run_dir: Path, primary: str, higher_is_better: bool, extra_sections: list[str] = ()) -> str:
@@ -233,11 +293,19 @@ def write_report(run_dir: Path, primary: str, higher_is_better: bool, extra_sect
 
         raise LcdenseError(f"{run_dir} has no finished cells yet; run or resume it first")
     summary = summarize(records, primary, higher_is_better)
+    paper = _paper_settings(run_dir)
+    if paper:
+        from .paper import compare, get_experiment
+
+        summary["paper"] = compare(summary, get_experiment(paper["experiment"]), paper["scale"], paper["overrides"])
     write_text(run_dir / "results.csv", results_csv(records))
     write_json(run_dir / "summary.json", summary)
     figures = plot_run(run_dir, records, summary)
     table = markdown_table(summary)
-    parts = [f"# {records[0]['task']} run `{run_dir.name}`", "",
+    title = f"# {records[0]['task']} run `{run_dir.name}`"
+    if paper:
+        title += f": paper experiment {paper['experiment']}, {paper['scale']} scale"
+    parts = [title, "",
              f"Primary metric: **{primary}** ({'higher' if higher_is_better else 'lower'} is better). "
              f"Gaps are paired by seed; the interval is a 95% Student-t interval over seeds.", "", table]
     parts += [f"![{Path(f).stem}]({f})" for f in figures]

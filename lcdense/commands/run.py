@@ -66,7 +66,7 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _axes(task: Task, config: dict[str, Any], requested: dict[str, list[Any]]) -> tuple[dict[str, list[Any]], dict[str, str]]:
-    axis_keys = {"init": "conversion.init", **task.sweep_axes}
+    axis_keys = {"init": "conversion.init", "mid": "conversion.mid", **task.sweep_axes}
     for axis in requested:
         if axis not in axis_keys:
             raise LcdenseError(f"task '{task.name}' cannot sweep '{axis}'; it can sweep: E, {', '.join(sorted(axis_keys))}")

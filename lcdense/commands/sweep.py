@@ -1,4 +1,4 @@
-"""Run a grid over E (and width, depth, kernel size or init where the task supports them) as one resumable run.
+"""Run a grid over E (and width, depth, kernel size, init or the op inside the LC-Block, where the task supports them) as one resumable run.
 
 Example: ``lcdense sweep --task classification --E 1,8,64 --seeds 2``
 
@@ -18,7 +18,7 @@ from ..executors import EXECUTORS
 from . import run as run_command
 from .common import positive_int
 
-AXES = ("width", "depth", "kernel_size", "init")
+AXES = ("width", "depth", "kernel_size", "init", "mid")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -27,6 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--depth", help="comma-separated depths (e.g. 20,56)")
     p.add_argument("--kernel-size", help="comma-separated kernel sizes (e.g. 3,5,7)")
     p.add_argument("--init", help="comma-separated spatial inits (e.g. kaiming_uniform,orthogonal)")
+    p.add_argument("--mid", help="comma-separated ops inside the LC-Block: none,relu,bn,bn_relu (appendix C)")
     jobs = p.add_argument_group("cluster jobs (submitit)")
     jobs.add_argument("--executor", choices=EXECUTORS,
                       help="run each cell as a job: slurm (a job array), local (one job per visible GPU; one on CPU), "
@@ -40,7 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _values(text: str, axis: str) -> list[Any]:
-    values = [yaml.safe_load(v.strip()) for v in text.split(",") if v.strip()]
+    values = [None if axis == "mid" and v.strip() == "none" else yaml.safe_load(v.strip())
+              for v in text.split(",") if v.strip()]
     if not values:
         raise LcdenseError(f"--{axis.replace('_', '-')} needs at least one value")
     return values

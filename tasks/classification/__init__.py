@@ -43,7 +43,7 @@ class ClassificationTask(Task):
         """
         return {
             "data": {"dataset": "embedded", "root": None, "workers": 0,
-                     "image_size": 224, "train_limit": None},
+                     "image_size": 224, "train_limit": None, "val_limit": None},
             "model": {"name": "resnet_lc", "depth": 8, "width": 16, "kernel_size": 3},
             "train": {"epochs": 4, "batch_size": 128, "lr": 0.05, "optimizer": "sgd", "momentum": 0.9,
                       "nesterov": True, "weight_decay": 5e-4, "schedule": "cosine", "warmup_epochs": 0.0,
@@ -70,9 +70,12 @@ class ClassificationTask(Task):
             return _image_folders(Path(cfg["root"]), int(cfg["image_size"]))
         else:
             data = load_tensor_dataset(dataset, Path(cfg["root"]))
-        if cfg.get("train_limit"):
+        if cfg.get("train_limit"):  # the first N images of each split (shortened runs)
             n = int(cfg["train_limit"])
             data.train_x, data.train_y = data.train_x[:n], data.train_y[:n]
+        if cfg.get("val_limit"):
+            n = int(cfg["val_limit"])
+            data.val_x, data.val_y = data.val_x[:n], data.val_y[:n]
         return data
 
     def build_model(self, config: dict[str, Any], data: Any) -> nn.Module:

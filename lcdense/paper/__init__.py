@@ -1,0 +1,19 @@
+"""The paper's tables and figures as data: list them, run one, read measured next to published.
+
+``experiments.yaml`` (shipped in this package) lists every experiment of arXiv 2301.11360 that
+lcdense reproduces: its source, task, dataset, model, grid, recipe and the published numbers.
+:func:`run_experiment` runs one through the sweep runner (exactly ``lcdense sweep`` with its
+recipe and grid); the run's report then adds the paper column (:func:`compare`).
+
+>>> "table1-cifar10" in experiments() and "fig7a-kernel-size" in experiments()
+True
+>>> agreement(92.50, 92.55, 0.28, scale="full")
+'yes'
+"""
+from .comparison import WITHIN, agreement, compare
+from .listing import as_dict, describe, format_list
+from .registry import SCALES, Experiment, Published, PublishedValue, experiments, get_experiment
+from .run import run_experiment, sweep_arguments
+
+__all__ = ["WITHIN", "SCALES", "Experiment", "Published", "PublishedValue", "agreement", "as_dict", "compare",
+           "describe", "experiments", "format_list", "get_experiment", "run_experiment", "sweep_arguments"]

@@ -1,0 +1,57 @@
+"""``lcdense paper list``: every experiment with its source, data, model, grid, recipe and numbers.
+
+>>> print(describe(get_experiment("table1-svhn")).splitlines()[0])
+table1-svhn — Table 1: baseline vs LC-learnable vs LC-frozen random at E = 128
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from .registry import Experiment, experiments, get_experiment  # noqa: F401 (get_experiment: the doctest)
+
+
+def _grid(experiment: Experiment) -> str:
+    g = experiment.grid
+    parts = [f"variants {', '.join(g['variants'])}", f"E {', '.join(map(str, g['E']))}"]
+    parts += [f"{axis} {', '.join('none' if v is None else str(v) for v in values)}"
+              for axis, values in experiment.axes.items()]
+    parts.append(f"seeds {', '.join(map(str, g['seeds']))}")
+    return " × ".join(parts)
+
+
+def _number(mean: float, std: float | None) -> str:
+    return f"{mean:.2f}" if std is None else f"{mean:.2f}±{std:.2f}"
+
+
+def describe(experiment: Experiment) -> str:
+    """The experiment as a few indented lines of text."""
+    e = experiment
+    unit = " (%)" if e.unit == "percent" else ""
+    lines = [f"{e.name} — {e.source}: {e.title}",
+             f"  task       {e.task}",
+             f"  dataset    {e.dataset}",
+             f"  model      {e.model}",
+             f"  grid       {_grid(e)}",
+             f"             {e.grid_note}",
+             f"  recipe     {e.recipe or 'not yet available: ' + str(e.recipe_missing)}"]
+    if not e.published:
+        lines.append("  published  none" + (" (figure only)" if e.source.startswith("Figure") else
+                                            " (lcdense's numbers will be the first)"))
+    for p in e.published:
+        values = "; ".join(f"{v.variant}" + "".join(f" {k}={'none' if x is None else x}" for k, x in v.axes.items())
+                           + f" {_number(v.mean, v.std)}" for v in p.values)
+        lines.append(f"  published  {p.source}, {p.metric}{unit}: {values}")
+    return "\n".join(lines)
+
+
+def format_list() -> str:
+    """Every experiment, described, separated by blank lines."""
+    return "\n\n".join(describe(e) for e in experiments().values())
+
+
+def as_dict(experiment: Experiment) -> dict[str, Any]:
+    """The experiment as JSON-able data (``lcdense paper list --json``)."""
+    from dataclasses import asdict
+
+    return asdict(experiment)
+

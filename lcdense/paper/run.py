@@ -1,0 +1,117 @@
+"""Run a paper experiment: it is ``lcdense sweep`` with the experiment's recipe and grid.
+
+``full`` is the recipe as shipped (the paper's, for the classification experiments) with the
+paper's grid; ``smoke`` keeps the grid, shortens training (the experiment's ``smoke.set``: one
+epoch on a few hundred images, one seed) and, without ``--data``, runs on the task's embedded data.
+Both record ``paper.experiment``, ``paper.scale`` and the user's overrides in the run's config, so
+every file of the run says which it is.
+
+>>> argv = sweep_arguments(get_experiment("table1-svhn"), "smoke", run_name="t")
+>>> argv[argv.index("--set") + 1]
+'run.variants=["learnable", "lc-learnable", "lc-frozen"]'
+>>> "paper.scale=smoke" in argv, "data.dataset=embedded" in argv, "--data" in argv
+(True, True, False)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import LcdenseError
+from ..variants import parse_seeds
+from .registry import SCALES, Experiment, find_recipe, get_experiment
+
+AXIS_FLAGS = {"width": "--width", "depth": "--depth", "kernel_size": "--kernel-size", "init": "--init", "mid": "--mid"}
+
+
+def _sets(values: dict[str, Any]) -> list[str]:
+    """``--set key=value`` pairs; values as JSON (which YAML reads back), plain words unquoted."""
+    out = []
+    for key, value in values.items():
+        text = value if isinstance(value, str) and yaml.safe_load(value) == value else json.dumps(value)
+        out += ["--set", f"{key}={text}"]
+    return out
+
+
+def _axis_text(axis: str, values: list[Any]) -> str:
+    return ",".join("none" if v is None and axis == "mid" else str(v) for v in values)
+
+
+def sweep_arguments(experiment: Experiment, scale: str = "full", *, data: str | None = None, out: str | None = None,
+                    run_name: str | None = None, device: str | None = None, seeds: str | None = None,
+                    quiet: bool = False, analysis: bool = True) -> list[str]:
+    """The ``lcdense sweep`` arguments that run ``experiment`` at ``scale``."""
+    if scale not in SCALES:
+        raise LcdenseError(f"unknown scale '{scale}'; use one of: {', '.join(SCALES)}")
+    recipe, recipe_name = experiment.recipe_path(), experiment.recipe
+    if scale == "smoke" and experiment.smoke is None:
+        raise LcdenseError(f"paper experiment '{experiment.name}' has no smoke scale")
+    grid = experiment.grid
+    settings: dict[str, Any] = {"run.variants": grid["variants"], "run.E": grid["E"],
+                                "run.seeds": grid["seeds"][:1] if scale == "smoke" else grid["seeds"]}
+    overrides = []
+    if seeds is not None:
+        settings["run.seeds"] = parse_seeds(seeds)
+        overrides.append(f"run.seeds={settings['run.seeds']}")
+    if scale == "smoke":
+        settings.update(experiment.smoke.get("set", {}))
+        embedded = experiment.smoke.get("embedded") or {}
+        if data is None:
+            settings.update(embedded.get("set", {}))
+            if embedded.get("recipe"):
+                recipe, recipe_name = find_recipe(embedded["recipe"]), embedded["recipe"]
+    settings.update({"paper.experiment": experiment.name, "paper.scale": scale,
+                     "paper.recipe": recipe_name, "paper.overrides": overrides})
+    argv = ["--config", str(recipe), *_sets(settings)]
+    for axis, values in experiment.axes.items():
+        argv += [AXIS_FLAGS[axis], _axis_text(axis, values)]
+    for flag, value in (("--data", data), ("--out", out), ("--name", run_name), ("--device", device)):
+        if value is not None:
+            argv += [flag, str(value)]
+    if quiet:
+        argv.append("--quiet")
+    if not analysis:
+        argv.append("--no-analysis")
+    return argv
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the current directory where it is below it (as a user would type it)."""
+    try:
+        return os.path.relpath(path) if Path(path).resolve().is_relative_to(Path.cwd().resolve()) else str(path)
+    except ValueError:
+        return str(path)
+
+
+def run_experiment(name: str, *, scale: str = "full", data: str | Path | None = None, out: str | Path | None = None,
+                   run_name: str | None = None, device: str | None = None, seeds: str | None = None,
+                   quiet: bool = False, analysis: bool = True) -> Path:
+    """Run paper experiment ``name`` through the sweep runner; returns the run directory.
+
+    The run is named ``<name>-<scale>-<timestamp>`` unless ``run_name`` is given; it goes to
+    ``<out>/<task>/<run name>`` (``out`` defaults to ``runs``).
+    """
+    from ..commands import sweep as sweep_command
+
+    experiment = get_experiment(name)
+    run_name = run_name or f"{name}-{scale}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    argv = sweep_arguments(experiment, scale, data=None if data is None else str(data),
+                           out=None if out is None else str(out), run_name=run_name, device=device, seeds=seeds,
+                           quiet=quiet, analysis=analysis)
+    if not quiet:
+        shown = [_shown(Path(a)) if i and argv[i - 1] == "--config" else a for i, a in enumerate(argv)]
+        print(f"lcdense: paper experiment {name} ({experiment.source}), {scale} scale: "
+              f"lcdense sweep {shlex.join(shown)}")
+    parser = argparse.ArgumentParser(prog="lcdense sweep")
+    sweep_command.add_arguments(parser)
+    args = parser.parse_args(argv)
+    args.argv = ["sweep", *argv]
+    sweep_command.run(args)
+    return Path(out or "runs") / experiment.task / run_name
