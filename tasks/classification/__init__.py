@@ -4,6 +4,11 @@ Metrics: ``top1`` (primary), ``top5`` (with ≥ 5 classes), ``val_loss`` and ``f
 under an ℓ∞ FGSM attack with ε = 1/255 in [0, 1] pixel space (normalization is inside the model),
 i.e. 1 − the attack's success rate over the validation set.
 
+``train.recipe`` picks the training loop: ``lcdense`` (the shared SGD/AdamW loop, the paper's CIFAR
+recipe) or ``timm`` (timm's training stack, the paper's ImageNet recipe: see ``timm_recipe.py``),
+which reads image folders in the ImageNet layout (``imagenet.py``) and reports the best epoch's
+top-1 as ``top1`` and the last epoch's as ``top1_last``.
+
 >>> task = ClassificationTask()
 >>> task.primary_metric, task.default_config()["model"]["name"]
 ('top1', 'resnet_lc')
@@ -23,10 +28,14 @@ from lcdense import Cell, LcdenseError, Task
 from lcdense.models import cifar_resnet, create_model
 from lcdense.training import TrainSettings, epoch_generator, epoch_seed, preconditioned_inexact, train_loop
 
+from . import timm_recipe
 from .data import DATASETS, TensorData, ensure_embedded, fingerprint, load_tensor_dataset
+from .imagenet import check_image_folders, ensure_embedded_imagefolder, image_folders
 from .models import Normalized
+from .scoring import batch_sums, fgsm, metrics_from_sums
 
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+RECIPES = ("lcdense", "timm")  # the shared SGD/AdamW loop, or timm's training stack (tasks/classification/timm_recipe.py)
 
 
 class ClassificationTask(Task):
@@ -35,6 +44,9 @@ class ClassificationTask(Task):
     higher_is_better = True
     sweep_axes = {"width": "model.width", "depth": "model.depth", "kernel_size": "model.kernel_size"}
     data_parallel = "torchrun"
+
+    def __init__(self) -> None:
+        self._fitted: dict[Path, timm_recipe.Fitted] = {}  # timm recipe: fit's results, until evaluate
 
     def default_config(self) -> dict[str, Any]:
         """The embedded-default setting: a ResNet-8-16 on the generated CIFAR-format shapes.
@@ -47,7 +59,8 @@ class ClassificationTask(Task):
             "model": {"name": "resnet_lc", "depth": 8, "width": 16, "kernel_size": 3},
             "train": {"epochs": 4, "batch_size": 128, "lr": 0.05, "optimizer": "sgd", "momentum": 0.9,
                       "nesterov": True, "weight_decay": 5e-4, "schedule": "cosine", "warmup_epochs": 0.0,
-                      "label_smoothing": 0.1, "augment": True, "amp": True, "sync_bn": False, "eval_every": 1},
+                      "label_smoothing": 0.1, "augment": True, "amp": True, "sync_bn": False, "eval_every": 1,
+                      "recipe": "lcdense", "timm": dict(timm_recipe.TIMM_DEFAULTS)},
             "eval": {"batch_size": 500, "fgsm_eps": 1 / 255},
         }
 
@@ -59,15 +72,24 @@ class ClassificationTask(Task):
             from lcdense.errors import unknown_name
 
             raise unknown_name("classification dataset", dataset, DATASETS)
+        recipe = _recipe(config)
+        if dataset.startswith("embedded") and cfg["root"]:
+            raise LcdenseError(f"data.dataset '{dataset}' is generated; pass --dataset imagefolder, cifar10 (etc.) with --data")
+        folders = dataset in ("imagefolder", "embedded-imagefolder")
+        if recipe == "timm" and not folders:
+            raise LcdenseError(f"train.recipe 'timm' reads image folders (train/<wnid>/, val/<wnid>/); use --dataset "
+                               f"imagefolder --data PATH or --dataset embedded-imagefolder, not '{dataset}'")
+        if dataset == "embedded-imagefolder":
+            root = ensure_embedded_imagefolder(cache_dir)
+            return image_folders(root) if recipe == "timm" else _image_folders(root, int(cfg["image_size"]))
         if dataset == "embedded":
-            if cfg["root"]:
-                raise LcdenseError("data.dataset 'embedded' is generated; pass --dataset cifar10 (etc.) with --data")
             data = load_tensor_dataset("cifar10", ensure_embedded(cache_dir))
         elif not cfg["root"]:
-            raise LcdenseError(f"dataset '{dataset}' needs its files: pass --data PATH (nothing is downloaded; "
-                               f"fetch it once with: python scripts/fetch_dataset.py {dataset} PATH)")
+            hint = "" if folders else f"; fetch it once with: python scripts/fetch_dataset.py {dataset} PATH"
+            raise LcdenseError(f"dataset '{dataset}' needs its files: pass --data PATH (nothing is downloaded{hint})")
         elif dataset == "imagefolder":
-            return _image_folders(Path(cfg["root"]), int(cfg["image_size"]))
+            root = Path(cfg["root"])
+            return image_folders(root) if recipe == "timm" else _image_folders(root, int(cfg["image_size"]))
         else:
             data = load_tensor_dataset(dataset, Path(cfg["root"]))
         if cfg.get("train_limit"):  # the first N images of each split (shortened runs)
@@ -84,17 +106,22 @@ class ClassificationTask(Task):
         if m["name"] == "resnet_lc":
             net = cifar_resnet(int(m["depth"]), int(m["width"]), int(m["kernel_size"]), classes, channels)
         else:
-            net = create_model(m["name"], num_classes=classes)
+            drop_path = float(config["train"]["timm"]["drop_path"]) if _recipe(config) == "timm" else 0.0
+            net = create_model(m["name"], num_classes=classes, **({"drop_path_rate": drop_path} if drop_path else {}))
         return Normalized(net, mean, std)
 
     def input_size(self, config: dict[str, Any]) -> tuple[int, ...]:
-        if config["data"]["dataset"] == "imagefolder":
+        if config["data"]["dataset"] in ("imagefolder", "embedded-imagefolder"):
             size = int(config["data"]["image_size"])
             return (3, size, size)
         return (1 if config["data"]["dataset"] == "fashion-mnist" else 3, 32, 32)
 
     # ---- training ----------------------------------------------------------------------------
     def fit(self, model: nn.Module, data: Any, config: dict[str, Any], cell: Cell) -> tuple[nn.Module, list[dict[str, float]]]:
+        if _recipe(config) == "timm":
+            model, fitted = timm_recipe.fit(model, data, config, cell)
+            self._fitted[cell.dir] = fitted
+            return model, fitted.history
         settings = TrainSettings.from_config(config["train"])
         train = config["train"]
         batch_size = int(train["batch_size"])
@@ -128,15 +155,28 @@ class ClassificationTask(Task):
         return model, history
 
     def preconditioned_inexact(self, config: dict[str, Any]) -> str | None:
+        if _recipe(config) == "timm":
+            return f"train.recipe 'timm' trains with timm's optimizer '{config['train']['optimizer']}'"
         return preconditioned_inexact(TrainSettings.from_config(config["train"]))
 
     def evaluate(self, model: nn.Module, data: Any, config: dict[str, Any], cell: Cell) -> dict[str, float]:
+        if _recipe(config) == "timm":
+            return timm_recipe.summarize(self._fitted.pop(cell.dir), model, data, config, cell)
         cell.provenance.eval_precision = "fp32"  # no autocast in evaluation or the attack
         metrics = _clean_metrics(model, data, config, cell.device)
         metrics["fgsm_top1"] = _fgsm_top1(model, data, config, cell.device)
         if isinstance(data, TensorData):
             metrics["data_fingerprint"] = fingerprint(data)
         return metrics
+
+
+def _recipe(config: dict[str, Any]) -> str:
+    recipe = config["train"]["recipe"]
+    if recipe not in RECIPES:
+        from lcdense.errors import unknown_name
+
+        raise unknown_name("train.recipe", recipe, RECIPES)
+    return recipe
 
 
 def _data_shape(data: Any) -> tuple[int, int, tuple[float, ...], tuple[float, ...]]:
@@ -148,9 +188,7 @@ def _data_shape(data: Any) -> tuple[int, int, tuple[float, ...], tuple[float, ..
 def _image_folders(root: Path, size: int) -> dict[str, Any]:
     from torchvision import datasets, transforms
 
-    for split in ("train", "val"):
-        if not (root / split).is_dir():
-            raise LcdenseError(f"ImageFolder data needs {root / split}/<class>/<images>; it is missing")
+    check_image_folders(root)
     train_tf = transforms.Compose([transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(),
                                    transforms.ToTensor()])
     val_tf = transforms.Compose([transforms.Resize(int(size * 256 / 224)), transforms.CenterCrop(size),
@@ -205,27 +243,8 @@ def _val_batches(data: Any, config: dict[str, Any], device: torch.device) -> Ite
 @torch.no_grad()
 def _clean_metrics(model: nn.Module, data: Any, config: dict[str, Any], device: torch.device) -> dict[str, float]:
     model.eval()
-    total = correct1 = correct5 = 0
-    loss = 0.0
-    for x, y in _val_batches(data, config, device):
-        logits = model(x).float()
-        loss += float(F.cross_entropy(logits, y, reduction="sum"))
-        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        correct1 += int((top[:, 0] == y).sum())
-        correct5 += int((top == y[:, None]).any(dim=1).sum())
-        total += len(y)
-    metrics = {"top1": correct1 / total, "val_loss": loss / total}
-    if logits.shape[1] >= 5:
-        metrics["top5"] = correct5 / total
-    return metrics
-
-
-def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
-    """One ℓ∞ FGSM step of size ``eps`` in [0, 1] pixel space (model in eval mode)."""
-    x = x.clone().requires_grad_(True)
-    loss = F.cross_entropy(model(x).float(), y)
-    (grad,) = torch.autograd.grad(loss, x)
-    return (x + eps * grad.sign()).clamp_(0, 1).detach()
+    sums = sum(batch_sums(model(x), y) for x, y in _val_batches(data, config, device))
+    return metrics_from_sums(sums, _data_shape(data)[0])
 
 
 def _fgsm_top1(model: nn.Module, data: Any, config: dict[str, Any], device: torch.device) -> float:

@@ -4,7 +4,8 @@
 - ``cifar100``: ``cifar-100-python/{train, test, meta}``
 - ``svhn``: ``{train,test}_32x32.mat``
 - ``fashion-mnist``: ``{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]`` (upscaled to 32 px)
-- ``imagefolder``: ``train/<class>/*`` and ``val/<class>/*`` (ImageNet style)
+- ``imagefolder``: ``train/<class>/*`` and ``val/<class>/*`` (ImageNet style; see ``imagenet.py``)
+- ``embedded-imagefolder``: a small shapes dataset generated on first use in that layout
 - ``embedded`` (default): a small shapes dataset generated on first use *in CIFAR-10's layout*,
   so the real CIFAR reader is what runs.
 
@@ -26,7 +27,7 @@ import torch
 
 from lcdense import LcdenseError
 
-DATASETS = ("embedded", "cifar10", "cifar100", "svhn", "fashion-mnist", "imagefolder")
+DATASETS = ("embedded", "cifar10", "cifar100", "svhn", "fashion-mnist", "imagefolder", "embedded-imagefolder")
 CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
 EMBEDDED_CLASSES = ("disc", "square", "triangle", "plus", "h-stripes", "v-stripes", "diagonal", "checker", "ring", "x")
 EMBEDDED_VERSION = "v1"

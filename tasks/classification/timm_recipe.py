@@ -1,0 +1,315 @@
+"""``train.recipe: timm``: classification trained on timm's own training stack, the way timm's
+``train.py`` assembles it (the "ResNet strikes back" recipes of the paper's Table 2).
+
+timm provides every component: ``create_loader`` (its RandAugment/RRC transforms, the prefetcher,
+its distributed and repeated-augmentation samplers), ``FastCollateMixup`` (Mixup/CutMix),
+``create_optimizer_v2`` (LAMB; no weight decay on biases and norms), ``create_scheduler_v2``
+(cosine with warmup, stepped per update and per epoch as timm steps it), ``BinaryCrossEntropy`` /
+``SoftTargetCrossEntropy`` / ``LabelSmoothingCrossEntropy`` and ``ModelEmaV3``. lcdense keeps
+what is its own: conversion, frozen digests (of the EMA too), per-epoch resume points, records.
+
+Per epoch the model (and the EMA) is evaluated; the cell reports the **best** epoch's top-1 as
+``top1`` (primary: the paper reports the best top-1 of Table 2, as timm's ``model_best`` does)
+and the last epoch's as ``top1_last``.
+
+>>> sorted(TIMM_DEFAULTS)[:4]
+['aug_repeats', 'auto_augment', 'bce_target_thresh', 'channels_last']
+>>> loss_for({"loss": "bce", "mixup": 0.1, "cutmix": 1.0, "bce_target_thresh": None}, 0.0).__class__.__name__
+'BinaryCrossEntropy'
+"""
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from lcdense import Cell, LcdenseError, check_preconditioned_optimizer, frozen_digest
+from lcdense.distributed import average_running_stats, wrap
+from lcdense.provenance import autocast_precision
+from lcdense.training import autocast, epoch_seed
+
+from .scoring import SUMS, batch_sums, fgsm, metrics_from_sums
+
+#: ``train.timm`` keys and their defaults (timm's train.py defaults where it has one).
+TIMM_DEFAULTS: dict[str, Any] = {
+    "opt": "lamb", "opt_eps": None, "sched": "cosine", "warmup_lr": 1e-5, "min_lr": 0.0, "cooldown_epochs": 0,
+    "loss": "bce", "bce_target_thresh": None, "mixup": 0.0, "cutmix": 0.0, "mixup_prob": 1.0,
+    "mixup_switch_prob": 0.5, "mixup_mode": "batch", "auto_augment": None, "aug_repeats": 0,
+    "scale": [0.08, 1.0], "ratio": [0.75, 4 / 3], "hflip": 0.5, "color_jitter": 0.4, "reprob": 0.0,
+    "train_interpolation": "random", "crop_pct": None, "drop_path": 0.0, "ema": False, "ema_decay": 0.9998,
+    "ema_warmup": False, "channels_last": True,
+}
+LOSSES = ("bce", "ce")
+
+
+@dataclass
+class Fitted:
+    """What ``fit`` hands to ``evaluate`` for one cell: the per-epoch history, the EMA and the facts."""
+
+    history: list[dict[str, float]]
+    ema: nn.Module | None
+    facts: dict[str, Any]
+
+
+def loss_for(opts: dict[str, Any], smoothing: float) -> nn.Module:
+    """timm's training loss, chosen as timm's train.py chooses it."""
+    from timm.loss import BinaryCrossEntropy, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+    if opts["loss"] not in LOSSES:
+        raise LcdenseError(f"unknown train.timm.loss '{opts['loss']}'; use one of: {', '.join(LOSSES)}")
+    mixing = opts["mixup"] > 0 or opts["cutmix"] > 0
+    if opts["loss"] == "bce":  # mixup's targets already carry the smoothing
+        return BinaryCrossEntropy(smoothing=0.0 if mixing else smoothing, target_threshold=opts["bce_target_thresh"])
+    if mixing:
+        return SoftTargetCrossEntropy()
+    return LabelSmoothingCrossEntropy(smoothing) if smoothing else nn.CrossEntropyLoss()
+
+
+def optimizer_and_schedule(model: nn.Module, train: dict[str, Any], steps: int) -> tuple[Any, Any, int]:
+    """timm's optimizer over the trainable parameters (frozen banks are buffers, out of its reach),
+    its scheduler and the number of epochs it schedules (cooldown included)."""
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import create_scheduler_v2
+
+    opts = train["timm"]
+    extra = {"eps": float(opts["opt_eps"])} if opts["opt_eps"] is not None else {}
+    optimizer = create_optimizer_v2(model, opt=opts["opt"], lr=float(train["lr"]),
+                                    weight_decay=float(train["weight_decay"]), **extra)
+    check_preconditioned_optimizer(optimizer, model)
+    scheduler, epochs = create_scheduler_v2(
+        optimizer, sched=opts["sched"], num_epochs=int(train["epochs"]), warmup_epochs=int(train["warmup_epochs"]),
+        warmup_lr=float(opts["warmup_lr"]), min_lr=float(opts["min_lr"]), cooldown_epochs=int(opts["cooldown_epochs"]),
+        updates_per_epoch=steps)
+    return optimizer, scheduler, epochs
+
+
+def _seed_everything(seed: int) -> None:
+    """torch, numpy and python ``random`` (timm's transforms and Mixup draw from the latter two)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def _data_config(config: dict[str, Any], model: nn.Module) -> dict[str, Any]:
+    """timm's data config for the model at ``data.image_size`` (the model's own mean/std)."""
+    from timm.data import resolve_data_config
+
+    size, crop_pct = int(config["data"]["image_size"]), config["train"]["timm"]["crop_pct"]
+    args = {"input_size": (3, size, size), "mean": tuple(model.mean.flatten().tolist()),
+            "std": tuple(model.std.flatten().tolist()), **({"crop_pct": float(crop_pct)} if crop_pct else {})}
+    return resolve_data_config(args, model=getattr(model, "net", model))
+
+
+def _common(config: dict[str, Any], data_config: dict[str, Any], cell: Cell) -> dict[str, Any]:
+    return {"input_size": data_config["input_size"], "mean": data_config["mean"], "std": data_config["std"],
+            "num_workers": int(config["data"]["workers"]), "distributed": cell.world.active,
+            "pin_memory": cell.device.type == "cuda", "device": cell.device}
+
+
+def _train_loader(data: dict[str, Any], config: dict[str, Any], data_config: dict[str, Any], cell: Cell) -> Any:
+    """timm's training loader for this rank: its transforms, Mixup/CutMix collate and samplers."""
+    from timm.data import FastCollateMixup, create_loader
+
+    train, opts, world = config["train"], config["train"]["timm"], cell.world
+    per_rank = int(train["batch_size"]) // world.size
+    mixing = opts["mixup"] > 0 or opts["cutmix"] > 0
+    if mixing and per_rank % 2:
+        raise LcdenseError(f"Mixup/CutMix needs an even batch per rank; train.batch_size {train['batch_size']} "
+                           f"gives {per_rank} on each of {world.size} rank(s)")
+    collate = FastCollateMixup(mixup_alpha=opts["mixup"], cutmix_alpha=opts["cutmix"], prob=opts["mixup_prob"],
+                               switch_prob=opts["mixup_switch_prob"], mode=opts["mixup_mode"],
+                               label_smoothing=float(train["label_smoothing"]),
+                               num_classes=len(data["classes"])) if mixing else None
+    loader = create_loader(
+        data["train"], batch_size=per_rank, is_training=True, scale=tuple(opts["scale"]), ratio=tuple(opts["ratio"]),
+        hflip=opts["hflip"], color_jitter=opts["color_jitter"], auto_augment=opts["auto_augment"],
+        re_prob=opts["reprob"], interpolation=opts["train_interpolation"],
+        num_aug_repeats=int(opts["aug_repeats"]) if world.active else 0, collate_fn=collate,
+        persistent_workers=False,  # workers restart each epoch from its seed, so a resumed epoch replays
+        **_common(config, data_config, cell))
+    if len(loader) == 0:
+        raise LcdenseError("the training set yields no batch; lower train.batch_size or add data")
+    return loader
+
+
+def _val_loader(data: dict[str, Any], config: dict[str, Any], data_config: dict[str, Any], cell: Cell) -> Any:
+    """timm's evaluation loader (resize, centre crop at ``crop_pct``), sharded over the ranks."""
+    from timm.data import create_loader
+
+    return create_loader(data["val"], batch_size=int(config["eval"]["batch_size"]),
+                         interpolation=data_config["interpolation"], crop_pct=data_config["crop_pct"],
+                         crop_mode=data_config.get("crop_mode"), **_common(config, data_config, cell))
+
+
+class _Pixels:
+    """timm's prefetcher normalises batches; lcdense models take [0, 1] pixels (their normalisation
+    is inside the model, so FGSM works in pixel space): this maps a batch back."""
+
+    def __init__(self, data_config: dict[str, Any], device: torch.device, channels_last: bool) -> None:
+        self.mean = torch.tensor(data_config["mean"], device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(data_config["std"], device=device).view(1, -1, 1, 1)
+        self.format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(self.mean, x, self.std).contiguous(memory_format=self.format)
+
+
+def _rank_batches(loader: Any, pixels: _Pixels, cell: Cell) -> Any:
+    """This rank's val batches as [0, 1] pixels; timm's ordered sampler pads the last shards with
+    repeats to equal length, and those are dropped so every image counts once."""
+    world = cell.world
+    mine, seen = len(range(world.rank, len(loader.dataset), world.size)), 0
+    for x, y in loader:
+        keep = max(0, min(len(y), mine - seen))
+        seen += len(y)
+        if keep:
+            yield pixels(x[:keep]), y[:keep]
+
+
+@torch.no_grad()
+def _scores(model: nn.Module, loader: Any, pixels: _Pixels, cell: Cell, amp: bool, classes: int) -> dict[str, float]:
+    """Top-1/top-5/loss over the whole val set (each rank scores its shard; the sums are gathered)."""
+    model.eval()
+    sums = torch.zeros(len(SUMS), dtype=torch.float64)
+    for x, y in _rank_batches(loader, pixels, cell):
+        with autocast(cell.device, amp):
+            sums += batch_sums(model(x), y)
+    return metrics_from_sums(sum(cell.world.gather(sums)), classes)
+
+
+def fit(model: nn.Module, data: dict[str, Any], config: dict[str, Any], cell: Cell) -> tuple[nn.Module, Fitted]:
+    """Train ``model`` with the timm recipe of ``config['train']``; resumes from the cell's checkpoint."""
+    import timm
+    from timm.utils import ModelEmaV3
+    from tqdm.auto import tqdm
+
+    train, opts, world = config["train"], config["train"]["timm"], cell.world
+    amp, channels_last = bool(train["amp"]), bool(opts["channels_last"])
+    if train.get("sync_bn") and world.active:
+        if cell.device.type != "cuda":
+            raise LcdenseError("train.sync_bn needs CUDA (torch's SyncBatchNorm); set train.sync_bn=false on CPU")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    data_config = _data_config(config, model)
+    train_loader, val_loader = _train_loader(data, config, data_config, cell), _val_loader(data, config, data_config, cell)
+    steps = len(train_loader)
+    loss_fn = loss_for(opts, float(train["label_smoothing"]))
+    optimizer, scheduler, epochs = optimizer_and_schedule(model, train, steps)
+    ema = ModelEmaV3(model, decay=float(opts["ema_decay"]), use_warmup=bool(opts["ema_warmup"])) if opts["ema"] else None
+    history: list[dict[str, float]] = []
+    start = 0
+    if (state := cell.load_checkpoint()) is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if ema is not None:
+            ema.module.load_state_dict(state["ema"])
+        history, start = list(state["history"]), int(state["epoch"]) + 1
+        cell.provenance.restore(state.get("provenance", {}))
+        cell.provenance.resumed(after_epoch=start, source="fp32_state", data_order="replayed")
+        cell.log(f"resumed {cell.variant} seed {cell.seed} after epoch {start}")
+    precision = autocast_precision(amp, cell.device)
+    if start < epochs:
+        cell.provenance.trained_in(precision)
+    cell.provenance.eval_precision = precision  # top-1/top-5 are scored under the same autocast
+    if scheduler is not None and start > 0:
+        scheduler.step(start)  # timm's schedules are functions of the epoch: this restores the lr
+    pixels = _Pixels(data_config, cell.device, channels_last)
+    classes = len(data["classes"])
+    net = wrap(model, world, cell.device)
+    for epoch in range(start, epochs):
+        _seed_everything(epoch_seed(cell.data_seed + world.rank, epoch))
+        if hasattr(train_loader.sampler, "set_epoch"):  # one shared order for all ranks, from the data seed
+            train_loader.sampler.set_epoch(epoch_seed(cell.data_seed, epoch))
+        model.train()
+        updates = epoch * steps
+        total, count, waited = torch.zeros((), device=cell.device), 0, 0.0  # summed on the device: no sync per step
+        began = tick = time.perf_counter()
+        bar = tqdm(train_loader, total=steps, leave=False, disable=cell.quiet,
+                   desc=f"{cell.variant} s{cell.seed} epoch {epoch + 1}/{epochs}")
+        for x, y in bar:
+            waited += time.perf_counter() - tick
+            with autocast(cell.device, amp):
+                loss = loss_fn(net(pixels(x)), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            updates += 1
+            if ema is not None:
+                ema.update(model, step=updates)
+            if scheduler is not None:
+                scheduler.step_update(num_updates=updates)
+            total += loss.detach()
+            count += 1
+            tick = time.perf_counter()
+        average_running_stats(model, world)
+        elapsed = time.perf_counter() - began
+        record = {"epoch": epoch + 1, "train_loss": world.mean(float(total) / count),
+                  "lr": optimizer.param_groups[0]["lr"], "epoch_time_s": elapsed, "data_wait_share": waited / elapsed}
+        if (epoch + 1) % int(train["eval_every"]) == 0 or epoch + 1 == epochs:
+            record.update(_scores(model, val_loader, pixels, cell, amp, classes))
+            if ema is not None:
+                ema_scores = _scores(ema.module, val_loader, pixels, cell, amp, classes)
+                record.update({f"ema_{k}": v for k, v in ema_scores.items()})
+        if scheduler is not None:
+            scheduler.step(epoch + 1, record.get("top1"))
+        history.append(record)
+        if world.is_main:
+            cell.save_checkpoint({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                  "ema": ema.module.state_dict() if ema is not None else None, "history": history,
+                                  "provenance": cell.provenance.state()})
+        if not cell.quiet:
+            shown = ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "epoch")
+            cell.log(f"  {cell.variant} s{cell.seed} epoch {epoch + 1}/{epochs}: {shown}")
+    facts = {
+        "recipe": "timm", "timm": timm.__version__, "channels_last": channels_last, "optimizer": type(optimizer).__name__,
+        "scheduler": type(scheduler).__name__ if scheduler is not None else None, "loss": type(loss_fn).__name__,
+        "mixup": {"mixup": opts["mixup"], "cutmix": opts["cutmix"]} if opts["mixup"] > 0 or opts["cutmix"] > 0 else None,
+        "auto_augment": opts["auto_augment"],
+        "aug_repeats": int(opts["aug_repeats"]) if world.active else 0,  # timm repeats across ranks only
+        "ema": {"decay": float(opts["ema_decay"]), "warmup": bool(opts["ema_warmup"])} if ema is not None else None,
+        "global_batch": int(train["batch_size"]), "batch_per_rank": int(train["batch_size"]) // world.size,
+        "updates_per_epoch": steps, "epochs": epochs,
+        "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()},
+        "primary": "top1 is the best epoch's top-1 (the paper reports the best, as timm's model_best); "
+                   "top1_last is the last epoch's",
+    }
+    if ema is not None:  # the runner fails the cell unless this equals the trained model's digest
+        cell.provenance.frozen_digests["ema"] = frozen_digest(ema.module)
+    return model, Fitted(history, ema.module if ema is not None else None, facts)
+
+
+def summarize(fitted: Fitted, model: nn.Module, data: dict[str, Any], config: dict[str, Any],
+              cell: Cell) -> dict[str, Any]:
+    """The cell's final metrics: best and last epoch, the EMA's, FGSM on the last model, and the facts."""
+    evaluated = [h for h in fitted.history if "top1" in h]
+    best = max(evaluated, key=lambda h: h["top1"])  # the first of equal maxima, as timm keeps it
+    last = evaluated[-1]
+    metrics: dict[str, Any] = {"top1": best["top1"], "top1_best": best["top1"], "best_epoch": best["epoch"],
+                               "top1_last": last["top1"], "val_loss_last": last["val_loss"]}
+    if "top5" in best:
+        metrics.update(top5=best["top5"], top5_last=last["top5"])
+    if fitted.ema is not None:
+        metrics.update(ema_top1_best=max(h["ema_top1"] for h in evaluated), ema_top1_last=last["ema_top1"])
+    metrics["fgsm_top1"] = _fgsm_top1(model, data, config, cell)
+    metrics["training"] = fitted.facts
+    return metrics
+
+
+def _fgsm_top1(model: nn.Module, data: dict[str, Any], config: dict[str, Any], cell: Cell) -> float:
+    """Top-1 under ℓ∞ FGSM (ε = ``eval.fgsm_eps`` in [0, 1] pixels) over the whole val set, in fp32."""
+    data_config = _data_config(config, model)
+    pixels = _Pixels(data_config, cell.device, bool(config["train"]["timm"]["channels_last"]))
+    model.eval()
+    counts = torch.zeros(2, dtype=torch.float64)
+    for x, y in _rank_batches(_val_loader(data, config, data_config, cell), pixels, cell):
+        adv = fgsm(model, x, y, float(config["eval"]["fgsm_eps"]))
+        with torch.no_grad():
+            counts += torch.tensor([int((model(adv).argmax(1) == y).sum()), len(y)], dtype=torch.float64)
+    correct, total = sum(cell.world.gather(counts)).tolist()
+    return correct / total
