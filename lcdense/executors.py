@@ -28,7 +28,7 @@ from typing import Any
 
 from .config import load_yaml
 from .distributed import visible_gpus
-from .errors import LcdenseError, unknown_name
+from .errors import LcdenseError, require_extra, unknown_name
 from .files import write_json
 from .variants import CellSpec
 
@@ -53,6 +53,7 @@ def executor_settings(name: str, config_file: str | Path | None, overrides: dict
     """Settings of executor ``name``: :data:`DEFAULTS` ← ``config_file`` (YAML) ← ``overrides`` (not None)."""
     if name not in EXECUTORS:
         raise unknown_name("executor", name, EXECUTORS)
+    require_extra("cluster", "submitit", what=f"--executor {name}")
     file_settings = load_yaml(config_file) if config_file else {}
     settings = dict(DEFAULTS)
     if name == "local":

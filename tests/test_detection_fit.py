@@ -13,7 +13,7 @@ import torch
 
 import lcdense
 from lcdense import Cell
-from tasks.detection import DetectionTask
+from lcdense_tasks.detection import DetectionTask
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,7 +48,7 @@ def make_cell(path: Path) -> Cell:
 
 
 def test_fit_resume_and_evaluate_keep_frozen_filters(setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tasks.detection.trainer import LcdenseDetectionTrainer
+    from lcdense_tasks.detection.trainer import LcdenseDetectionTrainer
 
     task, config, data = setup
     model = fresh_model(task, config, data)
@@ -90,7 +90,7 @@ def test_fit_resume_and_evaluate_keep_frozen_filters(setup, tmp_path: Path, monk
 
 def test_resume_from_fp16_ema_restores_seeded_frozen_filters(setup, tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    from tasks.detection.trainer import LcdenseDetectionTrainer
+    from lcdense_tasks.detection.trainer import LcdenseDetectionTrainer
 
     task, config, data = setup
     model = fresh_model(task, config, data)
@@ -122,7 +122,7 @@ def test_ultralytics_ddp_workers_rebuild_the_lcdense_trainer(setup, tmp_path: Pa
     process, but the same hand-over); fit then reads the workers' result back."""
     from ultralytics.utils.dist import generate_ddp_file
 
-    from tasks.detection.trainer import LcdenseDetectionTrainer
+    from lcdense_tasks.detection.trainer import LcdenseDetectionTrainer
 
     task, config, data = setup
     model = fresh_model(task, config, data)
@@ -150,7 +150,7 @@ def test_ultralytics_ddp_workers_rebuild_the_lcdense_trainer(setup, tmp_path: Pa
 
 
 def test_the_trainer_needs_its_cell_context() -> None:
-    from tasks.detection.trainer import LcdenseDetectionTrainer
+    from lcdense_tasks.detection.trainer import LcdenseDetectionTrainer
 
     with pytest.raises(lcdense.LcdenseError, match="needs its CellContext"):
         LcdenseDetectionTrainer(overrides={})
@@ -174,7 +174,7 @@ def test_fit_and_evaluate_make_no_network_access(tmp_path: Path) -> None:
         import torch
         from pathlib import Path
         from test_detection_fit import tiny_config, fresh_model, make_cell
-        from tasks.detection import DetectionTask
+        from lcdense_tasks.detection import DetectionTask
         task, config = DetectionTask(), tiny_config()
         config["train"]["epochs"] = 1
         data = task.prepare_data(config, Path({str(tmp_path / "cache")!r}))

@@ -1,6 +1,6 @@
 """The ultralytics side of the detection task: an LC-aware DetectionModel and DetectionTrainer.
 
-Import this module only after :func:`tasks.detection.offline.load_ultralytics` (it imports
+Import this module only after :func:`lcdense_tasks.detection.offline.load_ultralytics` (it imports
 ultralytics). Checkpoints pickle :class:`LCDetectionModel`, so it lives here, importable.
 
 Frozen filters through the ultralytics training loop:

@@ -69,7 +69,7 @@ class SegmentationTask(Task):
 
     Metrics: ``dice`` (primary) and ``iou``, micro-averaged over the validation pixels, and for
     brain MRI ``patient_dice``, the mean per-patient volume Dice (empty masks: see
-    :mod:`tasks.segmentation.metrics`).
+    :mod:`lcdense_tasks.segmentation.metrics`).
     """
 
     name: ClassVar[str] = "segmentation"
