@@ -1,21 +1,27 @@
 """Summaries of a run: mean ± std per variant, the frozen-vs-learnable gaps paired by seed with a
 95% t-interval, ``results.csv``, ``summary.json``, ``summary.md`` and plots — all from the cells'
-``cell.json`` files alone, so ``lcdense report`` can re-render them at any time.
+records alone (:mod:`lcdense.records`), so ``lcdense report`` can re-render them at any time.
+:func:`paired_gap` is the one definition of a gap, used by the summary and by the filter analysis.
 
->>> paired_gap({0: 0.90, 1: 0.92}, {0: 0.88, 1: 0.91})["n"]
-2
+>>> gap = paired_gap({0: 0.90, 1: 0.92, 2: 0.95}, {0: 0.88, 1: 0.91})   # seed 2 has no partner
+>>> gap["seeds"], round(gap["mean"], 4), round(gap["std"], 4)
+([0, 1], 0.015, 0.0071)
+>>> [round(x, 3) for x in gap["ci95"]]
+[-0.049, 0.079]
 """
 from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import statistics
 from pathlib import Path
 from typing import Any
 
-from .files import write_json, write_text
+from .events import Callback, RunEnd
+from .files import write_text
+from .records import CellRecord, SummaryRecord, read_cells, write_summary
+from .style import variant_order
 
 # (name of the gap, minuend kind, subtrahend kind)
 GAPS: tuple[tuple[str, str, str], ...] = (
@@ -53,46 +59,30 @@ def paired_gap(a: dict[int, float], b: dict[int, float]) -> dict[str, Any] | Non
     return out
 
 
-def load_records(run_dir: Path) -> list[dict[str, Any]]:
-    """Every finished cell record under ``run_dir/cells``."""
-    records = []
-    for path in sorted((run_dir / "cells").glob("*/cell.json")):
-        record = json.loads(path.read_text())
-        if record.get("status") == "done":
-            records.append(record)
-    return records
+def sweep_point(axes: dict[str, Any]) -> str:
+    """The sweep point of a cell other than E, e.g. 'width=32' ('' for a plain run)."""
+    return ",".join(f"{k}={v}" for k, v in sorted(axes.items()))
 
 
-def _variant_order(record: dict[str, Any]) -> tuple[int, int]:
-    """learnable, frozen, then lc-learnable@E and lc-frozen@E by increasing E."""
-    kinds = ("learnable", "frozen", "lc-learnable", "lc-frozen")
-    return (0 if record["E"] is None else 1, record["E"] or 0, kinds.index(record["kind"]))
-
-
-def _group_key(record: dict[str, Any]) -> str:
-    """The sweep point of a record other than E, e.g. 'width=32' ('' for a plain run)."""
-    return ",".join(f"{k}={v}" for k, v in sorted(record.get("axes", {}).items()))
-
-
-def summarize(records: list[dict[str, Any]], primary: str, higher_is_better: bool) -> dict[str, Any]:
-    """The summary of a run as a JSON-able dict."""
-    groups: dict[str, dict[str, list[dict[str, Any]]]] = {}
+def summarize(records: list[CellRecord], primary: str, higher_is_better: bool) -> SummaryRecord:
+    """The summary of a run (what ``summary.json`` holds)."""
+    groups: dict[str, dict[str, list[CellRecord]]] = {}
     for r in records:
-        groups.setdefault(_group_key(r), {}).setdefault(r["variant"], []).append(r)
-    out: dict[str, Any] = {"primary_metric": primary, "higher_is_better": higher_is_better, "groups": {}}
+        groups.setdefault(sweep_point(r.axes), {}).setdefault(r.variant, []).append(r)
+    out = SummaryRecord(primary_metric=primary, higher_is_better=higher_is_better, groups={})
     for group, by_variant in groups.items():
         variants = {}
-        for name, rs in sorted(by_variant.items(), key=lambda item: _variant_order(item[1][0])):
-            metrics = sorted({k for r in rs for k in r["metrics"]})
+        for name, rs in sorted(by_variant.items(), key=lambda item: variant_order(item[0])):
+            metrics = sorted({k for r in rs for k in r.metrics})
             variants[name] = {
-                "kind": rs[0]["kind"], "E": rs[0]["E"], "seeds": sorted(r["seed"] for r in rs),
-                "metrics": {m: describe([r["metrics"][m] for r in rs if m in r["metrics"]]) for m in metrics},
-                "costs": {c: describe([r["costs"][c] for r in rs]) for c in
+                "kind": rs[0].kind, "E": rs[0].E, "seeds": sorted(r.seed for r in rs),
+                "metrics": {m: describe([r.metrics[m] for r in rs if m in r.metrics]) for m in metrics},
+                "costs": {c: describe([r.costs[c] for r in rs]) for c in
                           ("trainable_params", "frozen_params", "forward_macs_per_sample", "wall_time_s",
-                           "peak_memory_mb") if all(isinstance(r["costs"].get(c), (int, float)) for r in rs)},
+                           "peak_memory_mb") if all(isinstance(r.costs.get(c), (int, float)) for r in rs)},
             }
         gaps = []
-        by_kind_e = {(rs[0]["kind"], rs[0]["E"]): {r["seed"]: r["metrics"].get(primary) for r in rs}
+        by_kind_e = {(rs[0].kind, rs[0].E): {r.seed: r.metrics.get(primary) for r in rs}
                      for rs in by_variant.values()}
         expansions = sorted({e for _, e in by_kind_e if e is not None})
         for gap_name, left, right in GAPS:
@@ -104,7 +94,7 @@ def summarize(records: list[dict[str, Any]], primary: str, higher_is_better: boo
                 if stats:
                     label = gap_name.replace("lc-frozen", f"lc-frozen@{E}").replace("lc-learnable", f"lc-learnable@{E}")
                     gaps.append({"gap": label, "E": E, **stats})
-        out["groups"][group] = {"variants": variants, "gaps": gaps}
+        out.groups[group] = {"variants": variants, "gaps": gaps}
     return out
 
 
@@ -116,11 +106,11 @@ def _fmt(stats: dict[str, Any], scale: float = 1.0) -> str:
     return f"{stats['mean'] * scale:.4f} ± {stats['std'] * scale:.4f}"
 
 
-def markdown_table(summary: dict[str, Any]) -> str:
+def markdown_table(summary: SummaryRecord) -> str:
     """The variant table and the gap table, as Markdown (also what ``lcdense run`` prints)."""
-    primary = summary["primary_metric"]
+    primary = summary.primary_metric
     lines: list[str] = []
-    for group, content in summary["groups"].items():
+    for group, content in summary.groups.items():
         if group:
             lines += [f"### {group}", ""]
         lines += [f"| variant | seeds | {primary} (mean ± std) | trainable params | MACs/sample | time/cell (s) |",
@@ -142,10 +132,10 @@ def markdown_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def results_csv(records: list[dict[str, Any]]) -> str:
+def results_csv(records: list[CellRecord]) -> str:
     """One row per cell: identity, every metric, digests and costs."""
-    metric_names = sorted({k for r in records for k in r["metrics"]})
-    axis_names = sorted({k for r in records for k in r.get("axes", {})})
+    metric_names = sorted({k for r in records for k in r.metrics})
+    axis_names = sorted({k for r in records for k in r.axes})
     cost_names = ["trainable_params", "frozen_params", "total_params", "forward_macs_per_sample", "train_time_s",
                   "wall_time_s", "peak_memory_mb", "peak_memory_kind", "device", "data_wait_share"]
     header = ["id", "task", "variant", "mode", "spatial", "E", *axis_names, "seed", "init_seed", "data_seed",
@@ -154,31 +144,42 @@ def results_csv(records: list[dict[str, Any]]) -> str:
     writer = csv.writer(buffer)
     writer.writerow(header)
     for r in records:
-        writer.writerow([r["id"], r["task"], r["variant"], r["mode"], r["spatial"], r["E"],
-                         *(r.get("axes", {}).get(a) for a in axis_names), r["seed"], r["init_seed"], r["data_seed"],
-                         *(r["metrics"].get(m) for m in metric_names), r["frozen_digest_before"],
-                         r["frozen_digest_after"], *(r["costs"].get(c) for c in cost_names)])
+        writer.writerow([r.id, r.task, r.variant, r.mode, r.spatial, r.E,
+                         *(r.axes.get(a) for a in axis_names), r.seed, r.init_seed, r.data_seed,
+                         *(r.metrics.get(m) for m in metric_names), r.frozen_digest_before,
+                         r.frozen_digest_after, *(r.costs.get(c) for c in cost_names)])
     return buffer.getvalue()
 
 
-def write_report(run_dir: Path, primary: str, higher_is_better: bool, extra_sections: list[str] = ()) -> str:
-    """(Re)write results.csv, summary.json, summary.md and figures of ``run_dir``; returns the table."""
+def write_report(run_dir: Path, primary: str, higher_is_better: bool,
+                 extra_sections: list[str] = ()) -> tuple[SummaryRecord, str]:
+    """(Re)write results.csv, summary.json, summary.md and figures of ``run_dir``; returns the
+    summary and its Markdown table."""
     from .plots import plot_run
 
-    records = load_records(run_dir)
+    records = read_cells(run_dir)
     if not records:
         from .errors import LcdenseError
 
         raise LcdenseError(f"{run_dir} has no finished cells yet; run or resume it first")
     summary = summarize(records, primary, higher_is_better)
     write_text(run_dir / "results.csv", results_csv(records))
-    write_json(run_dir / "summary.json", summary)
+    write_summary(run_dir, summary)
     figures = plot_run(run_dir, records, summary)
     table = markdown_table(summary)
-    parts = [f"# {records[0]['task']} run `{run_dir.name}`", "",
+    parts = [f"# {records[0].task} run `{run_dir.name}`", "",
              f"Primary metric: **{primary}** ({'higher' if higher_is_better else 'lower'} is better). "
              f"Gaps are paired by seed; the interval is a 95% Student-t interval over seeds.", "", table]
     parts += [f"![{Path(f).stem}]({f})" for f in figures]
     parts += ["", *extra_sections]
     write_text(run_dir / "summary.md", "\n".join(parts) + "\n")
-    return table
+    return summary, table
+
+
+class Report(Callback):
+    """The run's report as a callback: at run end, ``results.csv``, ``summary.json``,
+    ``summary.md`` (with the sections other callbacks added) and the figures."""
+
+    def on_run_end(self, event: RunEnd) -> None:
+        event.summary, event.table = write_report(event.run_dir, event.plan.primary_metric,
+                                                  event.plan.higher_is_better, event.sections)

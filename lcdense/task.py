@@ -22,6 +22,7 @@ from torch import nn
 
 from .convert import ConversionReport
 from .distributed import World
+from .events import EpochEnd, Events
 from .registry import Registry
 
 TASKS: Registry[type[Task]] = Registry("task", group="lcdense.tasks")
@@ -49,6 +50,8 @@ class Cell:
     Under data-parallel training ``world`` says which rank this is: a task takes its share of each
     global batch with ``cell.world.shard(indices)``; ``train.batch_size`` stays the global batch.
     ``gpus`` lists the GPUs of a task that launches its own workers (``data_parallel = "own"``).
+    A task reports every finished epoch with :meth:`epoch_end` (the shared :func:`lcdense.train_loop`
+    does it), which delivers it to the run's callbacks.
     """
 
     variant: str
@@ -62,6 +65,14 @@ class Cell:
     log: Callable[[str], None] = print
     world: World = field(default_factory=World)
     gpus: tuple[int, ...] = ()
+    id: str = ""
+    events: Events = field(default_factory=Events)
+
+    def epoch_end(self, metrics: dict[str, Any], epochs: int | None = None) -> None:
+        """Report a finished epoch (its history entry, with ``epoch`` counted from 1) to the callbacks."""
+        if self.world.is_main:
+            self.events.emit(EpochEnd(cell_id=self.id or f"{self.variant}__seed{self.seed}", epoch=int(metrics["epoch"]),
+                                      metrics=dict(metrics), variant=self.variant, seed=self.seed, epochs=epochs))
 
     @property
     def checkpoint_path(self) -> Path:

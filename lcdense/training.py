@@ -177,7 +177,5 @@ def train_loop(
         if world.is_main:
             cell.save_checkpoint({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                   "scheduler": scheduler.state_dict(), "history": history})
-        if not cell.quiet:
-            shown = ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "epoch")
-            cell.log(f"  {cell.variant} s{cell.seed} epoch {epoch + 1}/{settings.epochs}: {shown}")
+        cell.epoch_end(record, settings.epochs)
     return history

@@ -19,9 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lcdense import Cell, LcdenseError, Task
-from lcdense.models import cifar_resnet, create_model
-from lcdense.training import TrainSettings, epoch_generator, epoch_seed, train_loop
+from lcdense import (Cell, LcdenseError, Task, TrainSettings, cifar_resnet, create_model, epoch_generator, epoch_seed,
+                     train_loop, unknown_name)
 
 from .data import DATASETS, TensorData, ensure_embedded, fingerprint, load_tensor_dataset
 from .models import Normalized
@@ -56,8 +55,6 @@ class ClassificationTask(Task):
         cfg = config["data"]
         dataset = cfg["dataset"]
         if dataset not in DATASETS:
-            from lcdense.errors import unknown_name
-
             raise unknown_name("classification dataset", dataset, DATASETS)
         if dataset == "embedded":
             if cfg["root"]:

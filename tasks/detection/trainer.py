@@ -186,6 +186,7 @@ class LcdenseDetectionTrainer(DetectionTrainer):
     def save_metrics(self, metrics: dict[str, float]) -> None:
         super().save_metrics(metrics)
         self.history.append(_epoch_record(self.epoch + 1, metrics))
+        self.cell.epoch_end(self.history[-1], self.epochs)
 
     def save_model(self) -> bool:
         """Save the fp32 model (resume point of the cell) before ultralytics writes its fp16 last.pt."""

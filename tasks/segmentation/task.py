@@ -23,8 +23,7 @@ import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
-from lcdense import Cell, LcdenseError, Task
-from lcdense.training import TrainSettings, epoch_generator, train_loop
+from lcdense import Cell, LcdenseError, Task, TrainSettings, epoch_generator, train_loop
 
 from .data import PairDataset, eval_batches, train_batches
 from .embedded import ensure_embedded
