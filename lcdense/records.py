@@ -114,9 +114,11 @@ class CellRecord(_Record):
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not self.kind and self.variant:
-            variant = Variant.parse(self.variant)
-            self.kind, self.E = variant.kind, variant.E if self.E is None else self.E
+        if not self.kind and self.variant:  # lc-frozen@8 → kind lc-frozen, E 8
+            kind, _, e_text = self.variant.partition("@")
+            self.kind = kind
+            if self.E is None and e_text.isdigit():
+                self.E = int(e_text)
 
     @property
     def done(self) -> bool:

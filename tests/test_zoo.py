@@ -2,6 +2,8 @@
 converts to LC-Blocks, runs, folds back to the same function, and its report adds up."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torchvision
@@ -32,8 +34,12 @@ def _check(model: torch.nn.Module, size: int) -> None:
     assert counts.get("lc", 0) + counts.get("skipped", 0) == len(report.layers)
     assert all(r.reason for r in report.layers if r.action == "skipped")
     assert sum(isinstance(m, LCConv) for m in model.modules()) == counts["lc"]
-    after = report.params_after
-    assert after["total"] == after["trainable"] + after["frozen"]
+    # the counts agree with the blocks themselves: each LC layer's weight became a bank W and a combination P
+    added = sum(m.spatial_weight.numel() + m.combine_weight.numel() for m in model.modules() if isinstance(m, LCConv))
+    removed = sum(math.prod(r.shape) for r in report.layers if r.action == "lc")
+    assert report.params_after["total"] - report.params_before["total"] == added - removed
+    banks = sum(m.spatial_weight.numel() for m in model.modules() if isinstance(m, LCConv))
+    assert report.params_after["frozen"] >= banks > 0
     x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         y = model(x)
