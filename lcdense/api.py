@@ -220,6 +220,10 @@ def _launch(task_name: str | None, *, config: Any, resume: Any, axes: dict[str, 
         cfg["run"]["device"] = ",".join(map(str, gpus))  # the task's framework launches its own workers
     cache_dir = Path(cfg["run"]["cache_dir"] or Path(cfg["run"]["out"]) / ".cache").resolve()
     if executor:  # the jobs pick their devices; this machine may have no GPU
+        from .executors import executor_settings
+
+        name, config_file, requested, wait = executor
+        executor = (name, None, executor_settings(name, config_file, requested), wait)  # bad settings: no run dir
         if run_dir is None:
             run_dir = new_run_dir(cfg["run"]["out"], task.name, cfg["run"]["name"])
             save_run_config(run_dir, cfg, cells, axis_keys, task)
@@ -279,8 +283,7 @@ def _submit(task: Task, cfg: dict[str, Any], run_dir: Path, cells: list[CellSpec
     """Hand the unfinished cells to submitit; wait (local, debug, or ``wait``) and report."""
     from . import executors
 
-    name, config_file, overrides, wait = executor
-    settings = executors.executor_settings(name, config_file, overrides)
+    name, _, settings, wait = executor
     if int(settings["gpus_per_job"]) > 1 and task.data_parallel is None:
         raise LcdenseError(f"task '{task.name}' trains on one device; use --gpus-per-job 1")
     task.prepare_data(cfg, cache_dir)  # the embedded dataset is generated once, before any job starts

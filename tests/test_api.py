@@ -193,11 +193,24 @@ def test_read_cells_skips_failed_and_half_written_cells(tmp_path):
     from lcdense.records import write_cell
     from lcdense.variants import CellSpec, Variant
 
+    for name in "abc":
+        (tmp_path / "cells" / name).mkdir(parents=True)
     write_cell(tmp_path / "cells" / "a", CellRecord(id="learnable__seed0", variant="learnable", metrics={"m": 1.0}))
     write_cell(tmp_path / "cells" / "b", CellRecord.failed(CellSpec(Variant("frozen"), 0, {}), "moved"))
-    (tmp_path / "cells" / "c").mkdir()
     (tmp_path / "cells" / "c" / "cell.json").write_text('{"id": "x", "var')
     assert [r.id for r in read_cells(tmp_path)] == ["learnable__seed0"]
     failed = json.loads((tmp_path / "cells" / "b" / "cell.json").read_text())
     assert failed == {"format": "lcdense-cell/1", "id": "frozen__seed0", "variant": "frozen", "seed": 0,
                       "status": "failed", "error": "moved"}
+
+
+def test_every_package_folder_is_installed():
+    """pyproject lists the packages (tasks/ maps to lcdense_tasks): a new sub-package must be listed."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert project["package-dir"] == {"lcdense_tasks": "tasks"}
+    folders = {".".join(p.parent.relative_to(ROOT).parts) for p in ROOT.glob("lcdense/**/__init__.py")}
+    folders |= {".".join(("lcdense_tasks", *p.parent.relative_to(ROOT / "tasks").parts))
+                for p in (ROOT / "tasks").glob("**/__init__.py")}
+    assert "tasks" not in project["packages"] and sorted(project["packages"]) == sorted(folders)

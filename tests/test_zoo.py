@@ -19,6 +19,10 @@ def _input_size(name: str) -> int:
 
 
 TORCHVISION = torchvision.models.list_models(module=torchvision.models)  # all of them
+#: Models of hundreds of millions of parameters: converted only under ``-m slow`` (the default suite
+#: keeps every family through its smaller members: vit_b_16, regnet_y_32gf, ...).
+GIANTS = {"vit_h_14", "regnet_y_128gf", "vit_l_16", "vit_l_32"}  # 633 M, 645 M, 304 M, 306 M parameters
+GIANT_THRESHOLD = 250e6
 TIMM = ["resnet18", "resnet18d", "resnext26ts", "mobilenetv2_050", "mobilenetv3_small_050", "efficientnet_b0",
         "regnetx_002", "convnext_atto", "densenet121", "vgg11_bn", "repvgg_a0", "tf_efficientnet_b0",
         "resnetv2_18", "dla34", "ghostnet_100", "mixnet_s", "cspresnet50", "hrnet_w18_small"]
@@ -48,9 +52,12 @@ def _check(model: torch.nn.Module, size: int) -> None:
     assert float((folded - y).abs().max()) <= 1e-3 * float(y.abs().max()) + 1e-5
 
 
-@pytest.mark.parametrize("name", TORCHVISION)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in GIANTS else n for n in TORCHVISION])
 def test_torchvision_model(name):
-    _check(torchvision.models.get_model(name, weights=None, num_classes=10), _input_size(name))
+    model = torchvision.models.get_model(name, weights=None, num_classes=10)
+    if name in GIANTS:  # the slow marker is earned: the giant has the parameters it is listed with
+        assert sum(p.numel() for p in model.parameters()) > GIANT_THRESHOLD
+    _check(model, _input_size(name))
 
 
 @pytest.mark.parametrize("name", TIMM)
