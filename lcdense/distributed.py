@@ -1,7 +1,8 @@
 """Data-parallel training of one cell with torch.distributed (DDP), launched by ``torchrun``.
 
 lcdense never starts worker processes itself. ``lcdense run --ddp 4`` (or ``--device 0,1,2,3``)
-re-runs the same command under ``torchrun --standalone --nproc_per_node 4``; a Slurm job started
+creates the run directory and trains it under ``torchrun --standalone --nproc_per_node 4``
+(``lcdense run --resume RUN_DIR`` on every rank); a Slurm job started
 through submitit provides the same environment. Every rank builds the cell's model from the same
 init seed (so the frozen filters are identical without a broadcast, and their digests are compared
 across ranks), trains on its shard of each global batch, and DDP averages the gradients. Only

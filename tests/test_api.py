@@ -34,23 +34,27 @@ def test_readme_python_api_example_runs(tmp_path, monkeypatch):
         exec(compile(_readme_block("Python API"), "README.md", "exec"), namespace)
     result = namespace["result"]
     assert result.run_dir.parent == Path("runs/classification") and (result.run_dir / "summary.md").is_file()
-    assert sorted(c.id for c in result.cells) == ["frozen__seed0", "frozen__seed1", "learnable__seed0",
+    assert sorted(c.id for c in result.cells) == ["lc-frozen@8__seed0", "lc-frozen@8__seed1", "learnable__seed0",
                                                   "learnable__seed1"]
+    width_8 = lcdense.count_parameters(lcdense.cifar_resnet(8, 8, num_classes=10))["trainable"]
+    assert {c.costs["trainable_params"] for c in result.cells if c.variant == "learnable"} == {width_8}
     out = printed.getvalue()
     assert "learnable__seed0 epoch 1: train_loss" in out  # the callback saw every cell's epoch
     top1 = {(c.variant, c.seed): c.metrics["top1"] for c in result.cells}
-    diffs = [top1[("frozen", s)] - top1[("learnable", s)] for s in (0, 1)]
+    diffs = [top1[("lc-frozen@8", s)] - top1[("learnable", s)] for s in (0, 1)]
     gap = namespace["gap"]
     assert gap["mean"] == pytest.approx(sum(diffs) / 2) and gap["seeds"] == [0, 1]
     assert gap["ci95"][0] <= gap["mean"] <= gap["ci95"][1]
     on_disk = json.loads((result.run_dir / "summary.json").read_text())
-    assert on_disk["format"] == "lcdense-summary/1" and on_disk["groups"][""]["gaps"][0]["mean"] == gap["mean"]
+    assert on_disk["format"] == "lcdense-summary/1"
+    assert next(g for g in on_disk["groups"][""]["gaps"] if g["gap"] == "lc-frozen@8 - learnable") == gap
 
 
 def test_cli_and_api_give_the_same_run(toy_installed, tmp_path):
-    assert main(["run", "--task", "toy", "--E", "4", "--epochs", "2", "--set", "train.lr=0.05", "--quiet",
-                 "--out", str(tmp_path), "--name", "cli"]) == 0
-    api = lcdense.run("toy", E="4", epochs=2, quiet=True, out=str(tmp_path), name="api", train={"lr": 0.05})
+    assert main(["run", "--task", "toy", "--E", "4", "--variants", "frozen,lc-learnable", "--epochs", "2", "--set",
+                 "train.lr=0.05", "--quiet", "--no-analysis", "--out", str(tmp_path), "--name", "cli"]) == 0
+    api = lcdense.run("toy", E="4", variants="frozen,lc-learnable", epochs=2, quiet=True, analysis=False,
+                      out=str(tmp_path), name="api", train={"lr": 0.05})
     cli = lcdense.load(tmp_path / "toy" / "cli")
     assert api.run_dir == tmp_path / "toy" / "api" and api.complete and cli.complete
     assert (tmp_path / "toy" / "api" / "config.yaml").read_text().replace("name: api", "name: cli") == \
