@@ -228,6 +228,7 @@ def _launch(task_name: str | None, *, config: Any, resume: Any, axes: dict[str, 
             run_dir = new_run_dir(cfg["run"]["out"], task.name, cfg["run"]["name"])
             save_run_config(run_dir, cfg, cells, axis_keys, task)
         cache_dir.mkdir(parents=True, exist_ok=True)
+        Events([*default_callbacks(cfg), *callbacks]).emit(RunStart(run_dir=run_dir, config=cfg, plan=read_plan(run_dir)))
         return _submit(task, cfg, run_dir, cells, cache_dir, executor, callbacks)
     world, torch_device = setup_world(cfg)
     if run_dir is None:
