@@ -1,28 +1,49 @@
 """lcdense: how much do CNNs lose (or gain) when their spatial filters are never learned?
 
+The conversion core:
+
 >>> import torch, torchvision
 >>> from lcdense import convert, fold, frozen_digest
 >>> model = torchvision.models.resnet18(num_classes=10)
 >>> report = convert(model, "lc", E=8, spatial="frozen")
 >>> digest = frozen_digest(model)
 >>> folded = fold(model)          # plain convs with the combined filters W' = P·W
+
+The benchmark: :func:`run`, :func:`sweep`, :func:`report`, :func:`analyze` and :func:`load`
+(:mod:`lcdense.api`), their records (:mod:`lcdense.records`) and events (:mod:`lcdense.events`).
+What a task adapter builds on is exported here too: :class:`Task`, :class:`Cell`,
+:func:`train_loop` with :class:`TrainSettings`, :func:`epoch_seed` / :func:`epoch_generator`,
+:func:`autocast` / :func:`autocast_precision` and :class:`Provenance` (what a cell records of its
+precision and resumes), :func:`preconditioned_inexact`,
+:class:`World` (``world.shard``, ``world.data_parallel``), :func:`create_model` / :func:`cifar_resnet`, the errors.
 """
 from .accounting import count_parameters, forward_macs
+from .api import RunResult, analyze, load, report, run, sweep
 from .blocks import LCConv, combine_filters
 from .convert import ConversionReport, LayerRecord, convert, is_spatial_conv
 from .digest import frozen_digest, frozen_tensors
-from .errors import LcdenseError
+from .distributed import World
+from .errors import LcdenseError, MissingExtra, require_extra, unknown_name
+from .events import Callback, CellEnd, CellStart, EpochEnd, RunEnd, RunStart
 from .fold import combined_weight, fold, fold_block
 from .inits import INITS, seeded_filters
+from .models import cifar_resnet, create_model
 from .precondition import PreconditionedConv, check_preconditioned_optimizer
+from .provenance import Provenance, autocast_precision
+from .records import CellRecord, PlanRecord, RecordFormatError, SummaryRecord
 from .registry import Registry
 from .task import Cell, Task, get_task, list_tasks, register_task
+from .training import TrainSettings, autocast, epoch_generator, epoch_seed, preconditioned_inexact, train_loop
 
 __version__ = "0.1.0"
 
 __all__ = [
     "LCConv", "combine_filters", "ConversionReport", "LayerRecord", "convert", "is_spatial_conv",
-    "frozen_digest", "frozen_tensors", "LcdenseError", "combined_weight", "fold", "fold_block",
-    "INITS", "seeded_filters", "Registry", "Cell", "Task", "get_task", "list_tasks", "register_task",
-    "count_parameters", "forward_macs", "PreconditionedConv", "check_preconditioned_optimizer", "__version__",
+    "frozen_digest", "frozen_tensors", "LcdenseError", "MissingExtra", "require_extra", "unknown_name",
+    "combined_weight", "fold", "fold_block", "INITS", "seeded_filters", "Registry", "Cell", "Task", "get_task",
+    "list_tasks", "register_task", "count_parameters", "forward_macs", "PreconditionedConv",
+    "check_preconditioned_optimizer", "World", "cifar_resnet", "create_model", "TrainSettings", "epoch_generator",
+    "epoch_seed", "train_loop", "autocast", "autocast_precision", "preconditioned_inexact", "Provenance", "run", "sweep", "report", "analyze", "load", "RunResult", "CellRecord", "PlanRecord",
+    "SummaryRecord", "RecordFormatError", "Callback", "RunStart", "CellStart", "EpochEnd", "CellEnd", "RunEnd",
+    "__version__",
 ]

@@ -1,5 +1,6 @@
 """The ``lcdense`` command line. Each subcommand lives in its own module with
-``add_arguments(parser)`` and ``run(args) -> int``; this file only wires them up.
+``add_arguments(parser)`` and ``run(args) -> int``, which turns the arguments into a call of the
+Python API (:mod:`lcdense.api`); this file only wires them up.
 
 User errors (:class:`LcdenseError`, missing files, bad values) print one line and exit 2.
 """
@@ -18,7 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "sweep": ("lcdense.commands.sweep", "run a grid over E (or width, depth, kernel size, init, LC-Block op) as one resumable run"),
     "paper": ("lcdense.commands.paper", "the paper's experiments: list them with their published numbers, run one"),
     "report": ("lcdense.commands.report", "re-render summary and plots of a run directory from its files"),
-    "analyze": ("lcdense.analysis", "filter variance entropy, spatial variance, filter grids and LC bank diagnostics of a run"),
+    "analyze": ("lcdense.commands.analyze", "filter variance entropy, spatial variance, filter grids and LC bank diagnostics of a run"),
     "bench": ("lcdense.bench", "time and memory of LC-Block implementations vs the baseline"),
     "tasks": ("lcdense.commands.tasks", "list the registered tasks (built-in and from entry points)"),
 }
@@ -51,7 +52,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         argv = list(sys.argv[1:] if argv is None else argv)
         args = build_parser().parse_args(argv)
-        args.argv = argv  # the command as typed (``--ddp`` re-runs it under torchrun)
         if not getattr(args, "_run", None):
             build_parser().print_help()
             return 2

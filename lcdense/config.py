@@ -1,4 +1,5 @@
-"""Run configuration: task defaults ← YAML file ← CLI flags ← ``--set key=value``.
+"""Run configuration: task defaults ← YAML file ← overrides (the CLI's flags, then its ``--set
+key=value``; in Python, the keyword arguments of :func:`lcdense.run`).
 
 Sections ``data``, ``model`` and ``train`` belong to the task; ``run`` and ``conversion`` to the
 runner; ``paper`` names the paper experiment a run reproduces (see :mod:`lcdense.paper`). Unknown
@@ -11,6 +12,8 @@ keys are an error (a typo must not silently do nothing).
 0.1
 >>> set_dotted(cfg, "train.lr=3e-3")["train"]["lr"]
 0.003
+>>> apply_overrides(cfg, {"train": {"epochs": 3}, "train.lr": 0.5})["train"]
+{'epochs': 3, 'lr': 0.5}
 """
 from __future__ import annotations
 
@@ -88,29 +91,53 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def set_dotted(config: dict[str, Any], assignment: str) -> dict[str, Any]:
-    """Apply ``section.key=value`` (value parsed as YAML, e.g. ``[1,2]``, ``0.1``, ``null``) in place."""
-    key, sep, raw = assignment.partition("=")
-    if not sep or not key.strip():
-        raise LcdenseError(f"--set expects key=value (e.g. train.lr=0.1), got '{assignment}'")
+def set_value(config: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
+    """Set the dotted ``key`` (e.g. ``train.lr``) to ``value`` in place; unknown keys are an error."""
     parts = key.strip().split(".")
     node = config
     for i, part in enumerate(parts[:-1]):
         if not isinstance(node.get(part), dict):
-            raise LcdenseError(f"unknown config section '{'.'.join(parts[:i + 1])}' in --set {assignment}")
+            raise LcdenseError(f"unknown config section '{'.'.join(parts[:i + 1])}' in '{key}'")
         node = node[part]
     if parts[-1] not in node:
-        raise LcdenseError(f"unknown config key '{key}' in --set; known in that section: {', '.join(sorted(node))}")
+        raise LcdenseError(f"unknown config key '{key}'; known in that section: {', '.join(sorted(node))}")
+    node[parts[-1]] = value
+    return config
+
+
+def parse_assignment(assignment: str) -> tuple[str, Any]:
+    """``section.key=value`` → (key, value), the value parsed as YAML (``[1,2]``, ``0.1``, ``null``)."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key.strip():
+        raise LcdenseError(f"--set expects key=value (e.g. train.lr=0.1), got '{assignment}'")
     try:
         value = yaml.safe_load(raw)
-        if isinstance(value, str):  # YAML 1.1 reads 3e-3 as a string; a number is meant
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        node[parts[-1]] = value
     except yaml.YAMLError:
         raise LcdenseError(f"cannot parse the value in --set {assignment}") from None
+    if isinstance(value, str):  # YAML 1.1 reads 3e-3 as a string; a number is meant
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    return key.strip(), value
+
+
+def set_dotted(config: dict[str, Any], assignment: str) -> dict[str, Any]:
+    """Apply ``section.key=value`` (value parsed as YAML, e.g. ``[1,2]``, ``0.1``, ``null``) in place."""
+    return set_value(config, *parse_assignment(assignment))
+
+
+def apply_overrides(config: dict[str, Any], overrides: dict[str, Any], *, where: str = "settings") -> dict[str, Any]:
+    """Apply ``overrides`` in order, in place: a dotted key sets one value, a section name with a
+    dict merges that dict into the section."""
+    for key, value in overrides.items():
+        if "." in key:
+            set_value(config, key, value)
+        elif isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key] = merge(config[key], value, where=f"{where}.{key}")
+        else:
+            raise LcdenseError(f"unknown setting '{key}'; pass a dotted key (e.g. train.lr) or a section "
+                               f"({', '.join(k for k, v in config.items() if isinstance(v, dict))}) as a dict")
     return config
 
 
@@ -122,15 +149,13 @@ def get_dotted(config: dict[str, Any], key: str) -> Any:
     return node
 
 
-def resolve(task_defaults: dict[str, Any], file_config: dict[str, Any], flags: dict[str, Any],
-            assignments: list[str], *, where: str = "config file") -> dict[str, Any]:
-    """The final config of a run: defaults, then the config file's mapping, then CLI flags, then ``--set``."""
+def resolve(task_defaults: dict[str, Any], file_config: dict[str, Any], overrides: dict[str, Any], *,
+            where: str = "config file") -> dict[str, Any]:
+    """The final config of a run: defaults, then the config file's mapping, then ``overrides``
+    (see :func:`apply_overrides`)."""
     base = merge(RUN_DEFAULTS, task_defaults, where="task defaults", strict=False)
     base = merge(base, file_config, where=where)
-    base = merge(base, flags, where="command-line flags")
-    for assignment in assignments:
-        set_dotted(base, assignment)
-    return base
+    return apply_overrides(base, overrides)
 
 
 def dump(config: dict[str, Any]) -> str:

@@ -1,7 +1,8 @@
 """Data-parallel training of one cell with torch.distributed (DDP), launched by ``torchrun``.
 
 lcdense never starts worker processes itself. ``lcdense run --ddp 4`` (or ``--device 0,1,2,3``)
-re-runs the same command under ``torchrun --standalone --nproc_per_node 4``; a Slurm job started
+creates the run directory and trains it under ``torchrun --standalone --nproc_per_node 4``
+(``lcdense run --resume RUN_DIR`` on every rank); a Slurm job started
 through submitit provides the same environment. Every rank builds the cell's model from the same
 init seed (so the frozen filters are identical without a broadcast, and their digests are compared
 across ranks), trains on its shard of each global batch, and DDP averages the gradients. Only
@@ -83,6 +84,31 @@ class World:
             raise LcdenseError(value)
         return value
 
+    def data_parallel(self, model: nn.Module, device: torch.device) -> nn.Module:
+        """``model`` in DistributedDataParallel (or itself in a one-process world).
+
+        Buffers are not re-broadcast every forward: frozen banks are identical on every rank by
+        construction (and large), and normalisation statistics are averaged once per epoch by
+        :meth:`average_running_stats`.
+        """
+        if not self.active:
+            return model
+        kwargs: dict[str, Any] = {"device_ids": [device.index] if device.type == "cuda" else None}
+        params = inspect.signature(nn.parallel.DistributedDataParallel).parameters
+        kwargs["forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"] = False
+        return nn.parallel.DistributedDataParallel(model, **kwargs)
+
+    def average_running_stats(self, model: nn.Module) -> None:
+        """Average the running mean/variance of every normalisation layer over the ranks (in place)."""
+        if not self.active:
+            return
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._NormBase) and module.track_running_stats:
+                for stat in (module.running_mean, module.running_var):
+                    if stat is not None:
+                        dist.all_reduce(stat, op=dist.ReduceOp.SUM)
+                        stat.div_(self.size)
+
 
 def visible_gpus() -> int:
     """How many CUDA GPUs torch sees (0 without CUDA)."""
@@ -108,37 +134,10 @@ def join(device: torch.device) -> tuple[World, torch.device]:
     return world, device
 
 
-def wrap(model: nn.Module, world: World, device: torch.device) -> nn.Module:
-    """``model`` in DistributedDataParallel (or itself in a one-process world).
-
-    Buffers are not re-broadcast every forward: frozen banks are identical on every rank by
-    construction (and large), and normalisation statistics are averaged once per epoch by
-    :func:`average_running_stats`.
-    """
-    if not world.active:
-        return model
-    kwargs: dict[str, Any] = {"device_ids": [device.index] if device.type == "cuda" else None}
-    params = inspect.signature(nn.parallel.DistributedDataParallel).parameters
-    kwargs["forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"] = False
-    return nn.parallel.DistributedDataParallel(model, **kwargs)
-
-
-def average_running_stats(model: nn.Module, world: World) -> None:
-    """Average the running mean/variance of every normalisation layer over the ranks (in place)."""
-    if not world.active:
-        return
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._NormBase) and module.track_running_stats:
-            for stat in (module.running_mean, module.running_var):
-                if stat is not None:
-                    dist.all_reduce(stat, op=dist.ReduceOp.SUM)
-                    stat.div_(world.size)
-
-
 def torchrun_command(nproc: int, argv: list[str]) -> list[str]:
     """The command that runs ``lcdense ARGV`` as ``nproc`` ranks on this machine."""
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
             "-m", "lcdense", *argv]
 
 
-__all__ = ["World", "average_running_stats", "join", "launched_by_torchrun", "torchrun_command", "visible_gpus", "wrap"]
+__all__ = ["World", "join", "launched_by_torchrun", "torchrun_command", "visible_gpus"]

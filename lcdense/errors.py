@@ -22,3 +22,24 @@ def unknown_name(kind: str, name: str, known: Iterable[str], limit: int = 20) ->
     if len(known) > limit:
         listed += f", ... ({len(known) - limit} more)"
     return LcdenseError(f"unknown {kind} '{name}'{hint} Known: {listed}")
+
+
+class MissingExtra(LcdenseError):
+    """A feature needs packages of an extra that is not installed (``pip install "lcdense[EXTRA]"``)."""
+
+
+def require_extra(extra: str, *modules: str, what: str | None = None) -> None:
+    """Raise :class:`MissingExtra` naming the ``pip install`` to run if any of ``modules`` is missing.
+
+    >>> require_extra("core", "json")            # present: nothing happens
+    >>> require_extra("detection", "no_such_module_xyz", what="task 'detection'")
+    Traceback (most recent call last):
+    ...
+    lcdense.errors.MissingExtra: task 'detection' needs no_such_module_xyz, which is not installed: pip install "lcdense[detection]"
+    """
+    from importlib.util import find_spec
+
+    missing = [m for m in modules if find_spec(m) is None]
+    if missing:
+        raise MissingExtra(f"{what or 'this'} needs {', '.join(missing)}, which "
+                           f"{'is' if len(missing) == 1 else 'are'} not installed: pip install \"lcdense[{extra}]\"")

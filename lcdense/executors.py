@@ -28,7 +28,7 @@ from typing import Any
 
 from .config import load_yaml
 from .distributed import visible_gpus
-from .errors import LcdenseError, unknown_name
+from .errors import LcdenseError, require_extra, unknown_name
 from .files import write_json
 from .variants import CellSpec
 
@@ -53,6 +53,7 @@ def executor_settings(name: str, config_file: str | Path | None, overrides: dict
     """Settings of executor ``name``: :data:`DEFAULTS` ← ``config_file`` (YAML) ← ``overrides`` (not None)."""
     if name not in EXECUTORS:
         raise unknown_name("executor", name, EXECUTORS)
+    require_extra("cluster", "submitit", what=f"--executor {name}")
     file_settings = load_yaml(config_file) if config_file else {}
     settings = dict(DEFAULTS)
     if name == "local":
@@ -67,11 +68,14 @@ def executor_settings(name: str, config_file: str | Path | None, overrides: dict
     return settings
 
 
-def run_cells_job(run_dir: str, cell_ids: list[str], cache_dir: str) -> dict[str, str]:
-    """The body of one job: run the listed cells of ``run_dir`` (skipping finished ones).
+def run_cells_job(run_dir: str, cell_ids: list[str], cache_dir: str, callbacks: list[Any] = ()) -> dict[str, str]:
+    """The body of one job: run the listed cells of ``run_dir`` (skipping finished ones), with the
+    run's default callbacks and ``callbacks`` (pickled into the job by submitit).
 
     Returns {cell id: "done"}; a failing cell raises, which fails the job (re-submit to retry).
     """
+    from .api import default_callbacks
+    from .events import Events
     from .runner import execute, load_run, setup_world
 
     if "SLURM_JOB_ID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
@@ -83,9 +87,10 @@ def run_cells_job(run_dir: str, cell_ids: list[str], cache_dir: str) -> dict[str
         config["run"]["device"] = ",".join(str(i) for i in range(gpus))
     by_id = {c.id: c for c in cells}
     world, device = setup_world(config)
+    events = Events([*default_callbacks(config), *callbacks])
     records = execute(task, config, Path(run_dir), [by_id[i] for i in cell_ids], axis_keys, Path(cache_dir),
-                      world, device)
-    return {r["id"]: r["status"] for r in records}
+                      world, device, events)
+    return {r.id: r.status for r in records}
 
 
 def _jobs_file(run_dir: Path) -> Path:
@@ -152,7 +157,7 @@ def _executor(name: str, run_dir: Path, settings: dict[str, Any], gpus: int, tas
 
 
 def submit(run_dir: Path, cells: list[CellSpec], cache_dir: Path, name: str, settings: dict[str, Any],
-           task_per_gpu: bool = True) -> list[Any]:
+           task_per_gpu: bool = True, callbacks: list[Any] = ()) -> list[Any]:
     """Submit ``cells`` of ``run_dir`` to executor ``name``; records the jobs in ``jobs.json``.
 
     Slurm: one job per cell (a job array); with several GPUs per job, one task (rank) per GPU, or
@@ -172,9 +177,10 @@ def submit(run_dir: Path, cells: list[CellSpec], cache_dir: Path, name: str, set
         jobs = []
         for k, group in enumerate(groups):
             executor.update_parameters(visible_gpus=(k,))
-            jobs.append(executor.submit(run_cells_job, run_arg, group, cache_arg))
+            jobs.append(executor.submit(run_cells_job, run_arg, group, cache_arg, list(callbacks)))
     else:
-        jobs = executor.map_array(run_cells_job, [run_arg] * len(groups), groups, [cache_arg] * len(groups))
+        jobs = executor.map_array(run_cells_job, [run_arg] * len(groups), groups, [cache_arg] * len(groups),
+                                  [list(callbacks)] * len(groups))
     stamp = datetime.now().isoformat(timespec="seconds")
     record = submitted_jobs(run_dir)
     for job, group in zip(jobs, groups):

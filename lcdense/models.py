@@ -10,10 +10,12 @@
 """
 from __future__ import annotations
 
+from importlib.util import find_spec
+
 import torch
 from torch import nn
 
-from .errors import LcdenseError, unknown_name
+from .errors import LcdenseError, require_extra, unknown_name
 
 
 class BasicBlock(nn.Module):
@@ -86,6 +88,9 @@ def create_model(name: str, num_classes: int = 1000, **kwargs) -> nn.Module:
         raise LcdenseError(f"unknown model source '{source}' in '{name}'; use torchvision:NAME or timm:NAME")
     if source != "timm" and bare in _torchvision_names():
         return torchvision.models.get_model(bare, weights=None, num_classes=num_classes, **kwargs)
+    if source != "timm" and find_spec("timm") is None:
+        raise unknown_name("torchvision model", bare, _torchvision_names())
+    require_extra("timm", "timm", what=f"model '{name}'")
     import timm
 
     if source == "torchvision" or not timm.list_models(bare):

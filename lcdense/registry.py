@@ -55,6 +55,8 @@ class Registry(Generic[T]):
             raise unknown_name(self.kind, name, self.names())
         try:
             self._objects[name] = found[name].load()
+        except LcdenseError:  # e.g. a missing extra: its one line says what to install
+            raise
         except Exception as exc:  # a broken plugin must say which one it is
             raise LcdenseError(f"{self.kind} '{name}' ({found[name].value}) failed to load: {exc}") from exc
         return self._objects[name]

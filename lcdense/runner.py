@@ -2,8 +2,10 @@
 
 Per cell it seeds the init, builds the task's model, converts it, proves the frozen filters did
 not move (``frozen_digest`` before and after training), evaluates, and writes
-``cells/<cell id>/cell.json`` with metrics and costs. A run directory is never overwritten;
-``resume`` skips finished cells and continues an interrupted one from its last epoch.
+``cells/<cell id>/cell.json`` (a :class:`~lcdense.records.CellRecord`) with metrics and costs. A run
+directory is never overwritten; ``resume`` skips finished cells and continues an interrupted one
+from its last epoch. It emits the cell events (:mod:`lcdense.events`) to the run's callbacks; the
+run itself is started by :func:`lcdense.run` (or the CLI, which calls it).
 
 >>> from lcdense.runner import plan_cells
 >>> from lcdense.variants import parse_variants
@@ -33,8 +35,10 @@ from .convert import ConversionReport, convert
 from .digest import frozen_digest
 from .distributed import World
 from .errors import LcdenseError
+from .events import CellEnd, CellStart, Events
 from .files import write_json, write_text
 from .inits import check_init
+from .records import CellRecord, PlanRecord, finished_cell, read_plan, write_cell, write_plan
 from .task import Cell, Task, get_task
 from .variants import CellSpec, Variant
 
@@ -207,13 +211,14 @@ def _same_on_every_rank(world: World, digest: str, spec: CellSpec, when: str) ->
 
 def run_cell(task: Task, data: Any, config: dict[str, Any], spec: CellSpec, cell_dir: Path,
              device: torch.device, axis_keys: dict[str, str], quiet: bool, world: World | None = None,
-             gpus: tuple[int, ...] = ()) -> dict[str, Any]:
+             gpus: tuple[int, ...] = (), events: Events | None = None) -> CellRecord:
     """Train and evaluate one cell; returns its record, which rank 0 writes. Raises on moved filters.
 
     Under data parallelism every rank trains; the frozen digests are compared across ranks
-    before and after training.
+    before and after training. Rank 0 emits the cell's epochs and its end to ``events``.
     """
     world = world or World()
+    events = events or Events()
     cfg = cell_config(config, spec, axis_keys)
     if world.is_main:
         cell_dir.mkdir(parents=True, exist_ok=True)
@@ -231,7 +236,8 @@ def run_cell(task: Task, data: Any, config: dict[str, Any], spec: CellSpec, cell
     init = cell_init(cfg, spec.variant)
     cell = Cell(variant=spec.variant.name, seed=spec.seed, init_seed=spec.seed, data_seed=data_seed,
                 dir=cell_dir, device=device, convert=convert_fn, quiet=quiet,
-                log=(lambda _msg: None) if quiet else print, world=world, gpus=gpus, init=init)
+                log=(lambda _msg: None) if quiet else print, world=world, gpus=gpus, init=init, id=spec.id,
+                events=events)
     began = time.perf_counter()
     with PeakMemory(device) as memory:
         model, history = task.fit(model, data, cfg, cell)
@@ -245,31 +251,13 @@ def run_cell(task: Task, data: Any, config: dict[str, Any], spec: CellSpec, cell
             )
         metrics = task.evaluate(model, data, cfg, cell)
         _check_evaluated_copies(cell, digest_after, spec)
-    record = {
-        "id": spec.id, "task": task.name, "variant": spec.variant.name, "kind": spec.variant.kind,
-        "mode": spec.variant.mode, "spatial": spec.variant.spatial, "E": spec.variant.E,
-        "axes": spec.axes, "seed": spec.seed, "init_seed": spec.seed, "data_seed": data_seed,
-        "status": "done", "primary_metric": task.primary_metric,
-        "metrics": {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
-        "extra_metrics": {k: v for k, v in metrics.items() if not isinstance(v, (int, float))},
-        "history": history,
-        "frozen_digest_before": digest_before, "frozen_digest_after": digest_after,
-        "costs": {
-            "trainable_params": report.params_after["trainable"], "frozen_params": report.params_after["frozen"],
-            "total_params": report.params_after["total"], "forward_macs_per_sample": report.macs_after,
-            "train_time_s": train_time, "wall_time_s": time.perf_counter() - began,
-            "peak_memory_mb": memory.peak_mb, "peak_memory_kind": memory.kind, "device": str(device),
-            "world_size": world.size, "host": platform.node(),
-            "data_wait_share": _mean([h.get("data_wait_share") for h in history]),
-        },
-        "conversion": report.to_dict(),
-        "provenance": _provenance(cell, digest_after),
-    }
-    if cfg.get("paper", {}).get("experiment"):  # a paper run: which experiment, at which scale
-        record["paper"] = cfg["paper"]
+    costs = {"train_time_s": train_time, "wall_time_s": time.perf_counter() - began, "peak_memory_mb": memory.peak_mb,
+             "peak_memory_kind": memory.kind, "device": str(device), "world_size": world.size}
+    record = make_cell_record(task, spec, data_seed, metrics, history, (digest_before, digest_after), report, costs,
+                              _provenance(cell, digest_after), cfg)
     if world.is_main:
-        _save_analysis_inputs(model, cell_dir)
-        write_json(cell_dir / "cell.json", record)
+        events.emit(CellEnd(run_dir=cell_dir.parent.parent, cell_dir=cell_dir, record=record, model=model))
+        write_cell(cell_dir, record)
         if cell.checkpoint_path.exists():
             cell.checkpoint_path.unlink()
     world.barrier()
@@ -291,15 +279,34 @@ def _provenance(cell: Cell, digest: str) -> dict[str, Any]:
     return provenance
 
 
+def make_cell_record(task: Task, spec: CellSpec, data_seed: int, metrics: dict[str, Any],
+                     history: list[dict[str, Any]], digests: tuple[str, str], report: ConversionReport,
+                     measured: dict[str, Any], provenance: dict[str, Any], cfg: dict[str, Any]) -> CellRecord:
+    """The record of a finished cell (what ``cell.json`` holds), built in this one place; a paper
+    run's cells also say which experiment, at which scale."""
+    return CellRecord(
+        id=spec.id, task=task.name, variant=spec.variant.name, kind=spec.variant.kind, mode=spec.variant.mode,
+        spatial=spec.variant.spatial, E=spec.variant.E, axes=spec.axes, seed=spec.seed, init_seed=spec.seed,
+        data_seed=data_seed, status="done", primary_metric=task.primary_metric,
+        metrics={k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
+        extra_metrics={k: v for k, v in metrics.items() if not isinstance(v, (int, float))},
+        history=history, frozen_digest_before=digests[0], frozen_digest_after=digests[1],
+        costs={
+            "trainable_params": report.params_after["trainable"], "frozen_params": report.params_after["frozen"],
+            "total_params": report.params_after["total"], "forward_macs_per_sample": report.macs_after,
+            "train_time_s": measured["train_time_s"], "wall_time_s": measured["wall_time_s"],
+            "peak_memory_mb": measured["peak_memory_mb"], "peak_memory_kind": measured["peak_memory_kind"],
+            "device": measured["device"], "world_size": measured["world_size"], "host": platform.node(),
+            "data_wait_share": _mean([h.get("data_wait_share") for h in history]),
+        },
+        conversion=report.to_dict(), provenance=provenance,
+        paper=cfg["paper"] if cfg.get("paper", {}).get("experiment") else None,
+    )
+
+
 def _mean(values: list[Any]) -> float | None:
     numbers = [v for v in values if isinstance(v, (int, float))]
     return sum(numbers) / len(numbers) if numbers else None
-
-
-def _save_analysis_inputs(model: torch.nn.Module, cell_dir: Path) -> None:
-    from .analysis import save_filters
-
-    save_filters(model, cell_dir / "filters.pt")
 
 
 def refuse_existing_run(out: str | Path, task: str, name: str) -> Path:
@@ -341,21 +348,9 @@ def new_run_dir(out: str | Path, task: str, name: str | None) -> Path:
     raise AssertionError("unreachable")
 
 
-def cell_record(cell_dir: Path) -> dict[str, Any] | None:
-    """The finished record of a cell, or None if it has not finished."""
-    path = cell_dir / "cell.json"
-    if not path.exists():
-        return None
-    try:
-        record = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None
-    return record if record.get("status") == "done" else None
-
-
 def execute(task: Task, config: dict[str, Any], run_dir: Path, cells: list[CellSpec],
             axis_keys: dict[str, str], cache_dir: Path, world: World | None = None,
-            device: torch.device | None = None) -> list[dict[str, Any]]:
+            device: torch.device | None = None, events: Events | None = None) -> list[CellRecord]:
     """Run every unfinished cell of ``run_dir``; returns all finished records (old and new).
 
     A cell that fails (e.g. its frozen filters moved) is recorded as failed and the others go on;
@@ -365,6 +360,7 @@ def execute(task: Task, config: dict[str, Any], run_dir: Path, cells: list[CellS
     dataset is generated once), the other ranks then read it.
     """
     world = world or World()
+    events = events if world.is_main and events is not None else Events()
     quiet = bool(config["run"].get("quiet"))
     say = print if world.is_main and not quiet else (lambda _m: None)
     device = device or pick_device(str(config["run"]["device"]))
@@ -385,24 +381,20 @@ def execute(task: Task, config: dict[str, Any], run_dir: Path, cells: list[CellS
     records, failures = [], []
     for index, spec in enumerate(cells, 1):
         cell_dir = run_dir / "cells" / spec.id
-        if (done := cell_record(cell_dir)) is not None:
-            say(f"[{index}/{len(cells)}] {spec.id}: finished earlier, skipped")
+        done = finished_cell(cell_dir)
+        events.emit(CellStart(run_dir=run_dir, cell=spec, index=index, total=len(cells), skipped=done is not None))
+        if done is not None:
             records.append(done)
             continue
-        say(f"[{index}/{len(cells)}] {spec.id}")
         try:
-            record = run_cell(task, data, config, spec, cell_dir, device, axis_keys, quiet, world, gpus)
+            record = run_cell(task, data, config, spec, cell_dir, device, axis_keys, quiet, world, gpus, events)
         except FrozenFiltersMoved as exc:
             failures.append(str(exc))
             if world.is_main:
-                write_json(cell_dir / "cell.json", {"id": spec.id, "variant": spec.variant.name, "seed": spec.seed,
-                                                    "status": "failed", "error": str(exc)})
+                write_cell(cell_dir, CellRecord.failed(spec, str(exc)))
             say(f"  FAILED: {exc}")
             continue
         records.append(record)
-        primary = task.primary_metric
-        say(f"  {primary}={record['metrics'].get(primary, float('nan')):.4f}  "
-            f"time={record['costs']['wall_time_s']:.1f}s  frozen digest unchanged")
     if failures:
         raise LcdenseError(f"{len(failures)} cell(s) failed: {failures[0]}")
     return records
@@ -412,11 +404,8 @@ def save_run_config(run_dir: Path, config: dict[str, Any], cells: list[CellSpec]
                     task: Task) -> None:
     """Write the resolved config and the cell plan (what --resume and report read back)."""
     write_text(run_dir / "config.yaml", dump(config))
-    write_json(run_dir / "plan.json", {"task": task.name, "primary_metric": task.primary_metric,
-                                       "higher_is_better": task.higher_is_better, "axis_keys": axis_keys,
-                                       "paper": config.get("paper") if config.get("paper", {}).get("experiment") else None,
-                                       "cells": [{"kind": c.variant.kind, "E": c.variant.E, "seed": c.seed,
-                                                  "axes": c.axes} for c in cells]})
+    paper = config["paper"] if config.get("paper", {}).get("experiment") else None
+    write_plan(run_dir, PlanRecord.of(task, cells, axis_keys, paper))
 
 
 def load_run(run_dir: Path) -> tuple[dict[str, Any], Task, list[CellSpec], dict[str, str]]:
@@ -430,11 +419,7 @@ def load_run(run_dir: Path) -> tuple[dict[str, Any], Task, list[CellSpec], dict[
 
 def load_plan(run_dir: Path) -> tuple[list[CellSpec], dict[str, str]]:
     """The cell plan saved by :func:`save_run_config`."""
-    path = run_dir / "plan.json"
-    if not path.exists():
-        raise LcdenseError(f"{run_dir} is not an lcdense run directory (no plan.json); check the path")
-    plan = json.loads(path.read_text())
-    cells = [CellSpec(Variant(c["kind"], c["E"]), c["seed"], c["axes"]) for c in plan["cells"]]
-    return cells, plan["axis_keys"]
+    plan = read_plan(run_dir)
+    return plan.specs(), plan.axis_keys
 
 

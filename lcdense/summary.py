@@ -1,21 +1,27 @@
 """Summaries of a run: mean ± std per variant, the frozen-vs-learnable gaps paired by seed with a
 95% t-interval, ``results.csv``, ``summary.json``, ``summary.md`` and plots — all from the cells'
-``cell.json`` files alone, so ``lcdense report`` can re-render them at any time.
+records alone (:mod:`lcdense.records`), so ``lcdense report`` can re-render them at any time.
+:func:`paired_gap` is the one definition of a gap, used by the summary and by the filter analysis.
 
->>> paired_gap({0: 0.90, 1: 0.92}, {0: 0.88, 1: 0.91})["n"]
-2
+>>> gap = paired_gap({0: 0.90, 1: 0.92, 2: 0.95}, {0: 0.88, 1: 0.91})   # seed 2 has no partner
+>>> gap["seeds"], round(gap["mean"], 4), round(gap["std"], 4)
+([0, 1], 0.015, 0.0071)
+>>> [round(x, 3) for x in gap["ci95"]]
+[-0.049, 0.079]
 """
 from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import statistics
 from pathlib import Path
 from typing import Any
 
-from .files import write_json, write_text
+from .events import Callback, RunEnd
+from .files import write_text
+from .records import CellRecord, SummaryRecord, read_cells, write_summary
+from .style import variant_order
 
 # (name of the gap, minuend kind, subtrahend kind)
 GAPS: tuple[tuple[str, str, str], ...] = (
@@ -53,51 +59,31 @@ def paired_gap(a: dict[int, float], b: dict[int, float]) -> dict[str, Any] | Non
     return out
 
 
-def load_records(run_dir: Path) -> list[dict[str, Any]]:
-    """Every finished cell record under ``run_dir/cells``."""
-    records = []
-    for path in sorted((run_dir / "cells").glob("*/cell.json")):
-        record = json.loads(path.read_text())
-        if record.get("status") == "done":
-            records.append(record)
-    return records
-
-
-def _variant_order(record: dict[str, Any]) -> tuple[int, int]:
-    """learnable, frozen, then lc-learnable@E and lc-frozen@E by increasing E."""
-    kinds = ("learnable", "frozen", "lc-learnable", "lc-frozen")
-    return (0 if record["E"] is None else 1, record["E"] or 0, kinds.index(record["kind"]))
-
-
-def group_key(axes: dict[str, Any]) -> str:
-    """A sweep point other than E as the summary names its groups, e.g. 'width=32' ('' for a plain run).
-
-    >>> group_key({"width": 32, "mid": None})
-    'mid=None,width=32'
-    """
+def sweep_point(axes: dict[str, Any]) -> str:
+    """The sweep point of a cell other than E, e.g. 'width=32' ('' for a plain run)."""
     return ",".join(f"{k}={v}" for k, v in sorted(axes.items()))
 
 
-def summarize(records: list[dict[str, Any]], primary: str, higher_is_better: bool) -> dict[str, Any]:
-    """The summary of a run as a JSON-able dict."""
-    groups: dict[str, dict[str, list[dict[str, Any]]]] = {}
+def summarize(records: list[CellRecord], primary: str, higher_is_better: bool) -> SummaryRecord:
+    """The summary of a run (what ``summary.json`` holds)."""
+    groups: dict[str, dict[str, list[CellRecord]]] = {}
     for r in records:
-        groups.setdefault(group_key(r.get("axes", {})), {}).setdefault(r["variant"], []).append(r)
-    out: dict[str, Any] = {"primary_metric": primary, "higher_is_better": higher_is_better, "groups": {}}
+        groups.setdefault(sweep_point(r.axes), {}).setdefault(r.variant, []).append(r)
+    out = SummaryRecord(primary_metric=primary, higher_is_better=higher_is_better, groups={})
     for group, by_variant in groups.items():
         variants = {}
-        for name, rs in sorted(by_variant.items(), key=lambda item: _variant_order(item[1][0])):
-            metrics = sorted({k for r in rs for k in r["metrics"]})
+        for name, rs in sorted(by_variant.items(), key=lambda item: variant_order(item[0])):
+            metrics = sorted({k for r in rs for k in r.metrics})
             variants[name] = {
-                "kind": rs[0]["kind"], "E": rs[0]["E"], "seeds": sorted(r["seed"] for r in rs),
-                "metrics": {m: describe([r["metrics"][m] for r in rs if m in r["metrics"]]) for m in metrics},
-                "costs": {c: describe([r["costs"][c] for r in rs]) for c in
+                "kind": rs[0].kind, "E": rs[0].E, "seeds": sorted(r.seed for r in rs),
+                "metrics": {m: describe([r.metrics[m] for r in rs if m in r.metrics]) for m in metrics},
+                "costs": {c: describe([r.costs[c] for r in rs]) for c in
                           ("trainable_params", "frozen_params", "forward_macs_per_sample", "wall_time_s",
-                           "peak_memory_mb") if all(isinstance(r["costs"].get(c), (int, float)) for r in rs)},
+                           "peak_memory_mb") if all(isinstance(r.costs.get(c), (int, float)) for r in rs)},
                 "provenance": variant_provenance(rs),
             }
         gaps = []
-        by_kind_e = {(rs[0]["kind"], rs[0]["E"]): {r["seed"]: r["metrics"].get(primary) for r in rs}
+        by_kind_e = {(rs[0].kind, rs[0].E): {r.seed: r.metrics.get(primary) for r in rs}
                      for rs in by_variant.values()}
         expansions = sorted({e for _, e in by_kind_e if e is not None})
         for gap_name, left, right in GAPS:
@@ -109,20 +95,21 @@ def summarize(records: list[dict[str, Any]], primary: str, higher_is_better: boo
                 if stats:
                     label = gap_name.replace("lc-frozen", f"lc-frozen@{E}").replace("lc-learnable", f"lc-learnable@{E}")
                     gaps.append({"gap": label, "E": E, **stats})
-        out["groups"][group] = {"variants": variants, "gaps": gaps}
+        out.groups[group] = {"variants": variants, "gaps": gaps}
     return out
 
 
-def variant_provenance(records: list[dict[str, Any]]) -> dict[str, Any]:
+def variant_provenance(records: list[CellRecord]) -> dict[str, Any]:
     """What the cells of one variant did (``provenance`` of their records): spatial inits, train and
     eval precisions, the weights the primary metric came from, and which cells resumed, exactly or not.
 
-    >>> cell = {"id": "frozen__seed0", "provenance": {"init": "orthogonal", "precision": {"train": "bf16", "eval": "fp32"},
-    ...     "primary_weights": "model", "resume": {"resumed": True, "exact": False, "resumes": []}}}
+    >>> cell = CellRecord(id="frozen__seed0", variant="frozen", provenance={"init": "orthogonal",
+    ...     "precision": {"train": "bf16", "eval": "fp32"}, "primary_weights": "model",
+    ...     "resume": {"resumed": True, "exact": False, "resumes": []}})
     >>> variant_provenance([cell])["approximate_resumes"], variant_provenance([cell])["precision_train"]
     (['frozen__seed0'], ['bf16'])
     """
-    provenance = [(r["id"], r.get("provenance") or {}) for r in records]
+    provenance = [(r.id, r.provenance or {}) for r in records]
 
     def values(get: Any) -> list[str]:
         return sorted({str(get(p)) if get(p) is not None else "not recorded" for _, p in provenance})
@@ -169,11 +156,11 @@ def _fmt(stats: dict[str, Any], scale: float = 1.0) -> str:
     return f"{stats['mean'] * scale:.4f} ± {stats['std'] * scale:.4f}"
 
 
-def markdown_table(summary: dict[str, Any]) -> str:
+def markdown_table(summary: SummaryRecord) -> str:
     """The variant table and the gap table, as Markdown (also what ``lcdense run`` prints)."""
-    primary = summary["primary_metric"]
+    primary = summary.primary_metric
     lines: list[str] = []
-    for group, content in summary["groups"].items():
+    for group, content in summary.groups.items():
         if group:
             lines += [f"### {group}", ""]
         lines += [f"| variant | seeds | {primary} (mean ± std) | trainable params | MACs/sample | time/cell (s) |",
@@ -193,8 +180,8 @@ def markdown_table(summary: dict[str, Any]) -> str:
                 lines.append(f"| {g['gap']} | {g['mean']:+.4f} ± {g['std']:.4f} | {ci} | {g['n']} |")
         lines += provenance_lines(content["variants"])
         lines.append("")
-    if "paper" in summary:
-        lines += paper_table(summary["paper"], primary)
+    if summary.paper:
+        lines += paper_table(summary.paper, primary)
     return "\n".join(lines)
 
 
@@ -202,9 +189,9 @@ PROVENANCE_COLUMNS: tuple[str, ...] = ("init", "precision_train", "precision_eva
                                        "resume_exact")
 
 
-def provenance_row(record: dict[str, Any]) -> list[Any]:
+def provenance_row(record: CellRecord) -> list[Any]:
     """A record's :data:`PROVENANCE_COLUMNS` (empty where an older record has none)."""
-    p = record.get("provenance") or {}
+    p = record.provenance or {}
     precision, resume = p.get("precision", {}), p.get("resume", {})
     return [p.get("init"), precision.get("train"), precision.get("eval"), p.get("primary_weights"),
             resume.get("resumed"), resume.get("exact")]
@@ -251,24 +238,24 @@ def paper_table(block: dict[str, Any], primary: str) -> list[str]:
     return lines + [""]
 
 
-def results_csv(records: list[dict[str, Any]]) -> str:
+def results_csv(records: list[CellRecord]) -> str:
     """One row per cell: identity, every metric, digests and costs."""
-    metric_names = sorted({k for r in records for k in r["metrics"]})
-    axis_names = sorted({k for r in records for k in r.get("axes", {})})
+    metric_names = sorted({k for r in records for k in r.metrics})
+    axis_names = sorted({k for r in records for k in r.axes})
     cost_names = ["trainable_params", "frozen_params", "total_params", "forward_macs_per_sample", "train_time_s",
                   "wall_time_s", "peak_memory_mb", "peak_memory_kind", "device", "data_wait_share"]
-    paper = ["paper_experiment", "paper_scale"] if any("paper" in r for r in records) else []
+    paper = ["paper_experiment", "paper_scale"] if any(r.paper for r in records) else []
     header = ["id", "task", "variant", "mode", "spatial", "E", *axis_names, "seed", "init_seed", "data_seed",
               *metric_names, "frozen_digest_before", "frozen_digest_after", *cost_names, *PROVENANCE_COLUMNS, *paper]
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(header)
     for r in records:
-        writer.writerow([r["id"], r["task"], r["variant"], r["mode"], r["spatial"], r["E"],
-                         *(r.get("axes", {}).get(a) for a in axis_names), r["seed"], r["init_seed"], r["data_seed"],
-                         *(r["metrics"].get(m) for m in metric_names), r["frozen_digest_before"],
-                         r["frozen_digest_after"], *(r["costs"].get(c) for c in cost_names), *provenance_row(r),
-                         *((r.get("paper", {}).get("experiment"), r.get("paper", {}).get("scale")) if paper else ())])
+        writer.writerow([r.id, r.task, r.variant, r.mode, r.spatial, r.E,
+                         *(r.axes.get(a) for a in axis_names), r.seed, r.init_seed, r.data_seed,
+                         *(r.metrics.get(m) for m in metric_names), r.frozen_digest_before,
+                         r.frozen_digest_after, *(r.costs.get(c) for c in cost_names), *provenance_row(r),
+                         *(((r.paper or {}).get("experiment"), (r.paper or {}).get("scale")) if paper else ())])
     return buffer.getvalue()
 
 
@@ -283,11 +270,13 @@ def _paper_settings(run_dir: Path) -> dict[str, Any] | None:
     return paper if paper.get("experiment") else None
 
 
-def write_report(run_dir: Path, primary: str, higher_is_better: bool, extra_sections: list[str] = ()) -> str:
-    """(Re)write results.csv, summary.json, summary.md and figures of ``run_dir``; returns the table."""
+def write_report(run_dir: Path, primary: str, higher_is_better: bool,
+                 extra_sections: list[str] = ()) -> tuple[SummaryRecord, str]:
+    """(Re)write results.csv, summary.json, summary.md and figures of ``run_dir``; returns the
+    summary and its Markdown table (with the paper column where the run reproduces a paper experiment)."""
     from .plots import plot_run
 
-    records = load_records(run_dir)
+    records = read_cells(run_dir)
     if not records:
         from .errors import LcdenseError
 
@@ -297,12 +286,12 @@ def write_report(run_dir: Path, primary: str, higher_is_better: bool, extra_sect
     if paper:
         from .paper import compare, get_experiment
 
-        summary["paper"] = compare(summary, get_experiment(paper["experiment"]), paper["scale"], paper["overrides"])
+        summary.paper = compare(summary, get_experiment(paper["experiment"]), paper["scale"], paper["overrides"])
     write_text(run_dir / "results.csv", results_csv(records))
-    write_json(run_dir / "summary.json", summary)
+    write_summary(run_dir, summary)
     figures = plot_run(run_dir, records, summary)
     table = markdown_table(summary)
-    title = f"# {records[0]['task']} run `{run_dir.name}`"
+    title = f"# {records[0].task} run `{run_dir.name}`"
     if paper:
         title += f": paper experiment {paper['experiment']}, {paper['scale']} scale"
     parts = [title, "",
@@ -311,4 +300,13 @@ def write_report(run_dir: Path, primary: str, higher_is_better: bool, extra_sect
     parts += [f"![{Path(f).stem}]({f})" for f in figures]
     parts += ["", *extra_sections]
     write_text(run_dir / "summary.md", "\n".join(parts) + "\n")
-    return table
+    return summary, table
+
+
+class Report(Callback):
+    """The run's report as a callback: at run end, ``results.csv``, ``summary.json``,
+    ``summary.md`` (with the sections other callbacks added) and the figures."""
+
+    def on_run_end(self, event: RunEnd) -> None:
+        event.summary, event.table = write_report(event.run_dir, event.plan.primary_metric,
+                                                  event.plan.higher_is_better, event.sections)

@@ -22,6 +22,7 @@ from torch import nn
 
 from .convert import ConversionReport
 from .distributed import World
+from .events import EpochEnd, Events
 from .provenance import Provenance
 from .registry import Registry
 
@@ -51,7 +52,9 @@ class Cell:
     global batch with ``cell.world.shard(indices)``; ``train.batch_size`` stays the global batch.
     ``gpus`` lists the GPUs of a task that launches its own workers (``data_parallel = "own"``).
     ``init`` is the init of the cell's converted spatial filters. A task notes what it actually did
-    (precision, resume, which weights it evaluated) in ``provenance``.
+    (precision, resume, which weights it evaluated) in ``provenance``. A task reports every finished
+    epoch with :meth:`epoch_end` (the shared :func:`lcdense.train_loop` does it), which delivers it to
+    the run's callbacks.
     """
 
     variant: str
@@ -67,6 +70,14 @@ class Cell:
     gpus: tuple[int, ...] = ()
     init: str = "kaiming_uniform"
     provenance: Provenance = field(default_factory=Provenance)
+    id: str = ""
+    events: Events = field(default_factory=Events)
+
+    def epoch_end(self, metrics: dict[str, Any], epochs: int | None = None) -> None:
+        """Report a finished epoch (its history entry, with ``epoch`` counted from 1) to the callbacks."""
+        if self.world.is_main:
+            self.events.emit(EpochEnd(cell_id=self.id or f"{self.variant}__seed{self.seed}", epoch=int(metrics["epoch"]),
+                                      metrics=dict(metrics), variant=self.variant, seed=self.seed, epochs=epochs))
 
     @property
     def checkpoint_path(self) -> Path:

@@ -23,7 +23,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from .distributed import average_running_stats, wrap
 from .errors import LcdenseError
 from .precondition import PreconditionedConv, check_preconditioned_optimizer
 from .provenance import autocast_precision
@@ -166,7 +165,7 @@ def train_loop(
         cell.log(f"resumed {cell.variant} seed {cell.seed} after epoch {start}")
     if start < settings.epochs:
         cell.provenance.trained_in(autocast_precision(settings.amp, cell.device))
-    net = wrap(model, world, cell.device)
+    net = world.data_parallel(model, cell.device)
     for epoch in range(start, settings.epochs):
         torch.manual_seed(epoch_seed(cell.data_seed + world.rank, epoch))
         model.train()
@@ -189,7 +188,7 @@ def train_loop(
             tick = time.perf_counter()
         if count == 0:
             raise LcdenseError("the training set yields no batch; lower train.batch_size or add data")
-        average_running_stats(model, world)
+        world.average_running_stats(model)
         elapsed = time.perf_counter() - began
         record = {"epoch": epoch + 1, "train_loss": world.mean(total / count), "lr": scheduler.get_last_lr()[0],
                   "epoch_time_s": elapsed, "data_wait_share": waited / elapsed}
@@ -200,7 +199,5 @@ def train_loop(
             cell.save_checkpoint({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                   "scheduler": scheduler.state_dict(), "history": history,
                                   "provenance": cell.provenance.state()})
-        if not cell.quiet:
-            shown = ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "epoch")
-            cell.log(f"  {cell.variant} s{cell.seed} epoch {epoch + 1}/{settings.epochs}: {shown}")
+        cell.epoch_end(record, settings.epochs)
     return history

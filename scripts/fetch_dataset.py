@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from lcdense import LcdenseError
-from tasks.classification.data import download
+from lcdense_tasks.classification.data import download
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,13 +21,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from lcdense import convert, frozen_digest  # noqa: E402
-from lcdense.config import load_yaml, resolve  # noqa: E402
-from lcdense.variants import Variant  # noqa: E402
-from tasks.classification import ClassificationTask  # noqa: E402
-from tasks.classification.timm_recipe import loss_for, optimizer_and_schedule  # noqa: E402
+from lcdense import convert, frozen_digest
+from lcdense.config import load_yaml, resolve
+from lcdense.variants import Variant
+from lcdense_tasks.classification import ClassificationTask
+from lcdense_tasks.classification.timm_recipe import loss_for, optimizer_and_schedule
 
 A2 = Path(__file__).resolve().parents[1] / "configs" / "classification" / "imagenet_resnet18d_rsb_a2.yaml"
 
@@ -98,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps <= args.warmup:
         p.error("--steps must exceed --warmup")
     device = torch.device(args.device)
-    config = resolve(ClassificationTask().default_config(), load_yaml(A2), {}, [f"data.image_size={args.size}"])
+    config = resolve(ClassificationTask().default_config(), load_yaml(A2), {"data.image_size": args.size})
     if args.model:
         config["model"]["name"] = args.model
     if device.type == "cuda":

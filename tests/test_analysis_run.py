@@ -1,7 +1,6 @@
 """Run-level filter analysis (lcdense.analysis.analyze_run) and ``lcdense analyze``."""
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 from pathlib import Path
@@ -10,8 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from lcdense import LcdenseError, analysis, cli, convert
+from lcdense import LcdenseError, cli, convert
 from lcdense.analysis import analyze_run, filter_variance_entropy, save_filters, variance_entropy
+from lcdense.records import CellRecord, write_cell
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -38,10 +38,9 @@ def _make_cell(run: Path, variant: str, seed: int, stem_kernel: int = 3, kernel:
     cell_dir = run / "cells" / f"{variant}{''.join(f'__{k}={v}' for k, v in axes.items())}__seed{seed}"
     cell_dir.mkdir(parents=True)
     save_filters(model, cell_dir / "filters.pt")
-    record = {"variant": variant, "kind": kind, "mode": mode, "spatial": spatial, "E": E, "axes": axes,
-              "seed": seed, "status": status, "primary_metric": "top1",
-              "metrics": {"top1": 0.5 + (E or 0) / 100 + seed / 1000 + (kernel or 3) / 10000}}
-    (cell_dir / "cell.json").write_text(json.dumps(record))
+    write_cell(cell_dir, CellRecord(id=cell_dir.name, variant=variant, mode=mode, spatial=spatial, axes=axes, seed=seed,
+                                    status=status, primary_metric="top1",
+                                    metrics={"top1": 0.5 + (E or 0) / 100 + seed / 1000 + (kernel or 3) / 10000}))
     return model
 
 
@@ -61,7 +60,8 @@ def sweep_run(tmp_path_factory) -> tuple[Path, dict, dict]:
 def test_sweep_writes_json_csv_markdown_and_figures(sweep_run):
     run, (section, on_disk), _ = sweep_run
     assert on_disk["format"] == "lcdense-analysis/1" and on_disk["primary_metric"] == "top1"
-    assert list(on_disk["variants"]) == ["learnable", "frozen", "lc-frozen@1", "lc-frozen@4", "lc-learnable@4"]
+    # the one variant order of every report (the summary's): learnable, frozen, then by E, lc-learnable first
+    assert list(on_disk["variants"]) == ["learnable", "frozen", "lc-frozen@1", "lc-learnable@4", "lc-frozen@4"]
     assert len(on_disk["cells"]) == 10
     rows = list(csv.DictReader((run / "analysis.csv").open()))
     assert len(rows) == 10 * 3  # three spatial convs per cell (the 1×1 is not spatial)
@@ -147,21 +147,24 @@ def test_missing_or_invalid_run_directories_raise_one_clear_error(tmp_path):
     (tmp_path / "cells" / "x__seed0" / "cell.json").write_text("{not json")
     with pytest.raises(LcdenseError, match="cannot read cell file"):
         analyze_run(tmp_path)
-    (tmp_path / "cells" / "x__seed0" / "cell.json").write_text(json.dumps({"variant": "x", "seed": 0,
+    (tmp_path / "cells" / "x__seed0" / "cell.json").write_text(json.dumps({"variant": "x", "seed": 0}))
+    with pytest.raises(LcdenseError, match="cell record . lacks id; it was not written by lcdense"):
+        analyze_run(tmp_path)
+    (tmp_path / "cells" / "x__seed0" / "cell.json").write_text(json.dumps({"format": "lcdense-cell/9", "id": "x"}))
+    with pytest.raises(LcdenseError, match="cell record x is format lcdense-cell/9; this lcdense reads lcdense-cell/1"):
+        analyze_run(tmp_path)
+    (tmp_path / "cells" / "x__seed0" / "cell.json").write_text(json.dumps({"id": "x", "variant": "x", "seed": 0,
                                                                             "status": "done"}))
     with pytest.raises(LcdenseError, match="no finished cell with a filters.pt"):
         analyze_run(tmp_path)
 
 
 def test_cli_subcommand(tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(cli.SUBCOMMANDS, "analyze", ("lcdense.analysis", "filter analysis of a run"))
     assert cli.main(["analyze", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("lcdense: error: run directory") and "\n" not in err
     _make_cell(tmp_path, "lc-learnable@2", 0)
-    parser = argparse.ArgumentParser()
-    analysis.add_arguments(parser)
-    assert analysis.run(parser.parse_args([str(tmp_path)])) == 0
+    assert cli.main(["analyze", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert out.startswith("## Filter analysis") and "analysis.json, analysis.csv, analysis.md" in out
     assert (tmp_path / "analysis.json").is_file()

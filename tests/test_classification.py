@@ -15,8 +15,8 @@ from torch import nn
 
 from lcdense import LcdenseError
 from lcdense.cli import main
-from tasks.classification import ClassificationTask, _augment, fgsm
-from tasks.classification.data import (
+from lcdense_tasks.classification import ClassificationTask, _augment, fgsm
+from lcdense_tasks.classification.data import (
     ensure_embedded, load_tensor_dataset, read_cifar100, read_fashion_mnist, read_svhn,
 )
 from lcdense.models import cifar_resnet
@@ -181,7 +181,7 @@ def test_unknown_dataset_and_missing_data(tmp_path, capsys):
 def test_fetching_is_a_separate_setup_script_never_part_of_a_run(tmp_path, capsys):
     import importlib.util
 
-    import tasks.classification as classification
+    import lcdense_tasks.classification as classification
 
     assert "download" not in classification.ClassificationTask().default_config()["data"]
     path = Path(__file__).parents[1] / "scripts" / "fetch_dataset.py"

@@ -30,7 +30,7 @@ def test_config_resolves(path):
     data = load_yaml(path)
     assert data["task"] == path.parent.name
     task = get_task(data["task"])
-    config = resolve(task.default_config(), data, {}, [], where=str(path))
+    config = resolve(task.default_config(), data, {}, where=str(path))
     assert parse_variants(config["run"]["variants"], parse_expansions(config["run"]["E"]))
     assert parse_seeds(config["run"]["seeds"])
     assert int(config["train"]["epochs"] or 1) >= 1

@@ -40,10 +40,10 @@ def test_lc_mode_replaces_convs_and_counts_add_up():
     assert model[4].spatial_weight.shape == (32, 1, 5, 5) and model[4].combine_weight.shape == (8, 4)
     frozen = 32 * 27 + 32 * 25
     assert report.params_after["frozen"] == frozen
-    assert report.params_after["total"] == report.params_after["trainable"] + frozen
     # trainable: the two spatial convs lose their weights and gain P (8x32 and 8x4)
     lost = 8 * 27 + 8 * 25
     assert report.params_after["trainable"] == report.params_before["trainable"] - lost + 8 * 32 + 8 * 4
+    assert report.params_after["total"] == report.params_before["total"] - lost + 8 * 32 + 8 * 4 + frozen
     text = str(report)
     assert "impl=" in text and "trainable parameters" in text and "forward MACs" in text
 

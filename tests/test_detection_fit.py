@@ -13,7 +13,7 @@ import torch
 
 import lcdense
 from lcdense import Cell
-from tasks.detection import DetectionTask
+from lcdense_tasks.detection import DetectionTask
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,7 +68,7 @@ def test_ema_arithmetic_and_the_frozen_copy(setup, monkeypatch: pytest.MonkeyPat
     update, makes them equal again."""
     from ultralytics.utils import torch_utils
 
-    from tasks.detection.trainer import copy_frozen
+    from lcdense_tasks.detection.trainer import copy_frozen
 
     model = lcdense.convert(torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.Conv2d(16, 16, 3)), "lc", E=4,
                             spatial="frozen", seed=0).model
@@ -88,7 +88,7 @@ def test_ema_arithmetic_and_the_frozen_copy(setup, monkeypatch: pytest.MonkeyPat
 
 
 def test_fit_resume_and_evaluate_keep_frozen_filters(setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tasks.detection.trainer import LcdenseDetectionTrainer
+    from lcdense_tasks.detection.trainer import LcdenseDetectionTrainer
 
     task, config, data = setup
     model = fresh_model(task, config, data)
@@ -168,7 +168,7 @@ def test_fit_resume_and_evaluate_keep_frozen_filters(setup, tmp_path: Path, monk
 
 def test_resume_from_fp16_ema_restores_seeded_frozen_filters(setup, tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    from tasks.detection.trainer import LcdenseDetectionTrainer
+    from lcdense_tasks.detection.trainer import LcdenseDetectionTrainer
 
     task, config, data = setup
     model = fresh_model(task, config, data)
@@ -200,7 +200,7 @@ def test_ultralytics_ddp_workers_rebuild_the_lcdense_trainer(setup, tmp_path: Pa
     process, but the same hand-over); fit then reads the workers' result back."""
     from ultralytics.utils.dist import generate_ddp_file
 
-    from tasks.detection.trainer import LcdenseDetectionTrainer
+    from lcdense_tasks.detection.trainer import LcdenseDetectionTrainer
 
     task, config, data = setup
     model = fresh_model(task, config, data)
@@ -246,7 +246,7 @@ def test_detection_cell_records_ema_as_primary_with_both_digests(tmp_path: Path)
 
 
 def test_the_trainer_needs_its_cell_context() -> None:
-    from tasks.detection.trainer import LcdenseDetectionTrainer
+    from lcdense_tasks.detection.trainer import LcdenseDetectionTrainer
 
     with pytest.raises(lcdense.LcdenseError, match="needs its CellContext"):
         LcdenseDetectionTrainer(overrides={})
@@ -270,7 +270,7 @@ def test_fit_and_evaluate_make_no_network_access(tmp_path: Path) -> None:
         import torch
         from pathlib import Path
         from test_detection_fit import tiny_config, fresh_model, make_cell
-        from tasks.detection import DetectionTask
+        from lcdense_tasks.detection import DetectionTask
         task, config = DetectionTask(), tiny_config()
         config["train"]["epochs"] = 1
         data = task.prepare_data(config, Path({str(tmp_path / "cache")!r}))

@@ -9,7 +9,7 @@ import torch
 
 import lcdense
 from lcdense import LcdenseError
-from tasks.detection.offline import load_ultralytics
+from lcdense_tasks.detection.offline import load_ultralytics
 
 NAMES = {0: "circle", 1: "square", 2: "triangle"}
 
@@ -17,7 +17,7 @@ NAMES = {0: "circle", 1: "square", 2: "triangle"}
 @pytest.fixture(scope="module")
 def yolo(tmp_path_factory: pytest.TempPathFactory):
     load_ultralytics(tmp_path_factory.mktemp("cache"))
-    from tasks.detection import trainer
+    from lcdense_tasks.detection import trainer
 
     return trainer
 
@@ -55,9 +55,9 @@ def test_pycocotools_agrees_with_ultralytics_ap(yolo, tmp_path: Path) -> None:
     from ultralytics.models.yolo.detect import DetectionValidator
     from ultralytics.utils.metrics import ap_per_class
 
-    from tasks.detection.evaluation import coco_metrics
-    from tasks.detection.shapes import SHAPE_CLASSES, generate_shapes_voc
-    from tasks.detection.voc import build_yolo_dataset
+    from lcdense_tasks.detection.evaluation import coco_metrics
+    from lcdense_tasks.detection.shapes import SHAPE_CLASSES, generate_shapes_voc
+    from lcdense_tasks.detection.voc import build_yolo_dataset
 
     devkit = generate_shapes_voc(tmp_path, n_trainval=2, n_test=60, size=128)
     ground_truth = build_yolo_dataset(devkit, {"train": ["VOC2007/trainval"], "val": ["VOC2007/test"]}, tmp_path,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import doctest
 import json
 
 import pytest
@@ -12,7 +11,9 @@ import yaml
 
 from lcdense.cli import main
 from lcdense.variants import parse_variants
-from lcdense.paper import agreement, compare, experiments, get_experiment, run_experiment, sweep_arguments
+from lcdense.paper import (agreement, compare, experiment_settings, experiments, get_experiment, run_experiment,
+                           sweep_arguments)
+from lcdense.records import SummaryRecord
 
 
 def _section(text: str, name: str) -> str:
@@ -90,8 +91,8 @@ def test_agreement_is_within_one_published_std():
 
 def test_compare_puts_each_published_number_next_to_the_measured_one():
     stats = lambda mean, std: {"top1": {"mean": mean, "std": std, "n": 4}}  # noqa: E731
-    summary = {"groups": {"": {"variants": {"learnable": {"metrics": stats(0.9250, 0.0020)},
-                                            "lc-frozen@128": {"metrics": stats(0.9100, 0.0030)}}}}}
+    summary = SummaryRecord("top1", True, {"": {"variants": {"learnable": {"metrics": stats(0.9250, 0.0020)},
+                                                            "lc-frozen@128": {"metrics": stats(0.9100, 0.0030)}}}})
     block = compare(summary, get_experiment("table1-cifar10"), "full", [])
     rows = {(r["source"].split(",")[0], r["variant"]): r for r in block["rows"]}
     assert len(rows) == 6
@@ -104,7 +105,7 @@ def test_compare_puts_each_published_number_next_to_the_measured_one():
     assert rows[("ICLR 2024 submission", "lc-learnable@128")]["within_published_spread"] == "not measured"
     assert "published std" in block["definition"]
     # appendix C: published numbers are matched to their sweep point
-    appc = {"groups": {"mid=relu": {"variants": {"lc-frozen@64": {"metrics": stats(0.9270, 0.003)}}}}}
+    appc = SummaryRecord("top1", True, {"mid=relu": {"variants": {"lc-frozen@64": {"metrics": stats(0.9270, 0.003)}}}})
     row = next(r for r in compare(appc, get_experiment("appendix-c-block-ops"), "full", [])["rows"]
                if r["measured"])
     assert (row["group"], row["published_mean"], row["within_published_spread"]) == ("mid=relu", 92.78, "yes")
@@ -113,6 +114,8 @@ def test_compare_puts_each_published_number_next_to_the_measured_one():
 
 
 def _planned(experiment, scale, **kwargs):
+    """The run the printed ``lcdense sweep`` command plans; it must be the run that run_experiment plans."""
+    from lcdense.api import _new_run
     from lcdense.commands import run as run_command
     from lcdense.commands import sweep as sweep_command
 
@@ -120,7 +123,11 @@ def _planned(experiment, scale, **kwargs):
     sweep_command.add_arguments(parser)
     args = parser.parse_args(sweep_arguments(experiment, scale, **kwargs))
     axes = {a: sweep_command._values(getattr(args, a), a) for a in sweep_command.AXES if getattr(args, a)}
-    return run_command._new_run(args, axes)
+    planned = _new_run(args.task, args.config, axes, run_command.settings(args))
+    recipe, direct_axes, settings = experiment_settings(experiment, scale, seeds=kwargs.get("seeds"))
+    direct = _new_run(None, recipe, direct_axes, settings)
+    assert planned[0] == direct[0] and [c.id for c in planned[2]] == [c.id for c in direct[2]]
+    return planned
 
 
 @pytest.mark.parametrize("name", [n for n, e in experiments().items() if e.recipe])
@@ -150,19 +157,13 @@ def test_seed_override_is_recorded_as_a_change():
     assert config["paper"]["overrides"] == ["run.seeds=[0, 1]"]
 
 
-def test_paper_doctests_run():
-    import importlib
-
-    for name in ("lcdense.paper", "lcdense.paper.comparison", "lcdense.paper.listing", "lcdense.paper.registry",
-                 "lcdense.paper.run", "lcdense.summary", "lcdense.plots"):
-        result = doctest.testmod(importlib.import_module(name))
-        assert result.attempted and not result.failed, name
-
 
 def test_smoke_run_end_to_end_is_labelled_and_claims_no_agreement(tmp_path, capsys):
-    run_dir = run_experiment("table1-svhn", scale="smoke", out=tmp_path, run_name="smoke", device="cpu",
-                             quiet=True, analysis=False)
-    assert run_dir == tmp_path / "classification" / "smoke"
+    result = run_experiment("table1-svhn", scale="smoke", out=tmp_path, run_name="smoke", device="cpu",
+                            quiet=True, analysis=False)
+    run_dir = result.run_dir
+    assert run_dir == tmp_path / "classification" / "smoke" and result.complete
+    assert result.summary.paper["scale"] == "smoke"
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert config["paper"] == {"experiment": "table1-svhn", "scale": "smoke",
                                "recipe": "configs/classification/svhn_resnet_lc_20_16.yaml", "overrides": []}

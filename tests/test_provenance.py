@@ -12,6 +12,7 @@ import torch
 from lcdense.analysis import load_filters
 from lcdense.cli import main
 from lcdense.provenance import autocast_precision
+from lcdense.records import CellRecord
 from lcdense.summary import markdown_table, results_csv, summarize
 
 CONFIGS = Path(__file__).parents[1] / "configs" / "classification"
@@ -33,7 +34,7 @@ def test_paper_recipe_configs_train_in_fp32(path):
     from lcdense.task import get_task
 
     assert len(PAPER_CONFIGS) == 4
-    config = resolve(get_task("classification").default_config(), load_yaml(path), {}, [], where=str(path))
+    config = resolve(get_task("classification").default_config(), load_yaml(path), {}, where=str(path))
     assert config["train"]["amp"] is False
     assert autocast_precision(config["train"]["amp"], torch.device("cuda")) == "fp32"
     assert autocast_precision(True, torch.device("cuda")) == "bf16"  # the default would autocast on a GPU
@@ -77,7 +78,7 @@ def test_init_sweep_keeps_the_baseline_at_the_default_init(toy_installed, tmp_pa
     assert swept["frozen"]["frozen_digest_before"] != plain["frozen"]["frozen_digest_before"]
     summary = (sweep / "summary.md").read_text()
     assert "Spatial init: learnable kaiming_uniform; frozen orthogonal" in summary
-    rows = results_csv([swept["learnable"], swept["frozen"]]).splitlines()
+    rows = results_csv([CellRecord.from_dict(swept["learnable"]), CellRecord.from_dict(swept["frozen"])]).splitlines()
     assert rows[0].split(",")[-6:] == ["init", "precision_train", "precision_eval", "primary_weights", "resumed",
                                        "resume_exact"]
     assert rows[1].split(",")[-6:] == ["kaiming_uniform", "fp32", "fp32", "model", "False", ""]
@@ -129,7 +130,7 @@ def test_preconditioned_under_plain_sgd_passes_the_check():
     from lcdense.variants import parse_variants
 
     task = get_task("classification")
-    config = resolve(task.default_config(), {}, {}, ["conversion.impl=preconditioned"])
+    config = resolve(task.default_config(), {}, {"conversion.impl": "preconditioned"})
     check_before_training(task, config, plan_cells(parse_variants(["lc-frozen"], [2]), [0], {}))
 
 
@@ -152,8 +153,8 @@ def test_resumed_cells_say_from_where_and_the_summary_flags_approximate_ones():
         record("frozen__seed0", "frozen",
                resume={"after_epoch": 5, "source": "ultralytics_fp16_ema", "exact": False, "data_order": "restarted"}),
     ]
-    summary = summarize(records, "map50_95", True)
-    variants = summary["groups"][""]["variants"]
+    summary = summarize([CellRecord.from_dict(r) for r in records], "map50_95", True)
+    variants = summary.groups[""]["variants"]
     assert variants["learnable"]["provenance"]["resumed"] == ["learnable__seed0"]
     assert variants["learnable"]["provenance"]["approximate_resumes"] == []
     assert variants["frozen"]["provenance"]["approximate_resumes"] == ["frozen__seed0"]

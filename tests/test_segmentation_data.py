@@ -11,15 +11,15 @@ from PIL import Image
 
 from lcdense import LcdenseError
 from lcdense.training import epoch_generator
-from tasks.segmentation.data import MEAN, STD, PairDataset, read_pair, train_batches
-from tasks.segmentation.embedded import (
+from lcdense_tasks.segmentation.data import MEAN, STD, PairDataset, read_pair, train_batches
+from lcdense_tasks.segmentation.embedded import (
     embedded_root,
     ensure_embedded,
     generate_carvana,
     generate_lgg,
     rle_encode,
 )
-from tasks.segmentation.layouts import (
+from lcdense_tasks.segmentation.layouts import (
     carvana_samples,
     check_sizes,
     lgg_samples,

@@ -8,10 +8,10 @@ import torch
 
 import lcdense
 from lcdense import Cell, LcdenseError
-from tasks.segmentation import PROFILES, SegmentationTask
-from tasks.segmentation.embedded import generate_carvana, generate_lgg
-from tasks.segmentation.metrics import ConfusionCounts
-from tasks.segmentation.model import SCOPES, init_sources
+from lcdense_tasks.segmentation import PROFILES, SegmentationTask
+from lcdense_tasks.segmentation.embedded import generate_carvana, generate_lgg
+from lcdense_tasks.segmentation.metrics import ConfusionCounts
+from lcdense_tasks.segmentation.model import SCOPES, init_sources
 
 
 def _tiny_config(root: Path, dataset: str = "carvana", epochs: int = 2) -> dict:

@@ -15,10 +15,10 @@ import torch
 from lcdense import convert, frozen_digest, frozen_tensors
 from lcdense.cli import main
 from lcdense.models import create_model
-from tasks.classification import IMAGENET_STATS, ClassificationTask
-from tasks.classification.imagenet import ensure_embedded_imagefolder
-from tasks.classification.models import Normalized
-from tasks.classification.timm_recipe import loss_for, optimizer_and_schedule
+from lcdense_tasks.classification import IMAGENET_STATS, ClassificationTask
+from lcdense_tasks.classification.imagenet import ensure_embedded_imagefolder
+from lcdense_tasks.classification.models import Normalized
+from lcdense_tasks.classification.timm_recipe import loss_for, optimizer_and_schedule
 
 A2 = str(Path(__file__).parents[1] / "configs" / "classification" / "imagenet_resnet18d_rsb_a2.yaml")
 # the A2 config at CI size: timm's small test ResNet (deep 3x3 stem like resnet18d), 32 px, 2 epochs
@@ -216,7 +216,7 @@ def test_sharded_evaluation_counts_every_val_image_once(size, ranks):
     from timm.data.distributed_sampler import OrderedDistributedSampler
 
     from lcdense.distributed import World
-    from tasks.classification.timm_recipe import _rank_batches
+    from lcdense_tasks.classification.timm_recipe import _rank_batches
 
     data = torch.utils.data.TensorDataset(torch.arange(size).float().view(-1, 1), torch.arange(size))
     seen = []

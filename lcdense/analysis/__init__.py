@@ -8,7 +8,6 @@ with :func:`save_filters` after each cell and calls :func:`analyze_run` at the e
 >>> filter_variance_entropy(torch.randn(64, 16, 3, 3, generator=torch.Generator().manual_seed(0))) > 0.99
 True
 """
-from .command import add_arguments, run
 from .filters import filter_records, load_filters, save_filters
 from .metrics import (
     basis_diagnostics,
@@ -19,10 +18,11 @@ from .metrics import (
     variance_entropy,
     welch_bound,
 )
-from .report import analyze_cell, analyze_run
+from .report import FilterAnalysis, SaveFilters, analyze_cell, analyze_run
 
 __all__ = [
-    "add_arguments",
+    "FilterAnalysis",
+    "SaveFilters",
     "analyze_cell",
     "analyze_run",
     "basis_diagnostics",
@@ -31,7 +31,6 @@ __all__ = [
     "gram_basis_diagnostics",
     "load_filters",
     "randomness_threshold",
-    "run",
     "save_filters",
     "spatial_variance_map",
     "variance_entropy",

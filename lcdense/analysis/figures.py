@@ -1,11 +1,11 @@
 """The figures of the filter analysis (PNG, matplotlib's Agg canvas; no pyplot, no global state).
 
 Each function draws one figure from analysed cells and writes it atomically; :func:`draw_all`
-draws every figure that the run's variants support and returns their paths.
+draws every figure that the run's variants support and returns their paths. Colours (one per
+variant family), line styles and saving come from :mod:`lcdense.style`, as in the summary's figures.
 """
 from __future__ import annotations
 
-import io
 import math
 import re
 from pathlib import Path
@@ -16,23 +16,19 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from ..files import write_bytes
+from ..style import color, line_style, save_figure
 
 if TYPE_CHECKING:
     from .report import CellAnalysis
 
 CellGroups = dict[str, list["CellAnalysis"]]  # variant -> its analysed cells, seed order
 
-DPI = 110
 _MAX_FILTERS = 64
 _MAX_CHANNELS = 16
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI)
-    write_bytes(path, buffer.getvalue())
-    return path
+    return save_figure(fig, path)
 
 
 def slug(variant: str) -> str:
@@ -40,18 +36,26 @@ def slug(variant: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", variant.replace("@", "_E")).strip("_")
 
 
-def _colors(names: list[str]) -> dict[str, tuple]:
-    from matplotlib import colormaps
+def _colors(names: list[str]) -> dict[str, str]:
+    """Each name's colour: its family's (the same in every figure of every report)."""
+    return {name: color(name) for name in names}
 
-    cmap = colormaps["tab10" if len(names) <= 10 else "tab20"]
-    return {name: cmap(i % cmap.N) for i, name in enumerate(names)}
+
+def _styles(names: list[str]) -> dict[str, dict[str, str]]:
+    """Line style and marker of each name, counted within its family (names of one family share a colour)."""
+    seen: dict[str, int] = {}
+    out = {}
+    for name in names:
+        index = seen[color(name)] = seen.get(color(name), -1) + 1
+        out[name] = line_style(index)
+    return out
 
 
 def fve_per_layer(groups: CellGroups, path: Path) -> Path | None:
     """Normalised FVE of every 3×3 layer (module order), one line per variant (seed mean ± std)."""
     fig = Figure(figsize=(8, 4.5), layout="constrained")
     ax = fig.add_subplot()
-    colors = _colors(list(groups))
+    colors, styles = _colors(list(groups)), _styles(list(groups))
     drawn = False
     for name, cells in groups.items():
         values = np.array([[layer["fve"] if layer["fve"] is not None else np.nan for layer in c.layers]
@@ -61,7 +65,7 @@ def fve_per_layer(groups: CellGroups, path: Path) -> Path | None:
             continue
         x = np.arange(1, values.shape[1] + 1)[measured]
         mean = values[:, measured].mean(axis=0)
-        ax.plot(x, mean, marker="o", ms=3, color=colors[name], label=f"{name} (n={len(cells)})")
+        ax.plot(x, mean, ms=3, color=colors[name], label=f"{name} (n={len(cells)})", **styles[name])
         if len(cells) > 1:
             std = values[:, measured].std(axis=0, ddof=1)
             ax.fill_between(x, mean - std, mean + std, color=colors[name], alpha=0.15)
@@ -97,12 +101,13 @@ def fve_vs_expansion(variants: dict[str, dict], path: Path) -> Path | None:
     fig = Figure(figsize=(11, 4.2), layout="constrained")
     axes = fig.subplots(1, 2)
     colors = _colors(list(families) + [n for n, v in variants.items() if v["E"] is None])
+    styles = _styles(list(families))
     for ax, end in zip(axes, ("first", "last")):
         for family, names in families.items():
             e = [variants[n]["E"] for n in names]
             mean = [np.nan if variants[n][f"{end}_mean"] is None else variants[n][f"{end}_mean"] for n in names]
             std = [variants[n][f"{end}_std"] or 0.0 for n in names]
-            ax.errorbar(e, mean, yerr=std, marker="o", capsize=3, color=colors[family], label=family)
+            ax.errorbar(e, mean, yerr=std, capsize=3, color=colors[family], label=family, **styles[family])
         for name, v in variants.items():
             if v["E"] is None and v[f"{end}_mean"] is not None:
                 ax.axhline(v[f"{end}_mean"], color=colors[name], ls="--", lw=1.2, label=f"{name} (no E)")
@@ -191,14 +196,14 @@ def basis_spectrum(groups: CellGroups, path: Path) -> Path | None:
         return None
     fig = Figure(figsize=(11, 4.2), layout="constrained")
     axes = fig.subplots(1, 2)
-    colors = _colors(list(lc))
+    colors, styles = _colors(list(lc)), _styles(list(lc))
     for ax, end in zip(axes, ("first", "last")):
         for name, cell in lc.items():
             indices = [i for i, s in enumerate(cell.spectra) if s is not None]
             i = indices[0] if end == "first" else indices[-1]
             s = cell.spectra[i].double().numpy()
             layer = cell.layers[i]
-            ax.semilogy(np.arange(1, len(s) + 1), s / s[0], color=colors[name],
+            ax.semilogy(np.arange(1, len(s) + 1), s / s[0], color=colors[name], linestyle=styles[name]["linestyle"],
                         label=f"{name} ({layer['bank_rows']}×{layer['bank_cols']})")
         ax.set(xlabel="singular value index i", ylabel="s_i / s_1", title=f"{end} LC layer ({layer['layer']})")
         ax.grid(alpha=0.3, which="both")

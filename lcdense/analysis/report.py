@@ -19,9 +19,13 @@ from pathlib import Path
 import torch
 
 from ..errors import LcdenseError
+from ..events import Callback, CellEnd, RunEnd
 from ..files import write_text
+from ..records import CellRecord, read_cell, read_summary
+from ..style import variant_order
+from ..summary import paired_gap, sweep_point
 from . import figures
-from .filters import load_filters
+from .filters import load_filters, save_filters
 from .metrics import COHERENCE_MAX_ROWS, is_normalizable, randomness_threshold, spatial_variance_map, variance_entropy
 
 FORMAT = "lcdense-analysis/1"
@@ -52,7 +56,7 @@ class CellAnalysis:
     @property
     def point(self) -> str:
         """The sweep point other than E and seed, e.g. ``width=32`` ('' for a plain run)."""
-        return ",".join(f"{k}={v}" for k, v in sorted(self.axes.items()))
+        return sweep_point(self.axes)
 
     @property
     def label(self) -> str:
@@ -63,16 +67,6 @@ class CellAnalysis:
     def family(self) -> str:
         """The line a sweep over E draws: the variant's kind at its sweep point."""
         return f"{self.kind} [{self.point}]" if self.point else self.kind
-
-
-def _read_json(path: Path, what: str) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise LcdenseError(f"cannot read {what} {path} ({type(exc).__name__}); fix or delete the file") from None
-    if not isinstance(data, dict):
-        raise LcdenseError(f"{what} {path} must hold a JSON object")
-    return data
 
 
 def layer_metrics(index: int, record: dict) -> dict:
@@ -91,14 +85,12 @@ def layer_metrics(index: int, record: dict) -> dict:
     return row
 
 
-def analyze_cell(cell: dict, payload: dict) -> CellAnalysis:
-    """Metrics of one cell from its ``cell.json`` content and its loaded ``filters.pt``."""
+def analyze_cell(cell: CellRecord, payload: dict) -> CellAnalysis:
+    """Metrics of one cell from its record and its loaded ``filters.pt``."""
     records = payload["layers"]
-    variant, E = str(cell["variant"]), cell.get("E")
     analysis = CellAnalysis(
-        variant=variant, seed=int(cell["seed"]), E=E, mode=cell.get("mode"), spatial=cell.get("spatial"),
-        kind=cell.get("kind") or (variant.removesuffix(f"@{E}") if E is not None else variant),
-        axes=dict(cell.get("axes") or {}), metrics=dict(cell.get("metrics") or {}),
+        variant=cell.variant, seed=int(cell.seed), E=cell.E, mode=cell.mode, spatial=cell.spatial, kind=cell.kind,
+        axes=dict(cell.axes), metrics=dict(cell.metrics),
         layers=[layer_metrics(i, r) for i, r in enumerate(records)],
         spectra=[(r.get("bank") or {}).get("singular_values") for r in records],
     )
@@ -112,9 +104,9 @@ def analyze_cell(cell: dict, payload: dict) -> CellAnalysis:
     return analysis
 
 
-def load_cells(run_dir: Path, notes: list[str], records: list[dict]) -> list[CellAnalysis]:
+def load_cells(run_dir: Path, notes: list[str], records: list[CellRecord]) -> list[CellAnalysis]:
     """Analyse every finished cell under ``run_dir/cells`` that has a ``filters.pt`` (their
-    ``cell.json`` contents are appended to ``records``, what was skipped and why to ``notes``)."""
+    records are appended to ``records``, what was skipped and why to ``notes``)."""
     cells_dir = run_dir / "cells"
     if not cells_dir.is_dir():
         raise LcdenseError(f"{run_dir} has no cells/ directory; pass the directory of an lcdense run "
@@ -124,12 +116,11 @@ def load_cells(run_dir: Path, notes: list[str], records: list[dict]) -> list[Cel
         if not (cell_dir / "cell.json").is_file():
             notes.append(f"{cell_dir.name}: no cell.json, skipped")
             continue
-        cell = _read_json(cell_dir / "cell.json", "cell file")
-        missing = [key for key in ("variant", "seed") if key not in cell]
-        if missing:
-            raise LcdenseError(f"{cell_dir / 'cell.json'} lacks {', '.join(missing)}; it was not written by lcdense")
-        if cell.get("status") != "done":
-            notes.append(f"{cell_dir.name}: status '{cell.get('status')}', skipped")
+        cell = read_cell(cell_dir)
+        if cell is None:
+            raise LcdenseError(f"cannot read cell file {cell_dir / 'cell.json'}; fix or delete the file")
+        if not cell.done:
+            notes.append(f"{cell_dir.name}: status '{cell.status}', skipped")
         elif not (cell_dir / "filters.pt").is_file():
             notes.append(f"{cell_dir.name}: no filters.pt, skipped")
         else:
@@ -158,10 +149,9 @@ def _end_layer(cell: CellAnalysis, last: bool) -> dict | None:
 
 
 def group_cells(cells: list[CellAnalysis]) -> dict[str, list[CellAnalysis]]:
-    """Cells by label (variant at its sweep point) in reading order: per sweep point learnable,
-    frozen, then the other kinds, each by E; the cells of a label by seed."""
-    rank = {BASELINE: 0, "frozen": 1}
-    keyed = {c.label: (c.point, rank.get(c.kind, 2), c.kind, c.E or 0) for c in cells}
+    """Cells by label (variant at its sweep point) in the one variant order of every report
+    (:func:`lcdense.style.variant_order`) within each sweep point; the cells of a label by seed."""
+    keyed = {c.label: (c.point, variant_order(c.variant)) for c in cells}
     return {label: sorted((c for c in cells if c.label == label), key=lambda c: c.seed)
             for label in sorted(keyed, key=keyed.get)}
 
@@ -273,12 +263,23 @@ def markdown_section(variants: dict[str, dict], primary: str | None, run_figures
     return "\n".join(lines)
 
 
-def _primary_metric(run_dir: Path, records: list[dict]) -> str | None:
-    named = {r.get("primary_metric") for r in records} - {None}
+def _primary_metric(run_dir: Path, records: list[CellRecord]) -> str | None:
+    named = {r.primary_metric for r in records} - {None}
     if len(named) == 1:
         return named.pop()
-    summary_path = run_dir / "summary.json"
-    return _read_json(summary_path, "run summary").get("primary_metric") if summary_path.is_file() else None
+    summary = read_summary(run_dir)
+    return summary.primary_metric if summary else None
+
+
+def _gaps_vs_baseline(variants: dict[str, dict], cells: dict[str, list[CellAnalysis]], primary: str | None) -> None:
+    """Each variant's gap in the primary metric to the baseline at its sweep point, paired by seed
+    (:func:`lcdense.summary.paired_gap`, as in the summary); None without a common seed."""
+    for label, v in variants.items():
+        base = next((b for b, bv in variants.items() if bv["kind"] == BASELINE and bv["axes"] == v["axes"]), None)
+        own = {c.seed: c.metrics[primary] for c in cells[label] if primary in c.metrics}
+        other = {c.seed: c.metrics[primary] for c in cells[base] if primary in c.metrics} if base else {}
+        gap = paired_gap(own, other) if primary else None
+        v["gap_vs_learnable"] = gap["mean"] if gap else None
 
 
 def analyze_run(run_dir: str | os.PathLike) -> str:
@@ -294,15 +295,12 @@ def analyze_run(run_dir: str | os.PathLike) -> str:
         raise LcdenseError(f"run directory {run_dir} does not exist; pass the directory of an lcdense run "
                            "(runs/<task>/<name>)")
     notes: list[str] = []
-    records: list[dict] = []
+    records: list[CellRecord] = []
     cells = load_cells(run_dir, notes, records)
     primary = _primary_metric(run_dir, records)
     grouped = group_cells(cells)
     variants = {label: summarize_variant(group, primary) for label, group in grouped.items()}
-    for v in variants.values():
-        base = next((b for b in variants.values() if b["kind"] == BASELINE and b["axes"] == v["axes"]), {})
-        pair = (base.get("metric_mean"), v["metric_mean"])
-        v["gap_vs_learnable"] = None if None in pair else pair[1] - pair[0]
+    _gaps_vs_baseline(variants, grouped, primary)
     all_layers = [layer for c in cells for layer in c.layers]
     if any(layer["bank_coherence_rows"] and layer["bank_rows"] > layer["bank_coherence_rows"] for layer in all_layers):
         notes.append(f"bank coherence of banks with more than {COHERENCE_MAX_ROWS} filters uses "
@@ -338,9 +336,25 @@ def analyze_run(run_dir: str | os.PathLike) -> str:
     return section
 
 
+class SaveFilters(Callback):
+    """Saves what the filter analysis needs (``filters.pt``) at the end of every cell."""
+
+    def on_cell_end(self, event: CellEnd) -> None:
+        save_filters(event.model, event.cell_dir / "filters.pt")
+
+
+class FilterAnalysis(Callback):
+    """The filter analysis of the finished run at run end; its section goes into ``summary.md``."""
+
+    def on_run_end(self, event: RunEnd) -> None:
+        event.sections.append(analyze_run(event.run_dir))
+
+
 __all__ = [
     "FORMAT",
     "CellAnalysis",
+    "FilterAnalysis",
+    "SaveFilters",
     "analyze_cell",
     "analyze_run",
     "group_cells",

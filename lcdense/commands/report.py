@@ -5,11 +5,8 @@ Example: ``lcdense report runs/classification/20261126-170000``
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
-from ..errors import LcdenseError
-from ..summary import write_report
+from ..api import report
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -18,15 +15,5 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    run_dir = Path(args.run_dir)
-    plan_path = run_dir / "plan.json"
-    if not plan_path.is_file():
-        raise LcdenseError(f"{run_dir} is not an lcdense run directory (no plan.json); check the path")
-    plan = json.loads(plan_path.read_text())
-    sections = []
-    if not args.no_analysis and any((run_dir / "cells").glob("*/filters.pt")):
-        from ..analysis import analyze_run
-
-        sections.append(analyze_run(run_dir))
-    print(write_report(run_dir, plan["primary_metric"], plan["higher_is_better"], sections))
+    print(report(args.run_dir, analysis=not args.no_analysis).table)
     return 0

@@ -5,6 +5,7 @@ Example: ``lcdense sweep --task classification --E 1,8,64 --seeds 2``
 With ``--executor slurm|local`` every cell becomes a submitit job writing into the same run
 directory; ``lcdense sweep --resume RUN_DIR --executor slurm`` submits only the cells that are
 missing or failed, and ``lcdense report RUN_DIR`` assembles whatever has finished.
+This command only turns its arguments into the settings of :func:`lcdense.sweep` and calls it.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from ..api import sweep as sweep_api
 from ..errors import LcdenseError
 from ..executors import EXECUTORS
 from . import run as run_command
@@ -50,4 +52,9 @@ def _values(text: str, axis: str) -> list[Any]:
 
 def run(args: argparse.Namespace) -> int:
     axes = {axis: _values(getattr(args, axis), axis) for axis in AXES if getattr(args, axis, None)}
-    return run_command.launch(args, axes)
+    executor_settings = {"partition": args.partition, "gpus_per_job": args.gpus_per_job,
+                         "timeout_min": args.time_limit, "array_parallelism": args.array_parallelism}
+    sweep_api(args.task, axes=axes, config=args.config, resume=args.resume, ddp=args.ddp, executor=args.executor,
+              executor_config=args.executor_config, executor_settings=executor_settings, wait=args.wait,
+              **run_command.settings(args))
+    return 0

@@ -13,7 +13,7 @@ True
 from .comparison import WITHIN, agreement, compare
 from .listing import as_dict, describe, format_list
 from .registry import SCALES, Experiment, Published, PublishedValue, experiments, get_experiment
-from .run import run_experiment, sweep_arguments
+from .run import experiment_settings, run_experiment, sweep_arguments
 
 __all__ = ["WITHIN", "SCALES", "Experiment", "Published", "PublishedValue", "agreement", "as_dict", "compare",
-           "describe", "experiments", "format_list", "get_experiment", "run_experiment", "sweep_arguments"]
+           "describe", "experiments", "format_list", "get_experiment", "experiment_settings", "run_experiment", "sweep_arguments"]

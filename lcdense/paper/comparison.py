@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..summary import group_key
+from ..records import SummaryRecord
+from ..summary import sweep_point
 from .registry import Experiment
 
 WITHIN = "|measured mean − published mean| ≤ published std (the measured mean lies in the published mean ± 1 std)"
@@ -35,17 +36,17 @@ def agreement(measured: float | None, mean: float, std: float | None, *, scale: 
     return "yes" if abs(measured - mean) <= std + 1e-9 else "no"  # 1e-9: the published values are rounded decimals
 
 
-def compare(summary: dict[str, Any], experiment: Experiment, scale: str, overrides: list[str]) -> dict[str, Any]:
+def compare(summary: SummaryRecord, experiment: Experiment, scale: str, overrides: list[str]) -> dict[str, Any]:
     """The paper block of ``summary``: one row per published number, next to what the run measured."""
     rows = []
     for published in experiment.published:
         for value in published.values:
-            variant = summary["groups"].get(group_key(value.axes), {}).get("variants", {}).get(value.variant)
+            variant = summary.groups.get(sweep_point(value.axes), {}).get("variants", {}).get(value.variant)
             stats = variant["metrics"].get(published.metric) if variant else None
             measured = None if stats is None else {"mean": stats["mean"] * experiment.factor,
                                                    "std": stats["std"] * experiment.factor, "n": stats["n"]}
             rows.append({
-                "variant": value.variant, "group": group_key(value.axes), "metric": published.metric,
+                "variant": value.variant, "group": sweep_point(value.axes), "metric": published.metric,
                 "source": published.source, "published_mean": value.mean, "published_std": value.std,
                 "measured": measured,
                 "difference": None if measured is None else measured["mean"] - value.mean,

@@ -14,7 +14,6 @@ every file of the run says which it is.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shlex
@@ -24,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from ..api import RunResult
 from ..errors import LcdenseError
 from ..variants import parse_seeds
 from .registry import SCALES, Experiment, find_recipe, get_experiment
@@ -44,10 +44,10 @@ def _axis_text(axis: str, values: list[Any]) -> str:
     return ",".join("none" if v is None and axis == "mid" else str(v) for v in values)
 
 
-def sweep_arguments(experiment: Experiment, scale: str = "full", *, data: str | None = None, out: str | None = None,
-                    run_name: str | None = None, device: str | None = None, seeds: str | None = None,
-                    quiet: bool = False, analysis: bool = True) -> list[str]:
-    """The ``lcdense sweep`` arguments that run ``experiment`` at ``scale``."""
+def experiment_settings(experiment: Experiment, scale: str = "full", *, data: str | None = None,
+                        seeds: str | None = None) -> tuple[Path, dict[str, list[Any]], dict[str, Any]]:
+    """The recipe (config file), sweep axes and settings (dotted keys, applied in order) that run
+    ``experiment`` at ``scale``: what :func:`run_experiment` hands to :func:`lcdense.sweep`."""
     if scale not in SCALES:
         raise LcdenseError(f"unknown scale '{scale}'; use one of: {', '.join(SCALES)}")
     recipe, recipe_name = experiment.recipe_path(), experiment.recipe
@@ -69,8 +69,19 @@ def sweep_arguments(experiment: Experiment, scale: str = "full", *, data: str | 
                 recipe, recipe_name = find_recipe(embedded["recipe"]), embedded["recipe"]
     settings.update({"paper.experiment": experiment.name, "paper.scale": scale,
                      "paper.recipe": recipe_name, "paper.overrides": overrides})
+    if data is not None:
+        settings["data.root"] = str(data)
+    return recipe, experiment.axes, settings
+
+
+def sweep_arguments(experiment: Experiment, scale: str = "full", *, data: str | None = None, out: str | None = None,
+                    run_name: str | None = None, device: str | None = None, seeds: str | None = None,
+                    quiet: bool = False, analysis: bool = True) -> list[str]:
+    """The ``lcdense sweep`` arguments of the same run (what a paper run prints, to repeat or extend it)."""
+    recipe, axes, settings = experiment_settings(experiment, scale, data=data, seeds=seeds)
+    settings.pop("data.root", None)
     argv = ["--config", str(recipe), *_sets(settings)]
-    for axis, values in experiment.axes.items():
+    for axis, values in axes.items():
         argv += [AXIS_FLAGS[axis], _axis_text(axis, values)]
     for flag, value in (("--data", data), ("--out", out), ("--name", run_name), ("--device", device)):
         if value is not None:
@@ -92,26 +103,27 @@ def _shown(path: Path) -> str:
 
 def run_experiment(name: str, *, scale: str = "full", data: str | Path | None = None, out: str | Path | None = None,
                    run_name: str | None = None, device: str | None = None, seeds: str | None = None,
-                   quiet: bool = False, analysis: bool = True) -> Path:
-    """Run paper experiment ``name`` through the sweep runner; returns the run directory.
+                   quiet: bool = False, analysis: bool = True) -> RunResult:
+    """Run paper experiment ``name`` with :func:`lcdense.sweep`; returns the finished run.
 
     The run is named ``<name>-<scale>-<timestamp>`` unless ``run_name`` is given; it goes to
     ``<out>/<task>/<run name>`` (``out`` defaults to ``runs``).
     """
-    from ..commands import sweep as sweep_command
+    from ..api import sweep
 
     experiment = get_experiment(name)
     run_name = run_name or f"{name}-{scale}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    argv = sweep_arguments(experiment, scale, data=None if data is None else str(data),
-                           out=None if out is None else str(out), run_name=run_name, device=device, seeds=seeds,
-                           quiet=quiet, analysis=analysis)
+    data = None if data is None else str(data)
+    recipe, axes, settings = experiment_settings(experiment, scale, data=data, seeds=seeds)
     if not quiet:
+        argv = sweep_arguments(experiment, scale, data=data, out=None if out is None else str(out), run_name=run_name,
+                               device=device, seeds=seeds, analysis=analysis)
         shown = [_shown(Path(a)) if i and argv[i - 1] == "--config" else a for i, a in enumerate(argv)]
         print(f"lcdense: paper experiment {name} ({experiment.source}), {scale} scale: "
               f"lcdense sweep {shlex.join(shown)}")
-    parser = argparse.ArgumentParser(prog="lcdense sweep")
-    sweep_command.add_arguments(parser)
-    args = parser.parse_args(argv)
-    args.argv = ["sweep", *argv]
-    sweep_command.run(args)
-    return Path(out or "runs") / experiment.task / run_name
+    run_settings = {"run.name": run_name, "run.quiet": quiet, "run.analysis": analysis}
+    if out is not None:
+        run_settings["run.out"] = str(out)
+    if device is not None:
+        run_settings["run.device"] = device
+    return sweep(config=recipe, axes=axes, **settings, **run_settings)

@@ -24,9 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lcdense import Cell, LcdenseError, Task
-from lcdense.models import cifar_resnet, create_model
-from lcdense.training import TrainSettings, epoch_generator, epoch_seed, preconditioned_inexact, train_loop
+from lcdense import (Cell, LcdenseError, Task, TrainSettings, cifar_resnet, create_model, epoch_generator, epoch_seed,
+                     preconditioned_inexact, require_extra, train_loop, unknown_name)
 
 from . import timm_recipe
 from .data import DATASETS, TensorData, ensure_embedded, fingerprint, load_tensor_dataset
@@ -69,8 +68,6 @@ class ClassificationTask(Task):
         cfg = config["data"]
         dataset = cfg["dataset"]
         if dataset not in DATASETS:
-            from lcdense.errors import unknown_name
-
             raise unknown_name("classification dataset", dataset, DATASETS)
         recipe = _recipe(config)
         if dataset.startswith("embedded") and cfg["root"]:
@@ -173,9 +170,9 @@ class ClassificationTask(Task):
 def _recipe(config: dict[str, Any]) -> str:
     recipe = config["train"]["recipe"]
     if recipe not in RECIPES:
-        from lcdense.errors import unknown_name
-
         raise unknown_name("train.recipe", recipe, RECIPES)
+    if recipe == "timm":
+        require_extra("timm", "timm", what="train.recipe 'timm'")
     return recipe
 
 

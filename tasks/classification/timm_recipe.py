@@ -28,10 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lcdense import Cell, LcdenseError, check_preconditioned_optimizer, frozen_digest
-from lcdense.distributed import average_running_stats, wrap
-from lcdense.provenance import autocast_precision
-from lcdense.training import autocast, epoch_seed
+from lcdense import Cell, LcdenseError, autocast, autocast_precision, check_preconditioned_optimizer, epoch_seed, frozen_digest
 
 from .scoring import SUMS, batch_sums, fgsm, metrics_from_sums
 
@@ -221,7 +218,7 @@ def fit(model: nn.Module, data: dict[str, Any], config: dict[str, Any], cell: Ce
         scheduler.step(start)  # timm's schedules are functions of the epoch: this restores the lr
     pixels = _Pixels(data_config, cell.device, channels_last)
     classes = len(data["classes"])
-    net = wrap(model, world, cell.device)
+    net = world.data_parallel(model, cell.device)
     for epoch in range(start, epochs):
         _seed_everything(epoch_seed(cell.data_seed + world.rank, epoch))
         if hasattr(train_loader.sampler, "set_epoch"):  # one shared order for all ranks, from the data seed
@@ -247,7 +244,7 @@ def fit(model: nn.Module, data: dict[str, Any], config: dict[str, Any], cell: Ce
             total += loss.detach()
             count += 1
             tick = time.perf_counter()
-        average_running_stats(model, world)
+        world.average_running_stats(model)
         elapsed = time.perf_counter() - began
         record = {"epoch": epoch + 1, "train_loss": world.mean(float(total) / count),
                   "lr": optimizer.param_groups[0]["lr"], "epoch_time_s": elapsed, "data_wait_share": waited / elapsed}

@@ -13,7 +13,7 @@ threshold), integrates the precision envelope with the trapezoid rule (COCO: sam
 
 >>> gt = [{"image": "a.jpg", "width": 10, "height": 10, "boxes": [[0, 0, 5, 5]], "classes": [0]}]
 >>> preds = {"a.jpg": ([[0, 0, 5, 5]], [0.9], [0])}
->>> coco_metrics(gt, preds, num_classes=1, max_det=100)["coco_map50"]
+>>> round(coco_metrics(gt, preds, num_classes=1, max_det=100)["coco_map50"], 6)
 1.0
 """
 from __future__ import annotations

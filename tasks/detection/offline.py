@@ -1,7 +1,7 @@
 """Keep ultralytics offline and inside our directories.
 
 ultralytics reads its switches when it is first imported, so :data:`OFFLINE_ENV` is applied by
-``tasks.detection`` before any ultralytics import (which this package only does lazily, through
+``lcdense_tasks.detection`` before any ultralytics import (which this package only does lazily, through
 :func:`load_ultralytics`):
 
 - ``YOLO_OFFLINE=1``: ``utils.ONLINE`` is False, which disables the import-time probe, the pip
@@ -54,7 +54,7 @@ def load_ultralytics(cache_dir: Path) -> ModuleType:
     from ultralytics import utils
 
     if utils.ONLINE:
-        raise LcdenseError("ultralytics was imported with network access on; import tasks.detection first "
+        raise LcdenseError("ultralytics was imported with network access on; import lcdense_tasks.detection first "
                            "or set YOLO_OFFLINE=1 in the environment")
     _place_font(utils.USER_CONFIG_DIR)
     return ultralytics

@@ -5,7 +5,7 @@ Config (``default_config()`` is the embedded tiny setting; ``configs/detection/*
 - ``data.dataset``: ``"shapes"`` (generated into the cache dir, a real VOCdevkit tree) or ``"voc"``
   (``data.root`` = your VOCdevkit directory); null picks voc when ``data.root`` is set; ``data.splits``: ultralytics split → VOC
   ``year/ImageSets name`` list; ``data.difficult``: ``"exclude"`` | ``"include"`` (see
-  :mod:`tasks.detection.voc`); ``data.classes``: null = the dataset's own classes.
+  :mod:`lcdense_tasks.detection.voc`); ``data.classes``: null = the dataset's own classes.
 - ``model.name``: yolov5n, yolov5s, … (built from ultralytics' yaml, random init, no weights);
   ``model.depth`` / ``model.width``: optional overrides of the scale's multipliers.
 - ``train``: ultralytics hyper-parameters, pinned (``optimizer``, ``lr0``, ``nbs`` = batch when

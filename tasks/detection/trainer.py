@@ -1,6 +1,6 @@
 """The ultralytics side of the detection task: an LC-aware DetectionModel and DetectionTrainer.
 
-Import this module only after :func:`tasks.detection.offline.load_ultralytics` (it imports
+Import this module only after :func:`lcdense_tasks.detection.offline.load_ultralytics` (it imports
 ultralytics). Checkpoints pickle :class:`LCDetectionModel`, so it lives here, importable.
 
 Frozen filters through the ultralytics training loop:
@@ -229,6 +229,7 @@ class LcdenseDetectionTrainer(DetectionTrainer):
     def save_metrics(self, metrics: dict[str, float]) -> None:
         super().save_metrics(metrics)
         self.history.append(_epoch_record(self.epoch + 1, metrics))
+        self.cell.epoch_end(self.history[-1], self.epochs)
 
     def save_model(self) -> bool:
         """Save the fp32 model, optimizer state and EMA (the cell's exact resume point, and the EMA the

@@ -1,11 +1,15 @@
 """Segmentation task: a binary U-Net (smp) on Carvana or LGG brain MRI, real data read in place
 or small embedded stand-ins generated on first use.
 
->>> from tasks.segmentation import SegmentationTask
+>>> from lcdense_tasks.segmentation import SegmentationTask
 >>> SegmentationTask.primary_metric
 'dice'
 """
 import os
+
+from lcdense import require_extra
+
+require_extra("segmentation", "segmentation_models_pytorch", "albumentations", "timm", what="task 'segmentation'")
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations' import-time update check needs the network
 

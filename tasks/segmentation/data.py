@@ -23,8 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from lcdense import LcdenseError
-from lcdense.distributed import World
+from lcdense import LcdenseError, World
 
 from .layouts import Sample, open_image, rle_decode
 

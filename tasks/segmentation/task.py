@@ -23,9 +23,8 @@ import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
-from lcdense import Cell, LcdenseError, Task
-from lcdense.provenance import autocast_precision
-from lcdense.training import TrainSettings, autocast, epoch_generator, preconditioned_inexact, train_loop
+from lcdense import (Cell, LcdenseError, Task, TrainSettings, autocast, autocast_precision, epoch_generator,
+                     preconditioned_inexact, train_loop)
 
 from .data import PairDataset, eval_batches, train_batches
 from .embedded import ensure_embedded
@@ -70,7 +69,7 @@ class SegmentationTask(Task):
 
     Metrics: ``dice`` (primary) and ``iou``, micro-averaged over the validation pixels, and for
     brain MRI ``patient_dice``, the mean per-patient volume Dice (empty masks: see
-    :mod:`tasks.segmentation.metrics`).
+    :mod:`lcdense_tasks.segmentation.metrics`).
     """
 
     name: ClassVar[str] = "segmentation"

@@ -6,8 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lcdense import Task
-from lcdense.training import TrainSettings, epoch_generator, train_loop
+from lcdense import Task, TrainSettings, epoch_generator, train_loop
 
 
 class ToyTask(Task):

@@ -1,9 +1,12 @@
-"""``lcdense analyze RUN_DIR``: (re)compute the filter analysis of a run."""
+"""Filter variance entropy, spatial variance, filter grids and LC bank diagnostics of a run.
+
+Example: ``lcdense analyze runs/classification/cifar10-E8`` (also runs at the end of every run).
+"""
 from __future__ import annotations
 
 import argparse
 
-from .report import analyze_run
+from ..api import analyze
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -12,7 +15,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    section = analyze_run(args.run_dir)
+    section = analyze(args.run_dir)
     if not args.quiet:
         print(section)
     print(f"wrote {args.run_dir}/analysis.json, analysis.csv, analysis.md and figures/ "
