@@ -24,7 +24,8 @@ from .common import positive_int
 # CLI flag → dotted config key
 FLAG_KEYS = {"E": "run.E", "variants": "run.variants", "seeds": "run.seeds", "device": "run.device",
              "out": "run.out", "name": "run.name", "epochs": "train.epochs", "batch_size": "train.batch_size",
-             "data": "data.root", "dataset": "data.dataset", "model": "model.name", "workers": "data.workers"}
+             "data": "data.root", "dataset": "data.dataset", "model": "model.name", "workers": "data.workers",
+             "memory": "run.max_memory"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -49,6 +50,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run (other settings come from it)")
     p.add_argument("--no-analysis", action="store_true", help="skip the filter analysis at the end")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars or per-epoch lines")
+    p.add_argument("--dry-run", action="store_true",
+                   help="predict each cell's memory and FLOPs (fake tensors, nothing allocated or trained)")
+    p.add_argument("--memory", help="memory to plan for and refuse above, e.g. 80GiB (run.max_memory; "
+                                    "default: the device's)")
 
 
 def _flags(args: argparse.Namespace) -> dict[str, Any]:
@@ -142,6 +147,8 @@ def launch(args: argparse.Namespace, sweep: dict[str, list[Any]]) -> int:
         run_dir = None
         config, task, cells, axis_keys = _new_run(args, sweep)
     gpus = _gpus_requested(args)
+    if getattr(args, "dry_run", False):
+        return _dry_run(task, config, cells, axis_keys, ranks=len(gpus) or 1)
     if gpus and not launched_by_torchrun():
         if task.data_parallel is None:
             raise LcdenseError(f"task '{task.name}' does not support data-parallel training; drop --ddp/--device list")
@@ -174,6 +181,16 @@ def launch(args: argparse.Namespace, sweep: dict[str, list[Any]]) -> int:
     execute(task, config, run_dir, cells, axis_keys, cache_dir, world, device)
     if world.is_main:
         finish(run_dir, task, config)
+    return 0
+
+
+def _dry_run(task: Task, config: dict[str, Any], cells: list[CellSpec], axis_keys: dict[str, str], ranks: int) -> int:
+    """``--dry-run``: print and save the cells' estimates (lcdense.dry_run); trains nothing."""
+    from ..dry_run import dry_run, report
+
+    cache_dir = Path(config["run"]["cache_dir"] or Path(config["run"]["out"]) / ".cache").resolve()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    report(dry_run(task, config, cells, axis_keys, cache_dir, ranks), config["run"]["out"], task.name)
     return 0
 
 

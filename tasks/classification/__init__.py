@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lcdense import Cell, LcdenseError, Task
+from lcdense.estimate import Footprint
 from lcdense.models import cifar_resnet, create_model
 from lcdense.training import TrainSettings, epoch_generator, epoch_seed, train_loop
 
@@ -89,6 +90,12 @@ class ClassificationTask(Task):
             size = int(config["data"]["image_size"])
             return (3, size, size)
         return (1 if config["data"]["dataset"] == "fashion-mnist" else 3, 32, 32)
+
+    def footprint(self, config: dict[str, Any]) -> Footprint:
+        """train_loop's step, plus the evaluation: clean at eval.batch_size, then FGSM (a backward to the input)."""
+        fp = super().footprint(config)
+        fp.eval_batch_size, fp.eval_input_grad = int(config["eval"]["batch_size"]), True
+        return fp
 
     # ---- training ----------------------------------------------------------------------------
     def fit(self, model: nn.Module, data: Any, config: dict[str, Any], cell: Cell) -> tuple[nn.Module, list[dict[str, float]]]:
