@@ -14,15 +14,16 @@ The benchmark: :func:`run`, :func:`sweep`, :func:`report`, :func:`analyze` and :
 What a task adapter builds on is exported here too: :class:`Task`, :class:`Cell`,
 :func:`train_loop` with :class:`TrainSettings`, :func:`epoch_seed` / :func:`epoch_generator`,
 :func:`autocast` / :func:`autocast_precision` and :class:`Provenance` (what a cell records of its
-precision and resumes), :func:`preconditioned_inexact`,
+precision and resumes), :func:`preconditioned_inexact`, :class:`Footprint` (how a task trains, for the memory estimate),
 :class:`World` (``world.shard``, ``world.data_parallel``), :func:`create_model` / :func:`cifar_resnet`, the errors.
 """
 from .accounting import count_parameters, forward_macs
-from .api import RunResult, analyze, load, report, run, sweep
+from .api import RunResult, analyze, dry_run, load, report, run, sweep
 from .blocks import LCConv, combine_filters
 from .convert import ConversionReport, LayerRecord, convert, is_spatial_conv
 from .digest import frozen_digest, frozen_tensors
 from .distributed import World
+from .estimate import Footprint
 from .errors import LcdenseError, MissingExtra, require_extra, unknown_name
 from .events import Callback, CellEnd, CellStart, EpochEnd, RunEnd, RunStart
 from .fold import combined_weight, fold, fold_block
@@ -38,12 +39,12 @@ from .training import TrainSettings, autocast, epoch_generator, epoch_seed, prec
 __version__ = "0.1.0"
 
 __all__ = [
-    "LCConv", "combine_filters", "ConversionReport", "LayerRecord", "convert", "is_spatial_conv",
-    "frozen_digest", "frozen_tensors", "LcdenseError", "MissingExtra", "require_extra", "unknown_name",
-    "combined_weight", "fold", "fold_block", "INITS", "seeded_filters", "Registry", "Cell", "Task", "get_task",
-    "list_tasks", "register_task", "count_parameters", "forward_macs", "PreconditionedConv",
-    "check_preconditioned_optimizer", "World", "cifar_resnet", "create_model", "TrainSettings", "epoch_generator",
-    "epoch_seed", "train_loop", "autocast", "autocast_precision", "preconditioned_inexact", "Provenance", "run", "sweep", "report", "analyze", "load", "RunResult", "CellRecord", "PlanRecord",
-    "SummaryRecord", "RecordFormatError", "Callback", "RunStart", "CellStart", "EpochEnd", "CellEnd", "RunEnd",
-    "__version__",
+    "LCConv", "combine_filters", "ConversionReport", "LayerRecord", "convert", "is_spatial_conv", "frozen_digest",
+    "frozen_tensors", "LcdenseError", "MissingExtra", "require_extra", "unknown_name", "combined_weight", "fold",
+    "fold_block", "INITS", "seeded_filters", "Registry", "Cell", "Task", "get_task", "list_tasks",
+    "register_task", "count_parameters", "forward_macs", "PreconditionedConv", "check_preconditioned_optimizer",
+    "World", "cifar_resnet", "create_model", "TrainSettings", "epoch_generator", "epoch_seed", "train_loop",
+    "dry_run", "autocast", "autocast_precision", "preconditioned_inexact", "Provenance", "Footprint", "run",
+    "sweep", "report", "analyze", "load", "RunResult", "CellRecord", "PlanRecord", "SummaryRecord",
+    "RecordFormatError", "Callback", "RunStart", "CellStart", "EpochEnd", "CellEnd", "RunEnd", "__version__",
 ]

@@ -5,6 +5,8 @@
 224
 >>> forward_macs(nn.Conv2d(3, 8, 3, padding=1), (3, 4, 4))
 3456
+>>> step_macs(nn.Conv2d(3, 8, 3, padding=1), (3, 4, 4))
+10368
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from torch import nn
 
 from .blocks import LCConv
 from .digest import frozen_tensors
+from .precondition import PreconditionedConv
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:
@@ -49,6 +52,23 @@ class LayerCall:
         if isinstance(m, nn.modules.conv._ConvNd):
             return self.output_numel * m.in_channels // m.groups * math.prod(m.kernel_size)
         return self.output_numel * m.in_features
+
+
+    def step_macs(self, batch_size: int) -> int:
+        """MACs per sample of a training step (forward and backward) at ``batch_size``: a conv or
+        linear layer's backward costs two forwards (input and weight gradients); an LC-Block
+        counts its chosen form's step (:meth:`LCConv.step_macs`); a preconditioned conv adds
+        G·M (c_out × d × d per group, once per batch)."""
+        m = self.module
+        if isinstance(m, LCConv):
+            shape = self.batch_shape(batch_size)
+            fold, naive = m.step_macs(shape, backward=True)
+            return (fold if m.choose_impl(shape, training=True) == "fold" else naive) // batch_size
+        macs = 3 * self.macs(batch_size)
+        if isinstance(m, PreconditionedConv):
+            d = m.preconditioner.shape[-1]
+            macs += m.out_channels * d * d // batch_size
+        return macs
 
 
 def trace_layers(model: nn.Module, input_size: Sequence[int]) -> list[LayerCall]:
@@ -89,3 +109,8 @@ def forward_macs(model: nn.Module, input_size: Sequence[int], batch_size: int = 
     W' (once per batch) shared among the batch's samples.
     """
     return sum(call.macs(batch_size) for call in trace_layers(model, input_size))
+
+
+def step_macs(model: nn.Module, input_size: Sequence[int], batch_size: int = 1) -> int:
+    """Multiply-accumulates per sample of a training step (see :meth:`LayerCall.step_macs`)."""
+    return sum(call.step_macs(batch_size) for call in trace_layers(model, input_size))

@@ -39,7 +39,7 @@ SHORT_KEYS: dict[str, str] = {
     "E": "run.E", "variants": "run.variants", "seeds": "run.seeds", "device": "run.device", "out": "run.out",
     "name": "run.name", "quiet": "run.quiet", "analysis": "run.analysis", "epochs": "train.epochs",
     "batch_size": "train.batch_size", "data": "data.root", "dataset": "data.dataset", "model": "model.name",
-    "workers": "data.workers",
+    "workers": "data.workers", "memory": "run.max_memory",
 }
 
 
@@ -124,6 +124,25 @@ def sweep(task: str | None = None, *, axes: dict[str, list[Any]] | None = None, 
     return _launch(task, config=config, resume=resume, axes=dict(axes or {}), ddp=ddp,
                    executor=(executor, executor_config, dict(executor_settings or {}), wait) if executor else None,
                    callbacks=callbacks, overrides=overrides)
+
+
+def dry_run(task: str | None = None, *, config: str | os.PathLike | None = None,
+            axes: dict[str, list[Any]] | None = None, ddp: int | None = None, **overrides: Any) -> list[Any]:
+    """What :func:`run` (or :func:`sweep` with ``axes``) would need, predicted per cell on fake
+    tensors (:mod:`lcdense.cost_plan`): parameters, state, activations, peak memory, FLOPs and whether
+    it fits ``memory`` (``run.max_memory``; default: the device's). Prints the table, writes
+    ``OUT/TASK/dry-run/<time>.json`` and returns the estimates; nothing is trained or allocated.
+    """
+    from .cost_plan import dry_run as estimate_cells
+    from .cost_plan import report as report_estimates
+
+    cfg, task_, cells, axis_keys = _new_run(task, config, dict(axes or {}), overrides)
+    cache_dir = Path(cfg["run"]["cache_dir"] or Path(cfg["run"]["out"]) / ".cache").resolve()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    ranks = len(_gpus_requested(str(cfg["run"]["device"]), ddp)) or 1
+    estimates = estimate_cells(task_, cfg, cells, axis_keys, cache_dir, ranks)
+    report_estimates(estimates, cfg["run"]["out"], task_.name)
+    return estimates
 
 
 def report(run_dir: str | os.PathLike, *, analysis: bool = True) -> RunResult:

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .accounting import step_macs
 from .convert import convert
 from .errors import LcdenseError
 from .fold import fold
@@ -64,6 +65,7 @@ class Config:
     layers: str = ""  # how many layers use each implementation
     run: Callable[[], None] | None = field(default=None, repr=False)
     measure_memory: Callable[[], tuple[int, int]] | None = field(default=None, repr=False)
+    macs: int = 0  # training-step MACs per sample (lcdense.accounting.step_macs)
     times: list[float] = field(default_factory=list)
     cpu_times: list[float] = field(default_factory=list)
     state_bytes: int = 0
@@ -173,6 +175,7 @@ def _configs(args: argparse.Namespace, batch: tuple[torch.Tensor, torch.Tensor])
                 models[name] = _lc_model(args, E, spatial, impl)
                 configs.append(Config(name, "train", E, spatial, impl, models[name][1]))
     for cfg in configs:
+        cfg.macs = step_macs(models[cfg.name][0], (3, args.image_size, args.image_size), args.batch_size)
         trainer = _Trainer(_prepare(models[cfg.name][0], args), batch, args.amp)
         cfg.run, cfg.measure_memory = trainer.step, trainer.measure_memory
     top = max(args.E)
@@ -182,6 +185,40 @@ def _configs(args: argparse.Namespace, batch: tuple[torch.Tensor, torch.Tensor])
         configs.append(Config(f"infer {name}", "infer", top if name != "baseline" else None,
                               impl="conv", run=_inference(model, batch[0])))
     return configs
+
+
+GEMM_OPS = ("aten::addmm", "aten::mm", "aten::bmm", "aten::baddbmm")
+
+
+def conv_share(step: Callable[[], None], device: str) -> float:
+    """Share of a training step's operator time spent in convolutions and matrix products (the
+    work that MACs count), from one profiled ``step``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with profile(activities=activities) as prof:
+        step()
+        _sync(device)
+    attr = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
+    events = prof.key_averages()
+    total = sum(getattr(e, attr) for e in events)
+    macs = sum(getattr(e, attr) for e in events if "conv" in e.key or e.key in GEMM_OPS)
+    return macs / total if total else 1.0
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to keep freed blocks of up to 32 MiB in its heap and never trim it, so a
+    training step reuses the pages of the previous one instead of faulting in fresh ones (the
+    baseline and every LC form alike). Returns False where this is not glibc."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_mmap_threshold, 32 * 2**20)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+    except (OSError, AttributeError):
+        return False
 
 
 def _inference(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
@@ -208,6 +245,7 @@ def _measure(configs: list[Config], args: argparse.Namespace) -> None:
             _empty_cache(args.device)
         _sync(args.device)
     live = [c for c in configs if c.status == "ok"]
+    args.conv_share = conv_share(configs[0].run, args.device) if configs[0].status == "ok" else None
     for round_index in range(args.rounds):
         shift = round_index % len(live)
         for cfg in live[shift:] + live[:shift]:
@@ -228,7 +266,7 @@ def _spread(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
-def _results(configs: list[Config]) -> list[dict]:
+def _results(configs: list[Config], share: float | None) -> list[dict]:
     base = {kind: next(c for c in configs if c.kind == kind) for kind in ("train", "infer")}
     rows = []
     for cfg in configs:
@@ -241,6 +279,9 @@ def _results(configs: list[Config]) -> list[dict]:
             row["cpu_s"] = _spread(cfg.cpu_times)
             row["cpu_ratio"] = _spread([t / b for t, b in zip(cfg.cpu_times, ref.cpu_times)])
             if cfg.kind == "train":
+                row["mac_ratio"] = cfg.macs / ref.macs
+                if share is not None:  # extra MACs at the baseline's time per MAC; its other work unchanged
+                    row["predicted_step_ratio"] = 1 + (row["mac_ratio"] - 1) * share
                 row["memory_bytes"] = {"state": cfg.state_bytes, "activations": cfg.activation_bytes,
                                        "total": cfg.memory_bytes}
                 row["memory_ratio"] = cfg.memory_bytes / ref.memory_bytes
@@ -252,7 +293,7 @@ def _results(configs: list[Config]) -> list[dict]:
 def format_table(rows: list[dict]) -> str:
     """The results as an aligned text table (ratios to the baseline of the same round)."""
     head = ("config", "layers", "step ms (min–max)", "step ×base (min–max)", "cpu-time ×base (min–max)",
-            "state MiB", "memory MiB", "mem ×base", "act ×base")
+            "MACs ×base", "predicted ×base", "state MiB", "memory MiB", "mem ×base", "act ×base")
     lines = [head]
     for r in rows:
         if r["status"] != "ok":
@@ -263,11 +304,13 @@ def format_table(rows: list[dict]) -> str:
                  f"{q['median']:.2f} ({q['min']:.2f}–{q['max']:.2f})",
                  f"{c['median']:.2f} ({c['min']:.2f}–{c['max']:.2f})"]
         if r["kind"] == "train":
-            cells += [f"{r['memory_bytes']['state'] / 2**20:.0f}", f"{r['memory_bytes']['total'] / 2**20:.0f}",
+            predicted = r.get("predicted_step_ratio")
+            cells += [f"{r['mac_ratio']:.2f}", f"{predicted:.2f}" if predicted is not None else "",
+                      f"{r['memory_bytes']['state'] / 2**20:.0f}", f"{r['memory_bytes']['total'] / 2**20:.0f}",
                       f"{r['memory_ratio']:.2f}",
                       f"{r['activation_ratio']:.2f}"]
         else:
-            cells += ["", "", "", ""]
+            cells += ["", "", "", "", "", ""]
         lines.append(tuple(cells))
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     text = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]
@@ -298,6 +341,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile every model")
     p.add_argument("--threads", type=int, default=1,
                    help="CPU threads for torch on --device cpu (default 1: stable ratios on a shared machine)")
+    p.add_argument("--reuse-freed-memory", action=argparse.BooleanOptionalAction, default=True,
+                   help="CPU: let glibc keep freed memory for reuse, as the CUDA caching allocator does (default on; "
+                        "off: every step page-faults its fresh gradient and activation buffers anew)")
     p.add_argument("--out", type=Path, default=None,
                    help="JSON result file (default runs/bench/lc-DEVICE-TIMESTAMP.json; never overwritten)")
 
@@ -327,6 +373,7 @@ def run(args: argparse.Namespace) -> int:
     if args.device == "cpu":
         torch.set_flush_denormal(True)
         torch.set_num_threads(args.threads)
+        args.reuse_freed_memory = args.reuse_freed_memory and keep_freed_memory()
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, generator=gen)
     y = torch.randint(0, args.num_classes, (args.batch_size,), generator=gen)
@@ -336,16 +383,21 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     configs = _configs(args, (x, y))
     _measure(configs, args)
-    rows = _results(configs)
+    rows = _results(configs, args.conv_share)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if not k.startswith("_")}
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"{platform.processor() or 'cpu'}, {torch.get_num_threads()} threads"
     header = (f"{args.model}, batch {args.batch_size}, {args.image_size} px, {args.device} ({device}), amp {args.amp}, "
-              f"channels_last {args.channels_last}, compile {args.compile}; fused SGD (momentum 0.9, Nesterov, wd 5e-4); "
+              f"channels_last {args.channels_last}, compile {args.compile}, reuse freed memory "
+              f"{args.reuse_freed_memory if args.device == 'cpu' else 'n/a'}; fused SGD (momentum 0.9, Nesterov, wd 5e-4); "
               f"{args.rounds} interleaved rounds × {args.steps} step(s); torch {torch.__version__}")
     load = os.getloadavg()
     header += f"; load average {load[0]:.1f} at the end"
     print(header)
     print(f"memory = {MEMORY_MEANING[args.device]}")
+    if args.conv_share is not None:
+        print(f"predicted ×base = 1 + (MACs ×base - 1) × {args.conv_share:.2f}, the baseline step's share of "
+              "operator time in convolutions and matrix products (profiled once): extra MACs at the "
+              "baseline's time per MAC")
     print(format_table(rows))
     elapsed = time.perf_counter() - started
     print(f"total {elapsed:.0f} s; results: {args.out}")

@@ -41,6 +41,8 @@ def combine_filters(spatial: torch.Tensor, combine: torch.Tensor, groups: int = 
     autocast it runs in the autocast dtype without saving a low-precision copy of the bank.
     """
     expanded, c_out = spatial.shape[0], combine.shape[0]
+    if groups == 1 and _onednn_fold(spatial, combine) and not torch.is_autocast_enabled("cpu"):
+        return _OneDnnFold.apply(combine, spatial.view(expanded, -1)).view(c_out, *spatial.shape[1:])
     order = [0, *sorted(range(1, spatial.dim()), key=lambda i: -spatial.stride(i))]
     w = spatial.permute(order).reshape(groups, expanded // groups, -1)
     p = combine.reshape(groups, c_out // groups, expanded // groups)
@@ -51,6 +53,44 @@ def combine_filters(spatial: torch.Tensor, combine: torch.Tensor, groups: int = 
         product = torch.bmm(p, w)
     out = product.reshape([c_out, *[spatial.shape[i] for i in order[1:]]])
     return out.permute([order.index(i) for i in range(spatial.dim())])
+
+
+_PLAIN = (torch.Tensor, nn.Parameter)  # not fake or other tensor subclasses
+
+
+def _onednn_fold(w: torch.Tensor, p: torch.Tensor) -> bool:
+    """Whether :class:`_OneDnnFold` computes this fold: float32 CPU tensors, both contiguous
+    (P as (c_out, K), W as (K, taps) with the bank's standard layout), oneDNN available."""
+    return (w.device.type == "cpu" and w.dtype == p.dtype == torch.float32 and w.is_contiguous()
+            and p.is_contiguous() and type(w) in _PLAIN and type(p) in _PLAIN
+            and torch.backends.mkldnn.is_available())
+
+
+class _OneDnnFold(torch.autograd.Function):
+    """W' = P·W and its backward as oneDNN GEMMs, each in the layout that needs no copy of the bank.
+
+    Measured on the development machine (AMD EPYC, where MKL's sgemm reaches about half of
+    oneDNN's rate) the fold's GEMMs run 1.5–2× faster than ``torch.mm``. The forward is a 1×1
+    convolution over W viewed as one (K, taps) image; ∂P = G·Wᵀ and ∂W = Pᵀ·G are oneDNN
+    inner products over W, and over the small transposes of P and G.
+    """
+
+    @staticmethod
+    def forward(ctx, p: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(p, w)
+        (c_out, k), taps = p.shape, w.shape[1]
+        out = torch.mkldnn_convolution(w.view(1, k, taps, 1), p.view(c_out, k, 1, 1), None, [0, 0], [1, 1], [1, 1], 1)
+        return out.view(c_out, taps)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        p, w = ctx.saved_tensors
+        grad = grad.contiguous()
+        linear = torch.ops.mkldnn._linear_pointwise
+        grad_p = linear(grad, w, None, "none", [], "") if ctx.needs_input_grad[0] else None  # G·Wᵀ
+        grad_w = (linear(p.t().contiguous(), grad.t().contiguous(), None, "none", [], "")  # Pᵀ·G
+                  if ctx.needs_input_grad[1] else None)
+        return grad_p, grad_w
 
 
 class _LowPrecisionBmm(torch.autograd.Function):

@@ -39,6 +39,7 @@ RUN_DEFAULTS: dict[str, Any] = {
         "cache_dir": None,
         "analysis": True,
         "threads": None,
+        "max_memory": None,
         "quiet": False,
     },
     "conversion": {

@@ -20,7 +20,6 @@ import json
 import os
 import platform
 import subprocess
-import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -35,9 +34,11 @@ from .convert import ConversionReport, convert
 from .digest import frozen_digest
 from .distributed import World
 from .errors import LcdenseError
+from .estimate import check_cell
 from .events import CellEnd, CellStart, Events
 from .files import write_json, write_text
 from .inits import check_init
+from .memory import PeakMemory
 from .records import CellRecord, PlanRecord, finished_cell, read_plan, write_cell, write_plan
 from .task import Cell, Task, get_task
 from .variants import CellSpec, Variant
@@ -111,43 +112,6 @@ def environment(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
-
-
-class PeakMemory:
-    """Peak memory while a block runs: CUDA allocator peak, or the process's resident set on CPU
-    (sampled every 20 ms, reported as the peak minus the resident set at the start)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device, self.peak_mb = device, 0.0
-        self._stop = threading.Event()
-
-    @staticmethod
-    def _rss_mb() -> float:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-    def _sample(self, start: float) -> None:
-        while not self._stop.wait(0.02):
-            self.peak_mb = max(self.peak_mb, self._rss_mb() - start)
-
-    def __enter__(self) -> PeakMemory:
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        elif os.path.exists("/proc/self/statm"):
-            self._thread = threading.Thread(target=self._sample, args=(self._rss_mb(),), daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.device.type == "cuda":
-            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
-        elif hasattr(self, "_thread"):
-            self._stop.set()
-            self._thread.join()
-
-    @property
-    def kind(self) -> str:
-        return "cuda_max_allocated" if self.device.type == "cuda" else "cpu_rss_increase"
 
 
 def cell_config(config: dict[str, Any], spec: CellSpec, axis_keys: dict[str, str]) -> dict[str, Any]:
@@ -226,6 +190,9 @@ def run_cell(task: Task, data: Any, config: dict[str, Any], spec: CellSpec, cell
     convert_fn = converter(cfg, spec, task)
     torch.manual_seed(spec.seed)
     model = task.build_model(cfg, data)
+    lc = spec.variant.mode == "lc"  # refused here, before the conversion builds the banks:
+    predicted = check_cell(model, task, cfg, convert_fn, device, name=spec.id, expansion=spec.variant.E if lc else None,
+                           spatial=spec.variant.spatial if lc else None, ranks=max(world.size, len(gpus) or 1))
     report = convert_fn(model)
     model = report.model.to(device)
     if world.is_main:
@@ -239,7 +206,7 @@ def run_cell(task: Task, data: Any, config: dict[str, Any], spec: CellSpec, cell
                 log=(lambda _msg: None) if quiet else print, world=world, gpus=gpus, init=init, id=spec.id,
                 events=events)
     began = time.perf_counter()
-    with PeakMemory(device) as memory:
+    with PeakMemory(device, held=[*model.parameters(), *model.buffers()]) as memory:
         model, history = task.fit(model, data, cfg, cell)
         train_time = time.perf_counter() - began
         digest_after = frozen_digest(model)
@@ -252,7 +219,8 @@ def run_cell(task: Task, data: Any, config: dict[str, Any], spec: CellSpec, cell
         metrics = task.evaluate(model, data, cfg, cell)
         _check_evaluated_copies(cell, digest_after, spec)
     costs = {"train_time_s": train_time, "wall_time_s": time.perf_counter() - began, "peak_memory_mb": memory.peak_mb,
-             "peak_memory_kind": memory.kind, "device": str(device), "world_size": world.size}
+             "peak_memory_kind": memory.kind, "predicted_peak_memory_mb": predicted.peak_bytes / 2**20,
+             "device": str(device), "world_size": world.size}
     record = make_cell_record(task, spec, data_seed, metrics, history, (digest_before, digest_after), report, costs,
                               _provenance(cell, digest_after), cfg)
     if world.is_main:
@@ -296,7 +264,7 @@ def make_cell_record(task: Task, spec: CellSpec, data_seed: int, metrics: dict[s
             "total_params": report.params_after["total"], "forward_macs_per_sample": report.macs_after,
             "train_time_s": measured["train_time_s"], "wall_time_s": measured["wall_time_s"],
             "peak_memory_mb": measured["peak_memory_mb"], "peak_memory_kind": measured["peak_memory_kind"],
-            "device": measured["device"], "world_size": measured["world_size"], "host": platform.node(),
+            "predicted_peak_memory_mb": measured["predicted_peak_memory_mb"], "device": measured["device"], "world_size": measured["world_size"], "host": platform.node(),
             "data_wait_share": _mean([h.get("data_wait_share") for h in history]),
         },
         conversion=report.to_dict(), provenance=provenance,

@@ -22,6 +22,7 @@ from torch import nn
 
 from .convert import ConversionReport
 from .distributed import World
+from .estimate import Footprint
 from .events import EpochEnd, Events
 from .provenance import Provenance
 from .registry import Registry
@@ -129,6 +130,18 @@ class Task(ABC):
     @abstractmethod
     def input_size(self, config: dict[str, Any]) -> tuple[int, ...]:
         """One sample's input shape (C, H, W) used for MAC counts."""
+
+    def footprint(self, config: dict[str, Any]) -> Footprint:
+        """How a cell of ``config`` trains, for :func:`lcdense.estimate.estimate` (batch, input,
+        optimizer, autocast). The default describes :func:`lcdense.training.train_loop` reading the
+        ``train`` section; a task with its own training loop overrides it."""
+        train = config["train"]
+        optimizer = str(train.get("optimizer", "sgd")).lower()
+        return Footprint(batch_size=int(train.get("batch_size", 1)), input_size=tuple(self.input_size(config)),
+                         optimizer=optimizer, lr=float(train.get("lr") or 0.01),
+                         momentum=float(train.get("momentum", 0.9)) if optimizer == "sgd" else 0.0,
+                         nesterov=bool(train.get("nesterov", True)), weight_decay=float(train.get("weight_decay") or 0.0),
+                         amp=bool(train.get("amp", True)), grads_during_forward=True)
 
     @abstractmethod
     def fit(self, model: nn.Module, data: Any, config: dict[str, Any], cell: Cell) -> tuple[nn.Module, list[dict[str, float]]]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..api import SHORT_KEYS
+from ..api import SHORT_KEYS, dry_run
 from ..api import run as run_api
 from ..config import parse_assignment
 from ..task import list_tasks
@@ -17,7 +17,7 @@ from .common import positive_int
 
 #: Flags that become settings (their names are the API's short names, :data:`lcdense.api.SHORT_KEYS`).
 SETTING_FLAGS: tuple[str, ...] = ("E", "variants", "seeds", "epochs", "batch_size", "data", "dataset", "model",
-                                  "workers", "device", "out", "name")
+                                  "workers", "device", "out", "name", "memory")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -42,6 +42,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run (other settings come from it)")
     p.add_argument("--no-analysis", action="store_true", help="skip the filter analysis at the end")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars or per-epoch lines")
+    p.add_argument("--dry-run", action="store_true",
+                   help="predict each cell's memory and FLOPs (fake tensors, nothing allocated or trained)")
+    p.add_argument("--memory", help="memory to plan for and refuse above, e.g. 80GiB (run.max_memory; "
+                                    "default: the device's)")
 
 
 def settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -60,5 +64,8 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        dry_run(args.task, config=args.config, ddp=args.ddp, **settings(args))
+        return 0
     run_api(args.task, config=args.config, resume=args.resume, ddp=args.ddp, **settings(args))
     return 0

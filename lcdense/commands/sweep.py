@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from ..api import dry_run
 from ..api import sweep as sweep_api
 from ..errors import LcdenseError
 from ..executors import EXECUTORS
@@ -52,6 +53,9 @@ def _values(text: str, axis: str) -> list[Any]:
 
 def run(args: argparse.Namespace) -> int:
     axes = {axis: _values(getattr(args, axis), axis) for axis in AXES if getattr(args, axis, None)}
+    if args.dry_run:
+        dry_run(args.task, config=args.config, axes=axes, ddp=args.ddp, **run_command.settings(args))
+        return 0
     executor_settings = {"partition": args.partition, "gpus_per_job": args.gpus_per_job,
                          "timeout_min": args.time_limit, "array_parallelism": args.array_parallelism}
     sweep_api(args.task, axes=axes, config=args.config, resume=args.resume, ddp=args.ddp, executor=args.executor,

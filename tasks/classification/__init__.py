@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lcdense import (Cell, LcdenseError, Task, TrainSettings, cifar_resnet, create_model, epoch_generator, epoch_seed,
-                     preconditioned_inexact, require_extra, train_loop, unknown_name)
+from lcdense import (Cell, Footprint, LcdenseError, Task, TrainSettings, cifar_resnet, create_model, epoch_generator,
+                     epoch_seed, preconditioned_inexact, require_extra, train_loop, unknown_name)
 
 from . import timm_recipe
 from .data import DATASETS, TensorData, ensure_embedded, fingerprint, load_tensor_dataset
@@ -112,6 +112,12 @@ class ClassificationTask(Task):
             size = int(config["data"]["image_size"])
             return (3, size, size)
         return (1 if config["data"]["dataset"] == "fashion-mnist" else 3, 32, 32)
+
+    def footprint(self, config: dict[str, Any]) -> Footprint:
+        """train_loop's step, plus the evaluation: clean at eval.batch_size, then FGSM (a backward to the input)."""
+        fp = super().footprint(config)
+        fp.eval_batch_size, fp.eval_input_grad = int(config["eval"]["batch_size"]), True
+        return fp
 
     # ---- training ----------------------------------------------------------------------------
     def fit(self, model: nn.Module, data: Any, config: dict[str, Any], cell: Cell) -> tuple[nn.Module, list[dict[str, float]]]:

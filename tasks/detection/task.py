@@ -37,7 +37,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from lcdense import Cell, LcdenseError, Task, frozen_digest
+from lcdense import Cell, Footprint, LcdenseError, Task, frozen_digest
 
 from .evaluation import coco_metrics
 from .offline import load_ultralytics
@@ -144,6 +144,19 @@ class DetectionTask(Task):
 
     def input_size(self, config: dict[str, Any]) -> tuple[int, ...]:
         return (3, int(config["data"]["imgsz"]), int(config["data"]["imgsz"]))
+
+    def footprint(self, config: dict[str, Any]) -> Footprint:
+        """ultralytics' loop: gradients are zeroed after each step; besides the model handed to
+        ``fit`` it holds a copy of its state (``source_state``), its own converted model and the EMA."""
+        train = config["train"]
+        optimizer = str(train["optimizer"]).lower()
+        if optimizer not in ("sgd", "adamw"):
+            raise LcdenseError(f"the cost estimate knows train.optimizer SGD and AdamW, got '{train['optimizer']}'")
+        return Footprint(batch_size=int(train["batch_size"]), input_size=self.input_size(config), optimizer=optimizer,
+                         lr=float(train["lr0"]), momentum=float(train["momentum"]) if optimizer == "sgd" else 0.0,
+                         nesterov=True, weight_decay=float(train["weight_decay"]), amp=train["amp"] == "bf16",
+                         grads_during_forward=False, model_copies=3,
+                         eval_batch_size=2 * int(train["batch_size"]))
 
     def _common_args(self, config: dict[str, Any], data: DetectionData, cell: Cell, device: str) -> dict[str, Any]:
         amp = config["train"]["amp"]

@@ -23,7 +23,7 @@ import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
-from lcdense import (Cell, LcdenseError, Task, TrainSettings, autocast, autocast_precision, epoch_generator,
+from lcdense import (Cell, Footprint, LcdenseError, Task, TrainSettings, autocast, autocast_precision, epoch_generator,
                      preconditioned_inexact, train_loop)
 
 from .data import PairDataset, eval_batches, train_batches
@@ -120,6 +120,11 @@ class SegmentationTask(Task):
 
     def input_size(self, config: dict[str, Any]) -> tuple[int, ...]:
         return (3, *self.resolve_config(config)["data"]["image_size"])
+
+    def footprint(self, config: dict[str, Any]) -> Footprint:
+        fp = super().footprint(self.resolve_config(config))
+        fp.eval_batch_size = fp.batch_size  # validation: no-grad forward at the training batch
+        return fp
 
     def prepare_data(self, config: dict[str, Any], cache_dir: Path) -> SegmentationData:
         data = self.resolve_config(config)["data"]
