@@ -246,13 +246,15 @@ class LcdenseDetectionTrainer(DetectionTrainer):
 
 
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    """The state on the CPU, not copied where it already is (the checkpoint is written at once)."""
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
 
 def _cpu_tree(value: Any) -> Any:
-    """A copy of an optimizer state dict with every tensor on the CPU (dtypes kept: fp32 stays fp32)."""
+    """An optimizer state dict with every tensor on the CPU (dtypes kept: fp32 stays fp32; not copied
+    where it already is, the checkpoint is written at once)."""
     if isinstance(value, torch.Tensor):
-        return value.detach().cpu().clone()
+        return value.detach().cpu()
     if isinstance(value, dict):
         return {k: _cpu_tree(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
