@@ -58,7 +58,6 @@ def test_embedded_imagefolder_is_the_imagenet_layout_and_deterministic(tmp_path)
     assert tree(ensure_embedded_imagefolder(tmp_path / "b")) == tree(root)
 
 
-@pytest.mark.slow
 def test_timm_recipe_end_to_end_all_four_variants(tmp_path):
     out = tmp_path / "runs"
     assert main(["run", *TINY, "--dataset", "embedded-imagefolder", "--set", "run.E=[2]", "--out", str(out)]) == 0
@@ -91,7 +90,6 @@ def test_timm_recipe_end_to_end_all_four_variants(tmp_path):
     assert "frozen - learnable" in (run_dir / "summary.md").read_text()
 
 
-@pytest.mark.slow
 def test_timm_recipe_killed_and_resumed_gives_identical_numbers_and_ema_stays_frozen(tmp_path, monkeypatch):
     from lcdense.task import Cell
 
