@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 
 from .errors import LcdenseError
@@ -47,8 +48,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's kill, ``kill PID``): stopped like Ctrl-C, with its own exit code."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``lcdense`` console script."""
+    """Entry point of the ``lcdense`` console script. SIGTERM stops it as Ctrl-C does (finished
+    cells and the last epoch checkpoint are kept) and exits with 143; Ctrl-C exits with 130."""
+    try:
+        signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread (an embedding application): leave its handler alone
+        pass
     try:
         argv = list(sys.argv[1:] if argv is None else argv)
         args = build_parser().parse_args(argv)
@@ -59,9 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     except LcdenseError as exc:
         print(f"lcdense: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("lcdense: interrupted; finished cells are saved, continue with --resume RUN_DIR", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        what = "terminated" if isinstance(exc, Terminated) else "interrupted"
+        print(f"lcdense: {what}; finished cells are saved, continue with --resume RUN_DIR", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
 
 
 if __name__ == "__main__":

@@ -109,7 +109,8 @@ def test_interrupted_run_resumes_to_the_same_numbers(toy_installed, tmp_path, mo
     assert "Approximate resumes" not in (run_dir / "summary.md").read_text()
 
 
-def test_ctrl_c_exits_cleanly_and_resume_completes(toy_installed, tmp_path):
+@pytest.mark.parametrize(("sig", "code", "said"), [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+def test_ctrl_c_and_sigterm_exit_cleanly_and_resume_completes(toy_installed, tmp_path, sig, code, said):
     out = tmp_path / "runs"
     cmd = [sys.executable, "-m", "lcdense.cli", "run", "--task", "toy", "--variants", "learnable", "--epochs", "40",
            "--set", "data.samples=4096", "--out", str(out), "--quiet", "--no-analysis"]
@@ -117,10 +118,10 @@ def test_ctrl_c_exits_cleanly_and_resume_completes(toy_installed, tmp_path):
     deadline = time.time() + 120
     while not list(out.glob("toy/*/cells/*/checkpoint.pt")) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
-    assert err.strip().splitlines()[-1].startswith("lcdense: interrupted; finished cells are saved")
+    assert proc.returncode == code, err
+    assert err.strip().splitlines()[-1].startswith(f"lcdense: {said}; finished cells are saved")
     run_dir = _run_dir(out)
     done = subprocess.run([sys.executable, "-m", "lcdense.cli", "run", "--resume", str(run_dir), "--quiet",
                            "--no-analysis", "--set", "train.epochs=1"], capture_output=True, text=True)

@@ -33,7 +33,7 @@ def describe(experiment: Experiment) -> str:
              f"  model      {e.model}",
              f"  grid       {_grid(e)}",
              f"             {e.grid_note}",
-             f"  recipe     {e.recipe or 'not yet available: ' + str(e.recipe_missing)}"]
+             f"  recipe     {e.recipe}"]
     if not e.published:
         lines.append("  published  none" + (" (figure only)" if e.source.startswith("Figure") else
                                             " (lcdense's numbers will be the first)"))
