@@ -27,6 +27,7 @@ from pathlib import Path
 from types import ModuleType
 
 from lcdense import LcdenseError
+from lcdense.capture import framework_output
 
 OFFLINE_ENV: dict[str, str] = {"YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "0"}
 os.environ.update(OFFLINE_ENV)
@@ -50,6 +51,11 @@ def load_ultralytics(cache_dir: Path) -> ModuleType:
     """
     if "ultralytics" not in sys.modules and "YOLO_CONFIG_DIR" not in os.environ:
         os.environ["YOLO_CONFIG_DIR"] = str(Path(cache_dir).resolve() / "ultralytics")
+    if "ultralytics" not in sys.modules:  # its first import announces the settings file it creates: logged
+        log = Path(cache_dir).resolve() / "ultralytics" / "import.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with framework_output(log, show=False):
+            import ultralytics  # noqa: F401
     import ultralytics
     from ultralytics import utils
 
