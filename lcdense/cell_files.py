@@ -75,7 +75,8 @@ class CellFiles(Callback):
         self.run_dir = event.run_dir
 
     def on_cell_start(self, event: CellStart) -> None:
-        if self.run_dir is not None and not event.skipped:
+        self.run_dir = event.run_dir  # a cluster job runs cells only: no run start
+        if not event.skipped:
             earlier = _read_history(self.run_dir / "cells" / event.cell.id / "history.csv")
             self.history[event.cell.id] = {int(row["epoch"]): row for row in earlier}
 

@@ -102,15 +102,48 @@ def epoch_numbers(event: EpochEnd) -> dict[str, float]:
 
 
 class _Tracker(Callback):
-    """Shared state: the run directory, its config and the cell configs."""
+    """Shared state: the run directory, its config and plan. A tracker attaches to the run at its
+    first event (run start; in a cluster job, which runs cells only, its first cell's start; the
+    report of finished jobs, at run end)."""
 
     def __init__(self) -> None:
         self.run_dir: Path | None = None
         self.config: dict[str, Any] = {}
         self.plan: Any = None
 
+    def attach(self, run_dir: Path, config: dict[str, Any] | None = None, plan: Any = None) -> None:
+        """Remember the run (reading its config and plan where the event does not carry them)."""
+        if self.run_dir is not None:
+            return
+        from .config import load_yaml
+        from .records import read_plan
+
+        self.run_dir = run_dir
+        self.config = config if config is not None else load_yaml(run_dir / "config.yaml")
+        self.plan = plan if plan is not None else read_plan(run_dir)
+        self.opened()
+
+    def opened(self) -> None:
+        """Called once the run is known (a tracker connects here)."""
+
     def on_run_start(self, event: RunStart) -> None:
-        self.run_dir, self.config, self.plan = event.run_dir, event.config, event.plan
+        self.attach(event.run_dir, event.config, event.plan)
+
+    def on_cell_start(self, event: CellStart) -> None:
+        if not event.skipped:
+            self.attach(event.run_dir)
+            self.cell_started(event)
+
+    def cell_started(self, event: CellStart) -> None:
+        """A cell that trains now (not one finished earlier) starts."""
+
+    def on_run_end(self, event: RunEnd) -> None:
+        self.attach(event.run_dir, event.config, event.plan)
+        if event.table:
+            self.run_ended(event)
+
+    def run_ended(self, event: RunEnd) -> None:
+        """The run's report is written (``event.table`` is the gap table)."""
 
     def cell_config(self, event: CellStart) -> dict[str, Any]:
         """The config the cell trains with (its sweep point applied), with its variant and seed."""
@@ -136,9 +169,7 @@ class TensorBoardLogger(_Tracker):
             self.writers[name] = SummaryWriter(log_dir=str(self.run_dir / "tensorboard" / name))
         return self.writers[name]
 
-    def on_cell_start(self, event: CellStart) -> None:
-        if self.run_dir is None or event.skipped:
-            return
+    def cell_started(self, event: CellStart) -> None:
         config = self.cell_config(event)
         self._writer(event.cell.id).add_text("config", "\n".join(f"    {k}: {v}" for k, v in config.items()))
 
@@ -151,9 +182,9 @@ class TensorBoardLogger(_Tracker):
         writer.flush()
 
     def on_cell_end(self, event: CellEnd) -> None:
-        if self.run_dir is None:
+        if event.record.id not in self.writers:
             return
-        writer = self._writer(event.record.id)
+        writer = self.writers[event.record.id]
         step = len(event.record.history)
         for key, value in cell_finals(event).items():
             writer.add_scalar(key, value, step)
@@ -161,9 +192,7 @@ class TensorBoardLogger(_Tracker):
         writer.close()
         self.writers.pop(event.record.id)
 
-    def on_run_end(self, event: RunEnd) -> None:
-        if self.run_dir is None or not event.table:
-            return
+    def run_ended(self, event: RunEnd) -> None:
         writer = self._writer("gaps")
         writer.add_text("gap_table", event.table)
         for group, stats in (event.summary.groups if event.summary else {}).items():
@@ -184,28 +213,29 @@ class MLflowLogger(_Tracker):
         self.parent = ""
         self.runs: dict[str, str] = {}
 
-    def on_run_start(self, event: RunStart) -> None:
-        super().on_run_start(event)
+    def opened(self) -> None:
+        assert self.run_dir is not None
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         from mlflow.tracking import MlflowClient
 
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(event.run_dir / 'mlflow.db').resolve()}"
-        self.client = MlflowClient(tracking_uri=uri)
-        name = f"lcdense-{event.plan.task}"
+        remote = os.environ.get("MLFLOW_TRACKING_URI")
+        self.client = MlflowClient(tracking_uri=remote or f"sqlite:///{(self.run_dir / 'mlflow.db').resolve()}")
+        name = f"lcdense-{self.plan.task}"
         found = self.client.get_experiment_by_name(name)
-        local = None if os.environ.get("MLFLOW_TRACKING_URI") else (event.run_dir / "mlartifacts").resolve().as_uri()
+        local = None if remote else (self.run_dir / "mlartifacts").resolve().as_uri()
         self.experiment = found.experiment_id if found else self.client.create_experiment(name, artifact_location=local)
-        run = self.client.create_run(self.experiment, run_name=str(event.run_dir.name),
-                                     tags={"lcdense.run_dir": str(event.run_dir.resolve())})
-        self.parent = run.info.run_id
+        where = str(self.run_dir.resolve())
+        earlier = [r for r in self.client.search_runs([self.experiment], filter_string=f"tags.`lcdense.run_dir` = '{where}'")
+                   if "mlflow.parentRunId" not in r.data.tags]  # a resumed run, or its cluster jobs: one parent run
+        self.parent = earlier[0].info.run_id if earlier else self.client.create_run(
+            self.experiment, run_name=self.run_dir.name, tags={"lcdense.run_dir": where}).info.run_id
 
-    def on_cell_start(self, event: CellStart) -> None:
-        if self.client is None or event.skipped:
-            return
+    def cell_started(self, event: CellStart) -> None:
         from mlflow.entities import Param
 
         run = self.client.create_run(self.experiment, run_name=event.cell.id,
-                                     tags={"mlflow.parentRunId": self.parent, "lcdense.cell": event.cell.id})
+                                     tags={"mlflow.parentRunId": self.parent, "lcdense.cell": event.cell.id,
+                                           "lcdense.run_dir": str(event.run_dir.resolve())})
         self.runs[event.cell.id] = run.info.run_id
         params = [Param(k, str(v)[:500]) for k, v in self.cell_config(event).items()]
         for start in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
@@ -233,11 +263,8 @@ class MLflowLogger(_Tracker):
         self.client.log_batch(run_id, tags=[RunTag(f"lcdense.{k}", v) for k, v in cell_digests(event).items()])
         self.client.set_terminated(run_id)
 
-    def on_run_end(self, event: RunEnd) -> None:
-        if self.client is None:
-            return
-        if event.table:
-            self.client.log_text(self.parent, event.table + "\n", "gaps.md")
+    def run_ended(self, event: RunEnd) -> None:
+        self.client.log_text(self.parent, event.table + "\n", "gaps.md")
         self.client.set_terminated(self.parent)
 
 
@@ -264,9 +291,7 @@ class WandbLogger(_Tracker):
                           mode=os.environ.get("WANDB_MODE", "offline"), reinit="create_new",
                           settings=wandb.Settings(silent=True, console="off"))
 
-    def on_cell_start(self, event: CellStart) -> None:
-        if self.run_dir is None or event.skipped:
-            return
+    def cell_started(self, event: CellStart) -> None:
         self.runs[event.cell.id] = self._init(event.cell.id, self.cell_config(event), "cell")
 
     def on_epoch_end(self, event: EpochEnd) -> None:
@@ -280,9 +305,7 @@ class WandbLogger(_Tracker):
         run.summary.update({**cell_finals(event), **cell_digests(event)})
         run.finish()
 
-    def on_run_end(self, event: RunEnd) -> None:
-        if self.run_dir is None or not event.table:
-            return
+    def run_ended(self, event: RunEnd) -> None:
         import wandb
 
         run = self._init("gaps", {"task": self.config.get("task")}, "report")

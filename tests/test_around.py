@@ -142,3 +142,22 @@ def test_logger_settings_are_one_line_errors_and_parse_from_the_cli(toy_installe
     assert main(["run", "--task", "toy", "--quiet", "--verbose", "--out", str(tmp_path)]) == 2
     assert "--quiet and --verbose contradict each other" in capsys.readouterr().err
     assert not (tmp_path / "toy").exists() or not any((tmp_path / "toy").iterdir())  # refused before any run dir
+
+
+def test_trackers_and_history_in_cluster_jobs(toy_installed, tmp_path):
+    """A job runs cells only (no run start in its process): the tracker attaches at the first cell."""
+    pytest.importorskip("submitit")
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = lcdense.sweep("toy", executor="debug", out=str(tmp_path), **{**TOY, "epochs": 1, "loggers": ["tensorboard"]})
+    assert result.complete
+    for cell in result.cells:
+        events = EventAccumulator(str(result.run_dir / "tensorboard" / cell.id))
+        events.Reload()
+        assert [e.step for e in events.Scalars("epoch/train_loss")] == [1]
+        assert events.Scalars("final/accuracy")[0].value == pytest.approx(cell.metrics["accuracy"])
+        assert (result.run_dir / "cells" / cell.id / "history.csv").read_text().count("\n") == 2
+    gaps = EventAccumulator(str(result.run_dir / "tensorboard" / "gaps"))
+    gaps.Reload()
+    assert gaps.Tensors("gap_table/text_summary")[0].tensor_proto.string_val[0].decode() == result.table
