@@ -19,7 +19,7 @@ import io
 from pathlib import Path
 from typing import Any
 
-from .events import CellEnd, CellStart, Callback, EpochEnd, RunStart
+from .events import Callback, CellEnd, CellStart, EpochEnd, RunStart
 from .files import write_text
 
 

@@ -202,4 +202,4 @@ def short_metrics(metrics: dict[str, Any], primary: str) -> str:
     return " ".join(f"{k}={metrics[k]:.4g}" for k in keys if isinstance(metrics[k], (int, float)))
 
 
-__all__ = ["short_metrics", "Callback", "CellEnd", "CellStart", "ConsoleLog", "EpochEnd", "Events", "RunEnd", "RunStart"]
+__all__ = ["Callback", "CellEnd", "CellStart", "ConsoleLog", "EpochEnd", "Events", "RunEnd", "RunStart", "short_metrics"]

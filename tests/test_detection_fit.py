@@ -239,6 +239,11 @@ def test_detection_cell_records_ema_as_primary_with_both_digests(tmp_path: Path,
                  "--set", shapes, "--set", "train.warmup_epochs=0", "--device", "cpu", "--out", str(tmp_path),
                  "--no-analysis"]) == 0
     printed = capsys.readouterr()
+    from ultralytics.utils import SETTINGS
+
+    from lcdense_tasks.detection.offline import INTEGRATIONS
+
+    assert not any(SETTINGS[key] for key in INTEGRATIONS)  # ultralytics' MLflow would write mlflow.db to the cwd
     (record_path,) = tmp_path.glob("detection/*/cells/lc-frozen@2__seed0/cell.json")
     record = json.loads(record_path.read_text())
     # the console shows lcdense's lines only; ultralytics' and pycocotools' output is in the cell's train.log
