@@ -31,8 +31,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from lcdense import LcdenseError
-from lcdense.capture import framework_output
+from lcdense import LcdenseError, framework_output
 
 OFFLINE_ENV: dict[str, str] = {"YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "0"}
 INTEGRATIONS: tuple[str, ...] = ("clearml", "comet", "dvc", "mlflow", "raytune", "tensorboard", "wandb")
