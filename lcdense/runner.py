@@ -20,7 +20,6 @@ import json
 import os
 import platform
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -207,10 +206,9 @@ def run_cell(task: Task, data: Any, config: dict[str, Any], spec: CellSpec, cell
     _same_on_every_rank(world, digest_before, spec, "before training")
     quiet = quiet or not world.is_main
     init = cell_init(cfg, spec.variant)
-    console = sys.stdout  # lcdense's own lines; the framework's output goes to train.log
     cell = Cell(variant=spec.variant.name, seed=spec.seed, init_seed=spec.seed, data_seed=data_seed,
                 dir=cell_dir, device=device, convert=convert_fn, quiet=quiet,
-                log=(lambda _msg: None) if quiet else (lambda msg: print(msg, file=console, flush=True)),
+                log=(lambda _msg: None) if quiet else events.print,  # the console, not train.log
                 world=world, gpus=gpus, init=init, id=spec.id, events=events)
     began = time.perf_counter()
     log = cell_dir / "train.log" if world.is_main else None

@@ -142,13 +142,13 @@ class DetectionTask(Task):
                          grads_during_forward=False, model_copies=3,
                          eval_batch_size=2 * int(train["batch_size"]))
 
-    def _common_args(self, config: dict[str, Any], data: DetectionData, device: str) -> dict[str, Any]:
+    def _common_args(self, config: dict[str, Any], data: DetectionData, cell: Cell, device: str) -> dict[str, Any]:
         amp = config["train"]["amp"]
         if amp not in (False, "bf16"):
             raise LcdenseError(f"train.amp must be false or bf16, got {amp!r} (ultralytics' fp16 AMP check downloads weights)")
         return {"data": str(data.dataset.yaml_path), "imgsz": int(config["data"]["imgsz"]),
                 "device": device, "workers": int(config["data"]["workers"]),
-                "plots": False, "verbose": True, "amp": amp, "save_json": False}
+                "plots": False, "verbose": not cell.quiet, "amp": amp, "save_json": False}
 
     def fit(self, model: nn.Module, data: DetectionData, config: dict[str, Any], cell: Cell) -> tuple[nn.Module, list[dict[str, float]]]:
         from .trainer import (CellContext, LcdenseDetectionTrainer, finished_state, last_checkpoint, model_yaml,
@@ -165,7 +165,7 @@ class DetectionTask(Task):
         last = last_checkpoint(save_dir)
         model_cfg = model_yaml(config["model"]["name"], config["model"].get("depth"), config["model"].get("width"))
         overrides = {
-            **self._common_args(config, data, ",".join(map(str, cell.gpus)) or ultralytics_device(cell.device)),
+            **self._common_args(config, data, cell, ",".join(map(str, cell.gpus)) or ultralytics_device(cell.device)),
             **{k: train[k] for k in _TRAIN_KEYS},
             "model": model_cfg["yaml_file"], "save_dir": str(save_dir), "batch": int(train["batch_size"]),
             "nbs": train["nbs"] or int(train["batch_size"]),
@@ -229,7 +229,7 @@ class DetectionTask(Task):
         from .trainer import CollectingValidator, ultralytics_device
 
         train = config["train"]
-        args = {**self._common_args(config, data, ultralytics_device(cell.device)),
+        args = {**self._common_args(config, data, cell, ultralytics_device(cell.device)),
                 "batch": 2 * int(train["batch_size"]), "split": "val", "conf": train["conf"], "iou": train["iou"],
                 "max_det": train["max_det"], "rect": True}
         threads = torch.get_num_threads()
