@@ -24,6 +24,7 @@ from .convert import ConversionReport, LayerRecord, convert, is_spatial_conv
 from .digest import frozen_digest, frozen_tensors
 from .distributed import World
 from .estimate import Footprint
+from .capture import framework_output
 from .errors import LcdenseError, MissingExtra, require_extra, unknown_name
 from .events import Callback, CellEnd, CellStart, EpochEnd, RunEnd, RunStart
 from .fold import combined_weight, fold, fold_block
@@ -39,6 +40,7 @@ from .training import TrainSettings, autocast, epoch_generator, epoch_seed, prec
 __version__ = "0.1.0"
 
 __all__ = [
+    "framework_output",
     "LCConv", "combine_filters", "ConversionReport", "LayerRecord", "convert", "is_spatial_conv", "frozen_digest",
     "frozen_tensors", "LcdenseError", "MissingExtra", "require_extra", "unknown_name", "combined_weight", "fold",
     "fold_block", "INITS", "seeded_filters", "Registry", "Cell", "Task", "get_task", "list_tasks",

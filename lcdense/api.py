@@ -39,7 +39,7 @@ SHORT_KEYS: dict[str, str] = {
     "E": "run.E", "variants": "run.variants", "seeds": "run.seeds", "device": "run.device", "out": "run.out",
     "name": "run.name", "quiet": "run.quiet", "analysis": "run.analysis", "epochs": "train.epochs",
     "batch_size": "train.batch_size", "data": "data.root", "dataset": "data.dataset", "model": "model.name",
-    "workers": "data.workers", "memory": "run.max_memory",
+    "workers": "data.workers", "memory": "run.max_memory", "verbose": "run.verbose", "loggers": "run.loggers",
 }
 
 
@@ -77,13 +77,18 @@ def expand_settings(overrides: dict[str, Any]) -> dict[str, Any]:
 
 
 def default_callbacks(config: dict[str, Any]) -> list[Any]:
-    """The callbacks every run has: saved filters, filter analysis (``run.analysis``), the report
-    and the console output."""
+    """The callbacks every run has: saved filters, the per-cell files (``history.csv``...), filter
+    analysis (``run.analysis``), the report, the experiment trackers (``run.loggers``) and the
+    console output."""
     from .analysis import FilterAnalysis, SaveFilters
+    from .cell_files import CellFiles
     from .summary import Report
+    from .trackers import make_loggers
 
-    analysis = [FilterAnalysis()] if config["run"].get("analysis", True) else []
-    return [SaveFilters(), *analysis, Report(), ConsoleLog(quiet=bool(config["run"].get("quiet")))]
+    run = config["run"]
+    analysis = [FilterAnalysis()] if run.get("analysis", True) else []
+    return [SaveFilters(), CellFiles(), *analysis, Report(), *make_loggers(config),
+            ConsoleLog(quiet=bool(run.get("quiet")), verbose=bool(run.get("verbose")))]
 
 
 def load(run_dir: str | os.PathLike) -> RunResult:
@@ -100,7 +105,7 @@ def run(task: str | None = None, *, config: str | os.PathLike | None = None, res
 
     ``config`` is a YAML file (its ``task`` key names the task when ``task`` is None); overrides
     as in the module docstring. ``resume`` continues an interrupted run (its settings come from
-    the run directory; ``quiet`` and ``device``/``ddp`` still apply). ``ddp=N`` (or a device list
+    the run directory; ``quiet``, ``verbose``, ``loggers`` and ``device``/``ddp`` still apply). ``ddp=N`` (or a device list
     such as ``device="0,1"``) trains each cell data-parallel: torchrun's ranks for most tasks,
     the task framework's own launcher for detection. ``callbacks`` receive the run's events
     (:mod:`lcdense.events`) after the built-in ones.
@@ -219,6 +224,8 @@ def _launch(task_name: str | None, *, config: Any, resume: Any, axes: dict[str, 
         run_dir: Path | None = Path(resume)
         cfg, task, cells, axis_keys = load_run(run_dir)
         cfg["run"]["quiet"] = bool(settings.get("run.quiet") or cfg["run"].get("quiet"))
+        cfg["run"]["verbose"] = bool(settings.get("run.verbose") or cfg["run"].get("verbose"))
+        cfg["run"]["loggers"] = settings.get("run.loggers", cfg["run"].get("loggers") or [])
         device = str(settings.get("run.device") or "")
     else:
         run_dir = None

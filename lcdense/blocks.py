@@ -286,6 +286,13 @@ class LCConv(nn.Module):
         bank_passes = 3 if self.spatial == "learnable" else 2
         return 3 * conv + bank_passes * combine, bank_passes * spatial + 3 * pointwise
 
+    def fuse(self) -> nn.Module:
+        """This block folded into one plain conv (:func:`lcdense.fold_block`): the hook that
+        ``timm.utils.reparameterize_model`` calls, so timm's own tool folds LC models exactly."""
+        from .fold import fold_block
+
+        return fold_block(self)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.choose_impl(x.shape) == "naive":
             return self.naive_forward(x)

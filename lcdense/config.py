@@ -41,6 +41,8 @@ RUN_DEFAULTS: dict[str, Any] = {
         "threads": None,
         "max_memory": None,
         "quiet": False,
+        "verbose": False,  # show the task framework's own output (else only in cells/<id>/train.log)
+        "loggers": [],  # experiment trackers: tensorboard, mlflow, wandb (lcdense.trackers)
     },
     "conversion": {
         "init": "kaiming_uniform",

@@ -90,6 +90,13 @@ class PreconditionedConv(nn.modules.conv._ConvNd):
         conv.train(block.training)
         return conv
 
+    def fuse(self) -> nn.Module:
+        """This conv as a plain conv of the same weight (:func:`lcdense.fold_block`), the hook of
+        ``timm.utils.reparameterize_model``."""
+        from .fold import fold_block
+
+        return fold_block(self)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(x, _PreconditionGradient.apply(self.weight, self.preconditioner), self.bias)
 

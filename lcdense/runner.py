@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from .config import dump, load_yaml, set_dotted
+from .capture import framework_output
 from .convert import ConversionReport, convert
 from .digest import frozen_digest
 from .distributed import World
@@ -40,6 +41,7 @@ from .files import write_json, write_text
 from .inits import check_init
 from .memory import PeakMemory
 from .records import CellRecord, PlanRecord, finished_cell, read_plan, write_cell, write_plan
+from .trackers import check_loggers
 from .task import Cell, Task, get_task
 from .variants import CellSpec, Variant
 
@@ -155,6 +157,9 @@ def check_before_training(task: Task, config: dict[str, Any], cells: list[CellSp
     an unknown ``run.baseline_init``, and ``conversion.impl: preconditioned`` for lc-frozen cells
     unless the task verifies that its optimizer trains that form exactly (plain SGD, no clipping)."""
     check_init(str(config["run"].get("baseline_init", "kaiming_uniform")))
+    check_loggers(config["run"].get("loggers"))
+    if config["run"].get("quiet") and config["run"].get("verbose"):
+        raise LcdenseError("--quiet and --verbose contradict each other; pick one")
     preconditioned = config["conversion"]["impl"] == "preconditioned"
     if preconditioned and (config["conversion"]["mid"] or any(c.variant.kind == "lc-learnable" for c in cells)):
         raise LcdenseError("conversion.impl 'preconditioned' needs a frozen bank and no mid op: it cannot train "
@@ -203,10 +208,15 @@ def run_cell(task: Task, data: Any, config: dict[str, Any], spec: CellSpec, cell
     init = cell_init(cfg, spec.variant)
     cell = Cell(variant=spec.variant.name, seed=spec.seed, init_seed=spec.seed, data_seed=data_seed,
                 dir=cell_dir, device=device, convert=convert_fn, quiet=quiet,
-                log=(lambda _msg: None) if quiet else print, world=world, gpus=gpus, init=init, id=spec.id,
-                events=events)
+                log=(lambda _msg: None) if quiet else events.print,  # the console, not train.log
+                world=world, gpus=gpus, init=init, id=spec.id, events=events)
     began = time.perf_counter()
-    with PeakMemory(device, held=[*model.parameters(), *model.buffers()]) as memory:
+    log = cell_dir / "train.log" if world.is_main else None
+    if log is not None:
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(f"--- lcdense: cell {spec.id}, {datetime.now().isoformat(timespec='seconds')} ---\n")
+    with PeakMemory(device, held=[*model.parameters(), *model.buffers()]) as memory, \
+            framework_output(log, show=bool(cfg["run"].get("verbose")) and world.is_main):
         model, history = task.fit(model, data, cfg, cell)
         train_time = time.perf_counter() - began
         digest_after = frozen_digest(model)

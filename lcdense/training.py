@@ -137,8 +137,6 @@ def train_loop(
     averaged over the ranks after every epoch, the logged loss is the mean over ranks, and only
     rank 0 writes the checkpoint.
     """
-    from tqdm.auto import tqdm
-
     world = cell.world
     if settings.sync_bn and world.active:
         if cell.device.type != "cuda":
@@ -171,9 +169,7 @@ def train_loop(
         model.train()
         total, count, waited = 0.0, 0, 0.0
         began = tick = time.perf_counter()
-        bar = tqdm(batches(epoch), total=steps_per_epoch, leave=False, disable=cell.quiet,
-                   desc=f"{cell.variant} s{cell.seed} epoch {epoch + 1}/{settings.epochs}")
-        for batch in bar:
+        for batch in batches(epoch):
             waited += time.perf_counter() - tick
             with autocast(cell.device, settings.amp):
                 value = loss(net, batch)

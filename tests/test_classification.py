@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
+import json
 import pickle
 from pathlib import Path
 
@@ -160,6 +161,16 @@ def test_embedded_run_end_to_end(tmp_path):
         assert row["frozen_digest_before"] == row["frozen_digest_after"]
         assert 0 <= float(row["data_wait_share"]) < 0.5
     assert int(rows["lc-frozen@8"]["frozen_params"]) > 0 and int(rows["learnable"]["frozen_params"]) == 0
+    cell_dir = run_dir / "cells" / "lc-frozen@8__seed0"
+    per_class = list(csv.DictReader((cell_dir / "per_class.csv").open()))
+    assert len(per_class) == 10 and list(per_class[0]) == ["class", "top1", "images"]
+    images = sum(int(r["images"]) for r in per_class)  # the per-class hits add up to the overall top-1
+    hits = sum(float(r["top1"]) * int(r["images"]) for r in per_class)
+    assert hits / images == pytest.approx(float(rows["lc-frozen@8"]["top1"]))
+    history = list(csv.DictReader((cell_dir / "history.csv").open()))
+    record = json.loads((cell_dir / "cell.json").read_text())
+    assert [int(h["epoch"]) for h in history] == [1, 2, 3]
+    assert [float(h["top1"]) for h in history] == [h["top1"] for h in record["history"]]
     summary = (run_dir / "summary.md").read_text()
     assert "lc-frozen@8 - learnable" in summary and "## Filter analysis" in summary
     assert (run_dir / "analysis.json").is_file()

@@ -160,7 +160,11 @@ def test_fit_resume_and_evaluate_keep_frozen_filters(setup, tmp_path: Path, monk
     assert any(not torch.equal(ema_state[k], raw_state[k]) for k in raw_state if raw_state[k].is_floating_point())
     assert cell.provenance.primary_weights == "ema" and cell.provenance.eval_precision == "fp32"
     assert cell.provenance.frozen_digests == {"ema": digest}
-    assert set(metrics["per_class_ap"]) <= {"circle", "square", "triangle"}
+    assert set(metrics["per_class"]) <= {"circle", "square", "triangle"} and metrics["per_class"]
+    for values in metrics["per_class"].values():  # AP50 bounds AP50-95 from above, class by class
+        assert set(values) == {"ap50_95", "ap50"} and 0 <= values["ap50_95"] <= values["ap50"] <= 1
+    means = [sum(v[k] for v in metrics["per_class"].values()) / len(metrics["per_class"]) for k in ("ap50_95", "ap50")]
+    assert means == pytest.approx([metrics["map50_95"], metrics["map50"]])  # ultralytics' mAP is their mean
     again, _ = task.fit(fresh_model(task, config, data), data, config, cell)  # finished: loads, no retraining
     assert lcdense.frozen_digest(again) == digest
     assert torch.equal(again.state_dict()["model.24.cv3.0.2.weight"], trained.state_dict()["model.24.cv3.0.2.weight"])
@@ -227,15 +231,30 @@ def test_ultralytics_ddp_workers_rebuild_the_lcdense_trainer(setup, tmp_path: Pa
     assert moved  # the worker's training reached the parent's model
 
 
-def test_detection_cell_records_ema_as_primary_with_both_digests(tmp_path: Path) -> None:
+def test_detection_cell_records_ema_as_primary_with_both_digests(tmp_path: Path, capsys) -> None:
     from lcdense.cli import main
 
     shapes = "data.shapes={n_trainval: 8, n_test: 4, size: 64, max_objects: 2, seed: 0}"
     assert main(["run", "--task", "detection", "--variants", "lc-frozen", "--E", "2", "--epochs", "1", "--batch-size", "4",
                  "--set", shapes, "--set", "train.warmup_epochs=0", "--device", "cpu", "--out", str(tmp_path),
-                 "--quiet", "--no-analysis"]) == 0
+                 "--no-analysis"]) == 0
+    printed = capsys.readouterr()
+    from ultralytics.utils import SETTINGS
+
+    from lcdense_tasks.detection.offline import INTEGRATIONS
+
+    assert not any(SETTINGS[key] for key in INTEGRATIONS)  # ultralytics' MLflow would write mlflow.db to the cwd
     (record_path,) = tmp_path.glob("detection/*/cells/lc-frozen@2__seed0/cell.json")
     record = json.loads(record_path.read_text())
+    # the console shows lcdense's lines only; ultralytics' and pycocotools' output is in the cell's train.log
+    assert "[1/1] lc-frozen@2__seed0  map50_95=" in printed.out and "| lc-frozen@2 |" in printed.out
+    for framework in ("Ultralytics", "Starting training", "Loading and preparing results", "index created"):
+        assert framework not in printed.out + printed.err
+        assert framework in (record_path.parent / "train.log").read_text()
+    per_class = (record_path.parent / "per_class.csv").read_text().splitlines()
+    assert per_class[0] == "class,ap50_95,ap50" and len(per_class) == 1 + len(record["extra_metrics"]["per_class"])
+    history = (record_path.parent / "history.csv").read_text().splitlines()
+    assert history[0].startswith("epoch,train_box_loss,train_cls_loss,train_dfl_loss,") and len(history) == 2
     provenance = record["provenance"]
     assert provenance["primary_weights"] == "ema"
     assert provenance["frozen_digests"] == {"model": record["frozen_digest_after"], "ema": record["frozen_digest_after"]}

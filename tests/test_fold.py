@@ -130,3 +130,33 @@ def test_fold_whole_models_float64(name):
         after = fold(model)(x)
     assert not any(isinstance(m, LCConv) for m in model.modules())
     assert _rel_err(after, before) < 1e-10
+
+
+@pytest.mark.parametrize("impl", ["auto", "preconditioned"])
+def test_timm_reparameterize_model_folds_exactly_as_fold(impl):
+    """timm's own deploy tool (it replaces a child by ``child.fuse()``) gives lcdense.fold's model, bit for bit."""
+    import copy
+
+    timm = pytest.importorskip("timm")
+    from timm.utils import reparameterize_model
+
+    from lcdense import PreconditionedConv
+
+    model = timm.create_model("resnet18d", num_classes=10).double()
+    convert(model, "lc", E=2, spatial="frozen", seed=1, impl=impl, input_size=(3, 32, 32))
+    model.eval()
+    kind = PreconditionedConv if impl == "preconditioned" else LCConv
+    blocks = sum(isinstance(m, kind) for m in model.modules())
+    assert blocks > 10
+    folded = fold(copy.deepcopy(model))
+    by_timm = reparameterize_model(model)  # a deep copy, folded
+    assert sum(isinstance(m, kind) for m in model.modules()) == blocks  # the original is untouched
+    assert not any(isinstance(m, (LCConv, PreconditionedConv)) for m in by_timm.modules())
+    assert [type(m) for m in by_timm.modules()] == [type(m) for m in folded.modules()]
+    ours, theirs = folded.state_dict(), by_timm.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        reference = model(x)
+        assert torch.equal(by_timm(x), folded(x))
+        assert _rel_err(by_timm(x), reference) < 1e-10

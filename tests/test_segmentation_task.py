@@ -168,8 +168,11 @@ def test_lc_frozen_fit_evaluate_and_resume_replays_exactly(carvana_root, tmp_pat
     assert straight.provenance.train_precisions == ["fp32"] and straight.provenance.eval_precision == "fp32"  # CPU
     assert straight.provenance.resumes == []
     assert [h["epoch"] for h in history] == [1, 2]
-    assert set(metrics) == {"dice", "iou"} and 0.0 <= metrics["iou"] <= metrics["dice"] <= 1.0
-    assert metrics["dice"] == history[-1]["dice"]
+    assert set(metrics) == {"dice", "iou", "per_car"} and 0.0 <= metrics["iou"] <= metrics["dice"] <= 1.0
+    assert metrics["dice"] == history[-1]["dice"] and "per_car" not in history[-1]
+    assert set(metrics["per_car"]) == {s.group for s in data.val}  # one entry per held-out car
+    for car in metrics["per_car"].values():
+        assert set(car) == {"dice", "iou"} and 0.0 <= car["iou"] <= car["dice"] <= 1.0
     assert (tmp_path / "straight" / "init_sources.json").is_file()
 
     with pytest.raises(_Crash):
@@ -192,6 +195,9 @@ def test_brain_mri_fit_reports_patient_dice(tmp_path):
     data = task.prepare_data(config, tmp_path / "cache")
     assert {s.group for s in data.train}.isdisjoint({s.group for s in data.val})
     _, history, metrics = _train(task, config, data, _cell(tmp_path / "cell"))
-    assert set(metrics) == {"dice", "iou", "patient_dice"}
+    assert set(metrics) == {"dice", "iou", "patient_dice", "per_patient"}
+    per_patient = metrics.pop("per_patient")
     assert all(0.0 <= v <= 1.0 for v in metrics.values())
+    assert set(per_patient) == {s.group for s in data.val}  # patient_dice is the mean of the per-patient Dice
+    assert metrics["patient_dice"] == pytest.approx(sum(p["dice"] for p in per_patient.values()) / len(per_patient))
     assert history[-1]["patient_dice"] == metrics["patient_dice"]

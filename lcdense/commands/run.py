@@ -13,6 +13,7 @@ from ..api import SHORT_KEYS, dry_run
 from ..api import run as run_api
 from ..config import parse_assignment
 from ..task import list_tasks
+from ..trackers import logger_names
 from .common import positive_int
 
 #: Flags that become settings (their names are the API's short names, :data:`lcdense.api.SHORT_KEYS`).
@@ -41,7 +42,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config value, e.g. train.lr=0.05")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run (other settings come from it)")
     p.add_argument("--no-analysis", action="store_true", help="skip the filter analysis at the end")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars or per-epoch lines")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars or per-cell lines")
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="per-epoch lines and the task framework's own output (ultralytics, pycocotools), "
+                        "which otherwise only goes to cells/<id>/train.log")
+    p.add_argument("--logger", action="append", default=[], metavar="NAME",
+                   help="stream to an experiment tracker: tensorboard, mlflow or wandb (repeat or comma-separate; "
+                        "each needs its extra, e.g. pip install \"lcdense[tensorboard]\"; run.loggers)")
     p.add_argument("--dry-run", action="store_true",
                    help="predict each cell's memory and FLOPs (fake tensors, nothing allocated or trained)")
     p.add_argument("--memory", help="memory to plan for and refuse above, e.g. 80GiB (run.max_memory; "
@@ -56,6 +63,10 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         out["run.quiet"] = True
     if args.no_analysis:
         out["run.analysis"] = False
+    if args.verbose:
+        out["run.verbose"] = True
+    if args.logger:
+        out["run.loggers"] = [name for value in args.logger for name in logger_names(value)]
     for assignment in args.set:
         key, value = parse_assignment(assignment)
         out.pop(key, None)  # a later setting of the same key wins, in its place

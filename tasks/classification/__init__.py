@@ -31,7 +31,7 @@ from . import timm_recipe
 from .data import DATASETS, TensorData, ensure_embedded, fingerprint, load_tensor_dataset
 from .imagenet import check_image_folders, ensure_embedded_imagefolder, image_folders
 from .models import Normalized
-from .scoring import batch_sums, fgsm, metrics_from_sums
+from .scoring import batch_sums, class_hits, fgsm, metrics_from_sums, per_class_top1
 
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 RECIPES = ("lcdense", "timm")  # the shared SGD/AdamW loop, or timm's training stack (tasks/classification/timm_recipe.py)
@@ -166,7 +166,7 @@ class ClassificationTask(Task):
         if _recipe(config) == "timm":
             return timm_recipe.summarize(self._fitted.pop(cell.dir), model, data, config, cell)
         cell.provenance.eval_precision = "fp32"  # no autocast in evaluation or the attack
-        metrics = _clean_metrics(model, data, config, cell.device)
+        metrics = _clean_metrics(model, data, config, cell.device, per_class=True)
         metrics["fgsm_top1"] = _fgsm_top1(model, data, config, cell.device)
         if isinstance(data, TensorData):
             metrics["data_fingerprint"] = fingerprint(data)
@@ -244,10 +244,21 @@ def _val_batches(data: Any, config: dict[str, Any], device: torch.device) -> Ite
 
 
 @torch.no_grad()
-def _clean_metrics(model: nn.Module, data: Any, config: dict[str, Any], device: torch.device) -> dict[str, float]:
+def _clean_metrics(model: nn.Module, data: Any, config: dict[str, Any], device: torch.device,
+                   per_class: bool = False) -> dict[str, Any]:
+    """Top-1, top-5 and loss over the validation set; with ``per_class``, ``per_class`` top-1 too."""
     model.eval()
-    sums = sum(batch_sums(model(x), y) for x, y in _val_batches(data, config, device))
-    return metrics_from_sums(sums, _data_shape(data)[0])
+    classes = _data_shape(data)[0]
+    sums, hits = torch.zeros(4, dtype=torch.float64), torch.zeros(2, classes, dtype=torch.float64)
+    for x, y in _val_batches(data, config, device):
+        logits = model(x)
+        sums += batch_sums(logits, y)
+        hits += class_hits(logits, y, classes)
+    metrics: dict[str, Any] = metrics_from_sums(sums, classes)
+    if per_class:
+        names = data.classes if isinstance(data, TensorData) else data["val"].classes
+        metrics["per_class"] = per_class_top1(hits, names if len(names) == classes else [str(c) for c in range(classes)])
+    return metrics
 
 
 def _fgsm_top1(model: nn.Module, data: Any, config: dict[str, Any], device: torch.device) -> float:

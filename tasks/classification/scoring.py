@@ -24,6 +24,28 @@ def batch_sums(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
                          float(F.cross_entropy(logits, y, reduction="sum"))], dtype=torch.float64)
 
 
+def class_hits(logits: torch.Tensor, y: torch.Tensor, classes: int) -> torch.Tensor:
+    """Per class: validation images (row 0) and top-1 hits (row 1) of one batch (float64, on CPU).
+
+    >>> class_hits(torch.tensor([[2.0, 1.0], [0.0, 1.0], [3.0, 0.0]]), torch.tensor([0, 0, 1]), 2).tolist()
+    [[2.0, 1.0], [1.0, 0.0]]
+    """
+    y = y.cpu()
+    hit = (logits.argmax(1).cpu() == y).double()
+    return torch.stack([torch.bincount(y, minlength=classes).double(), torch.bincount(y, hit, minlength=classes)])
+
+
+def per_class_top1(hits: torch.Tensor, names: list[str]) -> dict[str, dict[str, float]]:
+    """Class name → ``top1`` and ``images`` from summed :func:`class_hits` (classes without a
+    validation image are left out).
+
+    >>> per_class_top1(torch.tensor([[2.0, 0.0], [1.0, 0.0]]), ["cat", "dog"])
+    {'cat': {'top1': 0.5, 'images': 2}}
+    """
+    count, correct = hits.tolist()
+    return {name: {"top1": c / n, "images": int(n)} for name, n, c in zip(names, count, correct) if n}
+
+
 def metrics_from_sums(sums: torch.Tensor, classes: int | None = None) -> dict[str, float]:
     """``top1``, ``val_loss`` and, with at least 5 classes, ``top5`` from summed :func:`batch_sums`."""
     count, correct1, correct5, loss = sums.tolist()

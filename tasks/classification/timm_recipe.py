@@ -183,7 +183,6 @@ def fit(model: nn.Module, data: dict[str, Any], config: dict[str, Any], cell: Ce
     """Train ``model`` with the timm recipe of ``config['train']``; resumes from the cell's checkpoint."""
     import timm
     from timm.utils import ModelEmaV3
-    from tqdm.auto import tqdm
 
     train, opts, world = config["train"], config["train"]["timm"], cell.world
     amp, channels_last = bool(train["amp"]), bool(opts["channels_last"])
@@ -227,9 +226,7 @@ def fit(model: nn.Module, data: dict[str, Any], config: dict[str, Any], cell: Ce
         updates = epoch * steps
         total, count, waited = torch.zeros((), device=cell.device), 0, 0.0  # summed on the device: no sync per step
         began = tick = time.perf_counter()
-        bar = tqdm(train_loader, total=steps, leave=False, disable=cell.quiet,
-                   desc=f"{cell.variant} s{cell.seed} epoch {epoch + 1}/{epochs}")
-        for x, y in bar:
+        for x, y in train_loader:
             waited += time.perf_counter() - tick
             with autocast(cell.device, amp):
                 loss = loss_fn(net(pixels(x)), y)

@@ -17,7 +17,8 @@ Config (``default_config()`` is the embedded tiny setting; ``configs/detection/*
 Metrics, of the EMA weights as ultralytics and YOLOv5 report them (``provenance.primary_weights:
 ema`` in ``cell.json``; evaluated in fp32): ``map50_95`` (primary), ``map50``, ``precision``,
 ``recall`` from ultralytics' validator, ``coco_map50_95`` / ``coco_map50`` from pycocotools on the
-same detections, and ``per_class_ap`` (a dict, class → AP50-95); ``raw_map50_95`` / ``raw_map50``
+same detections, and ``per_class`` (class → AP50-95 and AP50, ultralytics' per-class numbers;
+classes without a validation instance are left out); ``raw_map50_95`` / ``raw_map50``
 of the trained (non-averaged) weights. ``conversion.impl: preconditioned`` is refused: ultralytics
 clips gradients.
 
@@ -26,10 +27,7 @@ clips gradients.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
-import logging
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -74,20 +72,6 @@ class DetectionData:
     @property
     def names(self) -> dict[int, str]:
         return dict(enumerate(self.dataset.names))
-
-
-@contextlib.contextmanager
-def _ultralytics_logging(quiet: bool) -> Iterator[None]:
-    """Silence ultralytics' logger and progress bars while ``quiet``."""
-    from ultralytics.utils import LOGGER
-
-    level = LOGGER.level
-    if quiet:
-        LOGGER.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        LOGGER.setLevel(level)
 
 
 class DetectionTask(Task):
@@ -192,12 +176,11 @@ class DetectionTask(Task):
         threads = torch.get_num_threads()
         source_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         context = CellContext(cell, model_cfg, source_state, expected, threads)
-        with _ultralytics_logging(cell.quiet):
-            trainer = LcdenseDetectionTrainer(overrides=overrides, context=context)
-            try:
-                trainer.train()
-            finally:
-                torch.set_num_threads(threads)
+        trainer = LcdenseDetectionTrainer(overrides=overrides, context=context)
+        try:
+            trainer.train()
+        finally:
+            torch.set_num_threads(threads)
         if trainer.ddp:  # ultralytics trained in its own DDP workers; rank 0 saved the fp32 model each epoch
             state = finished_state(cell, int(train["epochs"]))
             if state is None:
@@ -232,8 +215,9 @@ class DetectionTask(Task):
             "precision": float(stats["metrics/precision(B)"]), "recall": float(stats["metrics/recall(B)"]),
         }
         metrics.update(coco_metrics(data.dataset.ground_truth["val"], validator.predictions, num_classes=len(data.names),
-                                    max_det=int(config["train"]["max_det"]), quiet=cell.quiet))
-        metrics["per_class_ap"] = {data.names[int(c)]: float(ap) for c, ap in zip(box.ap_class_index, box.ap)}
+                                    max_det=int(config["train"]["max_det"]), quiet=False))
+        metrics["per_class"] = {data.names[int(c)]: {"ap50_95": float(ap), "ap50": float(ap50)}
+                                for c, ap, ap50 in zip(box.ap_class_index, box.ap, box.ap50)}
         cell.provenance.eval_precision = "fp16" if getattr(validator.args, "quantize", None) == 16 else "fp32"
         _, raw = self._validate(model, data, config, cell, "val_raw")
         metrics["raw_map50_95"], metrics["raw_map50"] = float(raw["metrics/mAP50-95(B)"]), float(raw["metrics/mAP50(B)"])
@@ -251,9 +235,8 @@ class DetectionTask(Task):
         threads = torch.get_num_threads()
         validator = CollectingValidator(args=args, save_dir=cell.dir / name)
         validator.add_callback("on_val_start", lambda _: torch.set_num_threads(threads))
-        with _ultralytics_logging(cell.quiet):
-            try:
-                stats = validator(model=model)
-            finally:
-                torch.set_num_threads(threads)
+        try:
+            stats = validator(model=model)
+        finally:
+            torch.set_num_threads(threads)
         return validator, stats

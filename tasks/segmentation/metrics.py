@@ -48,10 +48,31 @@ class ConfusionCounts:
             out = {"dice": float(smp.metrics.f1_score(tp, fp, fn, tn, reduction="micro")),
                    "iou": float(smp.metrics.iou_score(tp, fp, fn, tn, reduction="micro"))}
         if per_group:
-            position = {name: i for i, name in enumerate(sorted(set(self.groups)))}
-            index = torch.tensor([position[g] for g in self.groups])
-            volume = torch.zeros(len(position), 4, dtype=stats.dtype).index_add_(0, index, stats)
+            _, volume = self._volumes()
             vtp, vfp, vfn, vtn = (volume[:, i:i + 1] for i in range(4))
             out["patient_dice"] = float(smp.metrics.f1_score(vtp, vfp, vfn, vtn, reduction="micro-imagewise",
                                                              zero_division=1.0))
         return out
+
+    def per_group(self) -> dict[str, dict[str, float]]:
+        """Group (car, patient) → ``dice`` and ``iou`` of all its images' pixels summed (a group
+        with neither a mask nor a predicted pixel scores 1, as smp's ``zero_division=1``).
+
+        >>> counts = ConfusionCounts()
+        >>> counts.add(torch.tensor([[[[3.0, -1.0]]], [[[-1.0, -1.0]]]]), torch.tensor([[[[1.0, 1.0]]], [[[0.0, 0.0]]]]), ["a", "b"])
+        >>> {g: round(v["dice"], 4) for g, v in counts.per_group().items()}
+        {'a': 0.6667, 'b': 1.0}
+        """
+        names, volume = self._volumes()
+        counts = [volume[:, i:i + 1] for i in range(4)]
+        dice = smp.metrics.f1_score(*counts, reduction="none", zero_division=1.0)[:, 0].tolist()
+        iou = smp.metrics.iou_score(*counts, reduction="none", zero_division=1.0)[:, 0].tolist()
+        return {name: {"dice": d, "iou": i} for name, d, i in zip(names, dice, iou)}
+
+    def _volumes(self) -> tuple[list[str], torch.Tensor]:
+        """The groups, sorted, and their summed pixel counts (groups, 4)."""
+        stats = torch.cat(self.stats)
+        names = sorted(set(self.groups))
+        position = {name: i for i, name in enumerate(names)}
+        index = torch.tensor([position[g] for g in self.groups])
+        return names, torch.zeros(len(names), 4, dtype=stats.dtype).index_add_(0, index, stats)

@@ -160,13 +160,21 @@ class SegmentationTask(Task):
 
         history = train_loop(model, batches=batches, steps_per_epoch=len(train_set) // batch_size, loss=loss,
                              settings=settings, cell=cell,
-                             evaluate=lambda net: self.evaluate(net, data, config, cell))
+                             evaluate=lambda net: self._scores(net, data, config, cell).scores(
+                                 per_group=data.dataset == "brain-mri"))
         return model, history
 
     def preconditioned_inexact(self, config: dict[str, Any]) -> str | None:
         return preconditioned_inexact(TrainSettings.from_config(self.resolve_config(config)["train"]))
 
-    def evaluate(self, model: nn.Module, data: SegmentationData, config: dict[str, Any], cell: Cell) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, data: SegmentationData, config: dict[str, Any], cell: Cell) -> dict[str, Any]:
+        """The scores (module docstring), and per car (Carvana: ``per_car``) or per patient (brain
+        MRI: ``per_patient``) the Dice and IoU of its images."""
+        counts = self._scores(model, data, config, cell)
+        unit = "per_patient" if data.dataset == "brain-mri" else "per_car"
+        return {**counts.scores(per_group=data.dataset == "brain-mri"), unit: counts.per_group()}
+
+    def _scores(self, model: nn.Module, data: SegmentationData, config: dict[str, Any], cell: Cell) -> ConfusionCounts:
         cfg = self.resolve_config(config)
         model.to(cell.device).eval()
         val_set = PairDataset(data.val, data.size, augment=False)
@@ -178,7 +186,7 @@ class SegmentationTask(Task):
                 logits = model(images.to(cell.device, non_blocking=True))
                 counts.add(logits, masks.to(cell.device), [s.group for s in data.val[start:start + len(images)]])
                 start += len(images)
-        return counts.scores(per_group=data.dataset == "brain-mri")
+        return counts
 
 
 def _write_init_sources(model: nn.Module, cell: Cell) -> None:
