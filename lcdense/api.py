@@ -142,7 +142,7 @@ def dry_run(task: str | None = None, *, config: str | os.PathLike | None = None,
     from .cost_plan import report as report_estimates
 
     cfg, task_, cells, axis_keys = _new_run(task, config, dict(axes or {}), overrides)
-    cache_dir = Path(cfg["run"]["cache_dir"] or Path(cfg["run"]["out"]) / ".cache").resolve()
+    cache_dir = _cache_dir(cfg)
     cache_dir.mkdir(parents=True, exist_ok=True)
     ranks = len(_gpus_requested(str(cfg["run"]["device"]), ddp)) or 1
     estimates = estimate_cells(task_, cfg, cells, axis_keys, cache_dir, ranks)
@@ -172,6 +172,11 @@ def analyze(run_dir: str | os.PathLike) -> str:
 
 
 # ---- orchestration --------------------------------------------------------------------------------
+
+def _cache_dir(cfg: dict[str, Any]) -> Path:
+    """Where a run's generated datasets are cached: ``run.cache_dir``, or ``OUT/.cache``."""
+    return Path(cfg["run"]["cache_dir"] or Path(cfg["run"]["out"]) / ".cache").resolve()
+
 
 def _finish(run_dir: Path, config: dict[str, Any], plan: PlanRecord, callbacks: Iterable[Any]) -> RunEnd:
     end = RunEnd(run_dir=run_dir, config=config, plan=plan, records=read_cells(run_dir))
@@ -245,7 +250,7 @@ def _launch(task_name: str | None, *, config: Any, resume: Any, axes: dict[str, 
             raise LcdenseError(f"task '{task.name}' trains data-parallel through its framework's own launcher, "
                                "which needs CUDA GPUs; none is visible here")
         cfg["run"]["device"] = ",".join(map(str, gpus))  # the task's framework launches its own workers
-    cache_dir = Path(cfg["run"]["cache_dir"] or Path(cfg["run"]["out"]) / ".cache").resolve()
+    cache_dir = _cache_dir(cfg)
     if executor:  # the jobs pick their devices; this machine may have no GPU
         from .executors import executor_settings
 
