@@ -65,9 +65,11 @@ class Config:
     layers: str = ""  # how many layers use each implementation
     run: Callable[[], None] | None = field(default=None, repr=False)
     measure_memory: Callable[[], tuple[int, int]] | None = field(default=None, repr=False)
+    update_time: Callable[[], float] | None = field(default=None, repr=False)  # seconds in optimizer updates so far
     macs: int = 0  # training-step MACs per sample (lcdense.accounting.step_macs)
     times: list[float] = field(default_factory=list)
     cpu_times: list[float] = field(default_factory=list)
+    update_times: list[float] = field(default_factory=list)  # per step: the optimizer update's share of times
     state_bytes: int = 0
     activation_bytes: int = 0
     status: str = "ok"
@@ -95,10 +97,13 @@ def _state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer | None, with
 
 
 class _Trainer:
-    """One model, its optimizer and a fixed batch: ``step()`` is one SGD training step."""
+    """One model, its optimizer and a fixed batch: ``step()`` is one SGD training step, and
+    ``update_seconds`` sums the wall time of its optimizer updates (element-wise work over the
+    trainable state, which MACs do not count)."""
 
     def __init__(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], amp: str) -> None:
         self.model, (self.x, self.y) = model, batch
+        self.update_seconds = 0.0
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(params, lr=1e-3, momentum=0.9, nesterov=True, weight_decay=5e-4,
                                          fused=True)
@@ -109,8 +114,13 @@ class _Trainer:
         with self.autocast:
             loss = F.cross_entropy(self.model(self.x), self.y)
         loss.backward()
+        device = self.x.device.type
+        _sync(device)
+        start = time.perf_counter()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        _sync(device)
+        self.update_seconds += time.perf_counter() - start
 
     def measure_memory(self) -> tuple[int, int]:
         """One step; returns (state bytes, activation bytes) as defined in :data:`MEMORY_MEANING`."""
@@ -178,6 +188,7 @@ def _configs(args: argparse.Namespace, batch: tuple[torch.Tensor, torch.Tensor])
         cfg.macs = step_macs(models[cfg.name][0], (3, args.image_size, args.image_size), args.batch_size)
         trainer = _Trainer(_prepare(models[cfg.name][0], args), batch, args.amp)
         cfg.run, cfg.measure_memory = trainer.step, trainer.measure_memory
+        cfg.update_time = lambda trainer=trainer: trainer.update_seconds
     top = max(args.E)
     folded = fold(_lc_model(args, top, "learnable", "auto")[0])
     for name, model in (("baseline", _build(args)), (f"folded lc-learnable@{top}", folded)):
@@ -249,12 +260,15 @@ def _measure(configs: list[Config], args: argparse.Namespace) -> None:
     for round_index in range(args.rounds):
         shift = round_index % len(live)
         for cfg in live[shift:] + live[:shift]:
+            update_start = cfg.update_time() if cfg.update_time else 0.0
             start, cpu_start = time.perf_counter(), time.process_time()
             for _ in range(args.steps):
                 cfg.run()
             _sync(args.device)
             cfg.times.append((time.perf_counter() - start) / args.steps)
             cfg.cpu_times.append((time.process_time() - cpu_start) / args.steps)
+            if cfg.update_time:
+                cfg.update_times.append((cfg.update_time() - update_start) / args.steps)
 
 
 def _empty_cache(device: str) -> None:
@@ -280,8 +294,10 @@ def _results(configs: list[Config], share: float | None) -> list[dict]:
             row["cpu_ratio"] = _spread([t / b for t, b in zip(cfg.cpu_times, ref.cpu_times)])
             if cfg.kind == "train":
                 row["mac_ratio"] = cfg.macs / ref.macs
-                if share is not None:  # extra MACs at the baseline's time per MAC; its other work unchanged
-                    row["predicted_step_ratio"] = 1 + (row["mac_ratio"] - 1) * share
+                row["update_s"] = _spread(cfg.update_times)
+                row["times"], row["update_times"] = cfg.times, cfg.update_times  # per round, seconds per step
+                if share is not None:
+                    row.update(predicted_ratios(row["mac_ratio"], share, cfg.update_times, ref.update_times, ref.times))
                 row["memory_bytes"] = {"state": cfg.state_bytes, "activations": cfg.activation_bytes,
                                        "total": cfg.memory_bytes}
                 row["memory_ratio"] = cfg.memory_bytes / ref.memory_bytes
@@ -290,10 +306,26 @@ def _results(configs: list[Config], share: float | None) -> list[dict]:
     return rows
 
 
+def predicted_ratios(mac_ratio: float, share: float, updates: list[float], base_updates: list[float],
+                     base_times: list[float]) -> dict[str, float]:
+    """A training step's predicted time ×base: the extra MACs at the baseline's time per MAC, the
+    baseline's other work unchanged (``predicted_macs_only_ratio``), and (``predicted_step_ratio``)
+    plus the measured growth of the optimizer update, per round, against that round's baseline.
+
+    >>> r = predicted_ratios(1.36, 0.7, [0.02, 0.02], [0.001, 0.001], [0.2, 0.2])
+    >>> round(r["predicted_macs_only_ratio"], 3), round(r["predicted_step_ratio"], 3)
+    (1.252, 1.347)
+    """
+    macs_only = 1 + (mac_ratio - 1) * share
+    extra_update = statistics.median((u - b) / t for u, b, t in zip(updates, base_updates, base_times))
+    return {"predicted_macs_only_ratio": macs_only, "predicted_step_ratio": macs_only + extra_update}
+
+
 def format_table(rows: list[dict]) -> str:
     """The results as an aligned text table (ratios to the baseline of the same round)."""
     head = ("config", "layers", "step ms (min–max)", "step ×base (min–max)", "cpu-time ×base (min–max)",
-            "MACs ×base", "predicted ×base", "state MiB", "memory MiB", "mem ×base", "act ×base")
+            "update ms", "MACs ×base", "MAC-predicted ×base", "+update ×base", "state MiB", "memory MiB",
+            "mem ×base", "act ×base")
     lines = [head]
     for r in rows:
         if r["status"] != "ok":
@@ -304,13 +336,14 @@ def format_table(rows: list[dict]) -> str:
                  f"{q['median']:.2f} ({q['min']:.2f}–{q['max']:.2f})",
                  f"{c['median']:.2f} ({c['min']:.2f}–{c['max']:.2f})"]
         if r["kind"] == "train":
-            predicted = r.get("predicted_step_ratio")
-            cells += [f"{r['mac_ratio']:.2f}", f"{predicted:.2f}" if predicted is not None else "",
+            predicted = [r.get(k) for k in ("predicted_macs_only_ratio", "predicted_step_ratio")]
+            cells += [f"{r['update_s']['median'] * 1e3:.1f}", f"{r['mac_ratio']:.2f}",
+                      *(f"{p:.2f}" if p is not None else "" for p in predicted),
                       f"{r['memory_bytes']['state'] / 2**20:.0f}", f"{r['memory_bytes']['total'] / 2**20:.0f}",
                       f"{r['memory_ratio']:.2f}",
                       f"{r['activation_ratio']:.2f}"]
         else:
-            cells += ["", "", "", "", "", ""]
+            cells += [""] * 8
         lines.append(tuple(cells))
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     text = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]
@@ -395,9 +428,10 @@ def run(args: argparse.Namespace) -> int:
     print(header)
     print(f"memory = {MEMORY_MEANING[args.device]}")
     if args.conv_share is not None:
-        print(f"predicted ×base = 1 + (MACs ×base - 1) × {args.conv_share:.2f}, the baseline step's share of "
+        print(f"MAC-predicted ×base = 1 + (MACs ×base - 1) × {args.conv_share:.2f}, the baseline step's share of "
               "operator time in convolutions and matrix products (profiled once): extra MACs at the "
-              "baseline's time per MAC")
+              "baseline's time per MAC, its other work unchanged; +update ×base adds the measured growth of the "
+              "optimizer update (element-wise over the trainable state, which MACs do not count)")
     print(format_table(rows))
     elapsed = time.perf_counter() - started
     print(f"total {elapsed:.0f} s; results: {args.out}")
@@ -424,4 +458,4 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-__all__ = ["format_table", "add_arguments", "run", "main", "MEMORY_MEANING"]
+__all__ = ["format_table", "predicted_ratios", "add_arguments", "run", "main", "MEMORY_MEANING"]

@@ -70,17 +70,17 @@ class _OneDnnFold(torch.autograd.Function):
     """W' = P·W and its backward as oneDNN GEMMs, each in the layout that needs no copy of the bank.
 
     Measured on the development machine (AMD EPYC, where MKL's sgemm reaches about half of
-    oneDNN's rate) the fold's GEMMs run 1.5–2× faster than ``torch.mm``. The forward is a 1×1
-    convolution over W viewed as one (K, taps) image; ∂P = G·Wᵀ and ∂W = Pᵀ·G are oneDNN
-    inner products over W, and over the small transposes of P and G.
+    oneDNN's rate) the fold's GEMMs run 2–4× faster than ``torch.mm``. All three are oneDNN inner
+    products (``linear(x, y) = x·yᵀ``): W' = P·(Wᵀ)ᵀ reads the bank through its transposed view,
+    which oneDNN takes as a strided weight without a copy (1.4–2× faster than the 1×1
+    convolution over W that it replaces); ∂P = G·Wᵀ reads W as it is, and ∂W = Pᵀ·G reads the
+    small transposes of P and G.
     """
 
     @staticmethod
     def forward(ctx, p: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(p, w)
-        (c_out, k), taps = p.shape, w.shape[1]
-        out = torch.mkldnn_convolution(w.view(1, k, taps, 1), p.view(c_out, k, 1, 1), None, [0, 0], [1, 1], [1, 1], 1)
-        return out.view(c_out, taps)
+        return torch.ops.mkldnn._linear_pointwise(p, w.t(), None, "none", [], "")  # P·W
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:

@@ -124,20 +124,21 @@ def _lc_block(module: nn.Module, name: str, *, E: int, spatial: str, init: str, 
               mid: str | None, impl: str) -> LCConv:
     dims = len(module.kernel_size)
     ref = module.weight
-    block = LCConv(
+    block = LCConv(  # its tensors on the meta device: each is replaced below, no value is drawn twice
         module.in_channels, module.out_channels, module.kernel_size, expansion=E,
         stride=module.stride, padding=module.padding, dilation=module.dilation,
         groups=module.groups, bias=module.bias is not None, padding_mode=module.padding_mode,
-        spatial=spatial, mid=mid, impl=impl, dims=dims, dtype=ref.dtype, device=ref.device,
+        spatial=spatial, mid=mid, impl=impl, dims=dims, dtype=ref.dtype, device="meta",
     )
     kw = {"seed": seed, "dtype": ref.dtype, "device": ref.device}
     bank = seeded_filters(init, block.spatial_weight.shape, name=name, **kw)
     combine = seeded_filters("kaiming_uniform", block.combine_weight.shape, name=f"{name}#combine", **kw)
-    with torch.no_grad():
-        block.spatial_weight.copy_(bank)
-        block.combine_weight.copy_(combine)
-        if module.bias is not None:
-            block.bias.copy_(module.bias)
+    block.spatial_weight = bank if spatial == "frozen" else nn.Parameter(bank)
+    block.combine_weight = nn.Parameter(combine)
+    if module.bias is not None:
+        block.bias = nn.Parameter(module.bias.detach().clone())
+    if block.mid is not None:
+        block.mid.to(device=ref.device)
     block.train(module.training)
     return block
 

@@ -33,8 +33,8 @@ def fold_block(block: LCConv | PreconditionedConv) -> nn.Module:
         raise LcdenseError(
             "cannot fold an LC-Block with an op between its convs (mid=...): it is not a linear map"
         )
-    weight = block.weight.detach()
-    conv = _CONV_CLASS[block.dims](
+    weight = block.weight.detach()  # a new tensor: W' computed now
+    conv = _CONV_CLASS[block.dims](  # on the meta device: no init drawn, its tensors are set below
         block.in_channels,
         block.out_channels,
         block.kernel_size,
@@ -44,13 +44,12 @@ def fold_block(block: LCConv | PreconditionedConv) -> nn.Module:
         groups=block.groups,
         bias=block.bias is not None,
         padding_mode=block.padding_mode,
-        device=weight.device,
+        device="meta",
         dtype=weight.dtype,
     )
-    with torch.no_grad():
-        conv.weight.copy_(weight)
-        if block.bias is not None:
-            conv.bias.copy_(block.bias)
+    conv.weight = nn.Parameter(weight)
+    if block.bias is not None:
+        conv.bias = nn.Parameter(block.bias.detach().clone())
     return conv
 
 

@@ -22,7 +22,6 @@ from collections.abc import Iterable
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
 from .errors import LcdenseError
 
@@ -55,47 +54,70 @@ class LiveTensorBytes(TorchDispatchMode):
     def __init__(self, held: Iterable[torch.Tensor] = ()) -> None:
         super().__init__()
         self.live = self.peak = 0
-        self._seen: weakref.WeakSet = weakref.WeakSet()
+        self._tracked: dict[int, weakref.ref] = {}  # id(storage) -> a weak reference releasing its bytes
         for t in held:
             self._track(t.untyped_storage())
         self.peak = self.live
 
     def _track(self, storage: torch.UntypedStorage) -> None:
-        if storage in self._seen:
+        key = id(storage)  # unique while the storage lives; its entry goes when it dies
+        if key in self._tracked:
             return
-        self._seen.add(storage)
         nbytes = storage.nbytes()
         self.live += nbytes
-        weakref.finalize(storage, self._release, nbytes)
+        self._tracked[key] = weakref.ref(storage, lambda _ref: self._release(key, nbytes))
 
-    def _release(self, nbytes: int) -> None:
+    def _release(self, key: int, nbytes: int) -> None:
         self.live -= nbytes
+        self._tracked.pop(key, None)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         out = func(*args, **(kwargs or {}))
-        for t in tree_flatten(out)[0]:
-            if not isinstance(t, torch.Tensor) or t.layout != torch.strided:
-                continue
+        for t in _tensors(out):
             try:
                 storage = t.untyped_storage()
             except (RuntimeError, NotImplementedError):
                 continue
-            if storage not in self._seen and not self._existed(storage, args, kwargs):
+            if id(storage) not in self._tracked and not _is_input_storage(storage, args, kwargs):
                 self._track(storage)
-        self.peak = max(self.peak, self.live)
+        if self.live > self.peak:
+            self.peak = self.live
         return out
 
-    @staticmethod
-    def _existed(storage: torch.UntypedStorage, args: tuple, kwargs: dict | None) -> bool:
-        """Whether an output storage is one of the inputs' (in-place op or view of an input)."""
-        for t in tree_flatten((args, kwargs))[0]:
-            if isinstance(t, torch.Tensor) and t.layout == torch.strided:
-                try:
-                    if t.untyped_storage() is storage:
-                        return True
-                except (RuntimeError, NotImplementedError):
-                    pass
-        return False
+
+def _tensors(value: object) -> list[torch.Tensor]:
+    """The strided tensors in an operator's output or arguments: a tensor, or tensors nested in
+    tuples, lists and dicts (what aten operators take and return; walked without pytree's cost).
+
+    >>> import torch
+    >>> a, b = torch.zeros(1), torch.ones(1)
+    >>> [t.item() for t in _tensors((a, [b, 2], {"out": a}))]
+    [0.0, 1.0, 0.0]
+    """
+    if isinstance(value, torch.Tensor):
+        return [value] if value.layout == torch.strided else []
+    found, stack = [], [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, torch.Tensor):
+            if item.layout == torch.strided:
+                found.append(item)
+        elif isinstance(item, (tuple, list)):
+            stack.extend(reversed(item))
+        elif isinstance(item, dict):
+            stack.extend(reversed(list(item.values())))
+    return found
+
+
+def _is_input_storage(storage: torch.UntypedStorage, args: tuple, kwargs: dict | None) -> bool:
+    """Whether an output storage is one of the inputs' (in-place op or view of an input)."""
+    for t in _tensors(args) + (_tensors(kwargs) if kwargs else []):
+        try:
+            if t.untyped_storage() is storage:
+                return True
+        except (RuntimeError, NotImplementedError):
+            pass
+    return False
 
 
 class PeakMemory:

@@ -30,7 +30,6 @@ from typing import Any
 import torch
 
 from .config import dump, load_yaml, set_dotted
-from .capture import framework_output
 from .convert import ConversionReport, convert
 from .digest import frozen_digest
 from .distributed import World
@@ -209,14 +208,13 @@ def run_cell(task: Task, data: Any, config: dict[str, Any], spec: CellSpec, cell
     cell = Cell(variant=spec.variant.name, seed=spec.seed, init_seed=spec.seed, data_seed=data_seed,
                 dir=cell_dir, device=device, convert=convert_fn, quiet=quiet,
                 log=(lambda _msg: None) if quiet else events.print,  # the console, not train.log
-                world=world, gpus=gpus, init=init, id=spec.id, events=events)
+                world=world, gpus=gpus, init=init, id=spec.id, events=events, verbose=bool(cfg["run"].get("verbose")))
     began = time.perf_counter()
-    log = cell_dir / "train.log" if world.is_main else None
-    if log is not None:
-        with open(log, "a", encoding="utf-8") as f:
+    if world.is_main:
+        with open(cell.log_path, "a", encoding="utf-8") as f:
             f.write(f"--- lcdense: cell {spec.id}, {datetime.now().isoformat(timespec='seconds')} ---\n")
     with PeakMemory(device, held=[*model.parameters(), *model.buffers()]) as memory, \
-            framework_output(log, show=bool(cfg["run"].get("verbose")) and world.is_main):
+            cell.framework_output(main=world.is_main):
         model, history = task.fit(model, data, cfg, cell)
         train_time = time.perf_counter() - began
         digest_after = frozen_digest(model)

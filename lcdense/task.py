@@ -10,6 +10,7 @@ entry-point group (``[project.entry-points."lcdense.tasks"] mytask = "mypkg:MyTa
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from .capture import framework_output
 from .convert import ConversionReport
 from .distributed import World
 from .estimate import Footprint
@@ -55,7 +57,9 @@ class Cell:
     ``init`` is the init of the cell's converted spatial filters. A task notes what it actually did
     (precision, resume, which weights it evaluated) in ``provenance``. A task reports every finished
     epoch with :meth:`epoch_end` (the shared :func:`lcdense.train_loop` does it), which delivers it to
-    the run's callbacks.
+    the run's callbacks. :meth:`framework_output` sends what libraries print to the cell's
+    ``train.log`` (the runner wraps ``fit`` and ``evaluate`` in it; a worker process that a task's
+    framework launches enters it too); ``verbose`` (``--verbose``) shows that output as well.
     """
 
     variant: str
@@ -73,6 +77,17 @@ class Cell:
     provenance: Provenance = field(default_factory=Provenance)
     id: str = ""
     events: Events = field(default_factory=Events)
+    verbose: bool = False
+
+    @property
+    def log_path(self) -> Path:
+        """The cell's ``train.log``: the framework output of its training and evaluation."""
+        return self.dir / "train.log"
+
+    def framework_output(self, main: bool = True) -> contextlib.AbstractContextManager[None]:
+        """Inside the block, library output goes to :attr:`log_path` (see :func:`lcdense.framework_output`);
+        on the console too when :attr:`verbose` and ``main`` (the process of rank 0)."""
+        return framework_output(self.log_path, show=self.verbose and main)
 
     def epoch_end(self, metrics: dict[str, Any], epochs: int | None = None) -> None:
         """Report a finished epoch (its history entry, with ``epoch`` counted from 1) to the callbacks."""

@@ -6,7 +6,7 @@ import torch
 import torchvision
 from torch import nn
 
-from lcdense import INITS, LCConv, LcdenseError, convert, frozen_tensors, seeded_filters
+from lcdense import INITS, LCConv, LcdenseError, convert, fold, frozen_tensors, seeded_filters
 from lcdense.inits import layer_seed
 
 
@@ -77,6 +77,22 @@ def test_identical_filters_across_variants_and_construction_order():
     different = _tiny()
     convert(different, "frozen", seed=8)
     assert not torch.equal(different[0].weight, frozen[0].weight)
+
+
+@pytest.mark.parametrize("kwargs", [{"mode": "learnable"}, {"mode": "frozen"}, {"mode": "lc", "E": 4},
+                                    {"mode": "lc", "E": 2, "spatial": "learnable", "mid": "bn_relu"}])
+def test_conversion_never_touches_the_global_rng(kwargs):
+    """Every variant leaves torch's global generator where it was (its filters come from their own
+    seeded generators), so nothing drawn after the conversion differs between variants; folding
+    draws nothing either."""
+    model = _tiny()
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    model = convert(model, **kwargs, seed=7).model
+    assert torch.equal(torch.get_rng_state(), state)
+    if kwargs.get("mid") is None:
+        fold(model)
+        assert torch.equal(torch.get_rng_state(), state)
 
 
 def test_layer_seed_depends_only_on_its_key():

@@ -211,12 +211,14 @@ def test_ultralytics_ddp_workers_rebuild_the_lcdense_trainer(setup, tmp_path: Pa
     digest = lcdense.frozen_digest(model)
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     launched: list[str] = []
+    console: list[str] = []
 
     def train_in_a_worker(self: LcdenseDetectionTrainer) -> None:
         file = generate_ddp_file(self)
         launched.append(file)
         try:
-            subprocess.run([sys.executable, file], check=True, capture_output=True, text=True)
+            worker = subprocess.run([sys.executable, file], check=True, capture_output=True, text=True)
+            console.append(worker.stdout + worker.stderr)
         finally:
             for path in (Path(file), Path(file).with_suffix(".pt")):
                 path.unlink(missing_ok=True)
@@ -229,6 +231,11 @@ def test_ultralytics_ddp_workers_rebuild_the_lcdense_trainer(setup, tmp_path: Pa
     assert [h["epoch"] for h in history] == [1.0, 2.0]
     moved = [k for k, v in trained.state_dict().items() if v.is_floating_point() and not torch.equal(v, initial[k])]
     assert moved  # the worker's training reached the parent's model
+    # the worker's ultralytics output (trainer log, epoch bars, validator) is in the cell's train.log, not on its console
+    log = (tmp_path / "cell" / "train.log").read_text()
+    for text in ("Starting training for 2 epochs", "box_loss", "mAP50-95"):
+        assert text in log and text not in console[0]
+    assert "Ultralytics" not in console[0]
 
 
 def test_detection_cell_records_ema_as_primary_with_both_digests(tmp_path: Path, capsys) -> None:

@@ -10,6 +10,7 @@ from torch import nn
 
 from lcdense import LCConv, LcdenseError, convert, fold
 from lcdense.bench import main as bench_main
+from lcdense.bench import predicted_ratios
 from lcdense.models import cifar_resnet
 from lcdense.precondition import PreconditionedConv
 
@@ -164,7 +165,8 @@ def test_benchmark_smoke_writes_ratios_and_memory(tmp_path) -> None:
     args = ["--E", "2", "--rounds", "2", "--batch-size", "2", "--image-size", "16", "--naive-max-E", "2",
             "--out", str(out)]
     assert bench_main(args) == 0
-    rows = {r["name"]: r for r in json.loads(out.read_text())["results"]}
+    data = json.loads(out.read_text())
+    rows = {r["name"]: r for r in data["results"]}
     assert set(rows) == {"baseline", "lc-frozen@2 auto", "lc-frozen@2 naive", "lc-frozen@2 preconditioned",
                          "lc-learnable@2 auto", "lc-learnable@2 naive", "infer baseline",
                          "infer folded lc-learnable@2"}
@@ -175,6 +177,14 @@ def test_benchmark_smoke_writes_ratios_and_memory(tmp_path) -> None:
     assert rows["lc-frozen@2 preconditioned"]["activation_ratio"] == 1.0  # saves exactly the baseline's tensors
     learnable, frozen = rows["lc-learnable@2 auto"]["memory_bytes"], rows["lc-frozen@2 auto"]["memory_bytes"]
     assert learnable["state"] > frozen["state"]  # bank gradient and momentum
+    for name in ("baseline", "lc-frozen@2 auto", "lc-learnable@2 auto"):
+        row = rows[name]  # the update is timed inside the step: positive, and a part of it
+        assert 0 < row["update_s"]["median"] < row["step_s"]["max"]
+        assert row["predicted_macs_only_ratio"] == pytest.approx(1 + (row["mac_ratio"] - 1) * data["settings"]["conv_share"])
+        assert row["predicted_step_ratio"] == pytest.approx(predicted_ratios(
+            row["mac_ratio"], data["settings"]["conv_share"], row["update_times"], rows["baseline"]["update_times"],
+            rows["baseline"]["times"])["predicted_step_ratio"])
+    assert rows["baseline"]["predicted_step_ratio"] == 1.0
     assert bench_main(args) == 2  # never overwrites a result file
 
 

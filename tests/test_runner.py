@@ -113,7 +113,7 @@ def test_interrupted_run_resumes_to_the_same_numbers(toy_installed, tmp_path, mo
 def test_ctrl_c_and_sigterm_exit_cleanly_and_resume_completes(toy_installed, tmp_path, sig, code, said):
     out = tmp_path / "runs"
     cmd = [sys.executable, "-m", "lcdense.cli", "run", "--task", "toy", "--variants", "learnable", "--epochs", "40",
-           "--set", "data.samples=4096", "--out", str(out), "--quiet", "--no-analysis"]
+           "--set", "data.samples=2048", "--set", "train.batch_size=128", "--out", str(out), "--quiet", "--no-analysis"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not list(out.glob("toy/*/cells/*/checkpoint.pt")) and time.time() < deadline and proc.poll() is None:

@@ -87,6 +87,14 @@ def test_timm_recipe_end_to_end_all_four_variants(tmp_path):
         assert facts["updates_per_epoch"] == 10 and facts["data_config"]["crop_pct"] == 0.95
         assert facts["aug_repeats"] == 0  # timm repeats augmentations across data-parallel ranks only
         assert facts["ema"] is None and "top1_last" in facts["primary"]
+    for cell_dir in (run_dir / "cells").iterdir():  # per-class top-1 of the best epoch, the one top1 reports
+        record = cells[cell_dir.name]
+        per_class = list(csv.DictReader((cell_dir / "per_class.csv").open()))
+        assert [r["class"] for r in per_class] == [f"n9000000{i}" for i in range(10)]
+        assert sum(int(r["images"]) for r in per_class) == 50  # every val image counted once
+        hits = sum(float(r["top1"]) * int(r["images"]) for r in per_class)
+        assert hits / 50 == pytest.approx(record["metrics"]["top1"])
+        assert record["extra_metrics"]["per_class"]["n90000000"]["images"] == 5
     assert "frozen - learnable" in (run_dir / "summary.md").read_text()
 
 
@@ -112,6 +120,7 @@ def test_timm_recipe_killed_and_resumed_gives_identical_numbers_and_ema_stays_fr
     (resumed,) = _cells(run_dir).values()
     assert [[h[k] for k in COMPARED] for h in resumed["history"]] == [[h[k] for k in COMPARED] for h in straight["history"]]
     assert resumed["metrics"] == straight["metrics"]
+    assert resumed["extra_metrics"]["per_class"] == straight["extra_metrics"]["per_class"] != {}
     assert straight["provenance"]["resume"]["resumed"] is False
     assert resumed["provenance"]["resume"]["resumes"] == [
         {"after_epoch": 1, "source": "fp32_state", "exact": True, "data_order": "replayed"}]

@@ -10,7 +10,7 @@ what is its own: conversion, frozen digests (of the EMA too), per-epoch resume p
 
 Per epoch the model (and the EMA) is evaluated; the cell reports the **best** epoch's top-1 as
 ``top1`` (primary: the paper reports the best top-1 of Table 2, as timm's ``model_best`` does)
-and the last epoch's as ``top1_last``.
+and the last epoch's as ``top1_last``; ``per_class`` top-1 is that same best epoch's.
 
 >>> sorted(TIMM_DEFAULTS)[:4]
 ['aug_repeats', 'auto_augment', 'bce_target_thresh', 'channels_last']
@@ -30,7 +30,7 @@ from torch import nn
 
 from lcdense import Cell, LcdenseError, autocast, autocast_precision, check_preconditioned_optimizer, epoch_seed, frozen_digest
 
-from .scoring import SUMS, batch_sums, fgsm, metrics_from_sums
+from .scoring import SUMS, batch_sums, class_hits, fgsm, metrics_from_sums, per_class_top1
 
 #: ``train.timm`` keys and their defaults (timm's train.py defaults where it has one).
 TIMM_DEFAULTS: dict[str, Any] = {
@@ -46,11 +46,13 @@ LOSSES = ("bce", "ce")
 
 @dataclass
 class Fitted:
-    """What ``fit`` hands to ``evaluate`` for one cell: the per-epoch history, the EMA and the facts."""
+    """What ``fit`` hands to ``evaluate`` for one cell: the per-epoch history, the EMA, the facts
+    and the best epoch's per-class top-1."""
 
     history: list[dict[str, float]]
     ema: nn.Module | None
     facts: dict[str, Any]
+    per_class: dict[str, dict[str, float]]
 
 
 def loss_for(opts: dict[str, Any], smoothing: float) -> nn.Module:
@@ -169,14 +171,19 @@ def _rank_batches(loader: Any, pixels: _Pixels, cell: Cell) -> Any:
 
 
 @torch.no_grad()
-def _scores(model: nn.Module, loader: Any, pixels: _Pixels, cell: Cell, amp: bool, classes: int) -> dict[str, float]:
-    """Top-1/top-5/loss over the whole val set (each rank scores its shard; the sums are gathered)."""
+def _scores(model: nn.Module, loader: Any, pixels: _Pixels, cell: Cell, amp: bool,
+            classes: list[str]) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Top-1/top-5/loss and per-class top-1 over the whole val set (each rank scores its shard; the
+    sums are gathered)."""
     model.eval()
-    sums = torch.zeros(len(SUMS), dtype=torch.float64)
+    sums, hits = torch.zeros(len(SUMS), dtype=torch.float64), torch.zeros(2, len(classes), dtype=torch.float64)
     for x, y in _rank_batches(loader, pixels, cell):
         with autocast(cell.device, amp):
-            sums += batch_sums(model(x), y)
-    return metrics_from_sums(sum(cell.world.gather(sums)), classes)
+            logits = model(x)
+        sums += batch_sums(logits, y)
+        hits += class_hits(logits, y, len(classes))
+    metrics = metrics_from_sums(sum(cell.world.gather(sums)), len(classes))
+    return metrics, per_class_top1(sum(cell.world.gather(hits)), classes)
 
 
 def fit(model: nn.Module, data: dict[str, Any], config: dict[str, Any], cell: Cell) -> tuple[nn.Module, Fitted]:
@@ -199,13 +206,14 @@ def fit(model: nn.Module, data: dict[str, Any], config: dict[str, Any], cell: Ce
     optimizer, scheduler, epochs = optimizer_and_schedule(model, train, steps)
     ema = ModelEmaV3(model, decay=float(opts["ema_decay"]), use_warmup=bool(opts["ema_warmup"])) if opts["ema"] else None
     history: list[dict[str, float]] = []
+    per_class: dict[str, dict[str, float]] = {}  # the best epoch's
     start = 0
     if (state := cell.load_checkpoint()) is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if ema is not None:
             ema.module.load_state_dict(state["ema"])
-        history, start = list(state["history"]), int(state["epoch"]) + 1
+        history, start, per_class = list(state["history"]), int(state["epoch"]) + 1, dict(state.get("per_class", {}))
         cell.provenance.restore(state.get("provenance", {}))
         cell.provenance.resumed(after_epoch=start, source="fp32_state", data_order="replayed")
         cell.log(f"resumed {cell.variant} seed {cell.seed} after epoch {start}")
@@ -216,7 +224,7 @@ def fit(model: nn.Module, data: dict[str, Any], config: dict[str, Any], cell: Ce
     if scheduler is not None and start > 0:
         scheduler.step(start)  # timm's schedules are functions of the epoch: this restores the lr
     pixels = _Pixels(data_config, cell.device, channels_last)
-    classes = len(data["classes"])
+    classes = list(data["classes"])
     net = world.data_parallel(model, cell.device)
     for epoch in range(start, epochs):
         _seed_everything(epoch_seed(cell.data_seed + world.rank, epoch))
@@ -246,9 +254,12 @@ def fit(model: nn.Module, data: dict[str, Any], config: dict[str, Any], cell: Ce
         record = {"epoch": epoch + 1, "train_loss": world.mean(float(total) / count),
                   "lr": optimizer.param_groups[0]["lr"], "epoch_time_s": elapsed, "data_wait_share": waited / elapsed}
         if (epoch + 1) % int(train["eval_every"]) == 0 or epoch + 1 == epochs:
-            record.update(_scores(model, val_loader, pixels, cell, amp, classes))
+            scores, epoch_per_class = _scores(model, val_loader, pixels, cell, amp, classes)
+            if all(scores["top1"] > h["top1"] for h in history if "top1" in h):  # the first of equal maxima
+                per_class = epoch_per_class
+            record.update(scores)
             if ema is not None:
-                ema_scores = _scores(ema.module, val_loader, pixels, cell, amp, classes)
+                ema_scores, _ = _scores(ema.module, val_loader, pixels, cell, amp, classes)
                 record.update({f"ema_{k}": v for k, v in ema_scores.items()})
         if scheduler is not None:
             scheduler.step(epoch + 1, record.get("top1"))
@@ -256,7 +267,7 @@ def fit(model: nn.Module, data: dict[str, Any], config: dict[str, Any], cell: Ce
         if world.is_main:
             cell.save_checkpoint({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                   "ema": ema.module.state_dict() if ema is not None else None, "history": history,
-                                  "provenance": cell.provenance.state()})
+                                  "per_class": per_class, "provenance": cell.provenance.state()})
         if not cell.quiet:
             shown = ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "epoch")
             cell.log(f"  {cell.variant} s{cell.seed} epoch {epoch + 1}/{epochs}: {shown}")
@@ -275,7 +286,7 @@ def fit(model: nn.Module, data: dict[str, Any], config: dict[str, Any], cell: Ce
     }
     if ema is not None:  # the runner fails the cell unless this equals the trained model's digest
         cell.provenance.frozen_digests["ema"] = frozen_digest(ema.module)
-    return model, Fitted(history, ema.module if ema is not None else None, facts)
+    return model, Fitted(history, ema.module if ema is not None else None, facts, per_class)
 
 
 def summarize(fitted: Fitted, model: nn.Module, data: dict[str, Any], config: dict[str, Any],
@@ -290,6 +301,7 @@ def summarize(fitted: Fitted, model: nn.Module, data: dict[str, Any], config: di
         metrics.update(top5=best["top5"], top5_last=last["top5"])
     if fitted.ema is not None:
         metrics.update(ema_top1_best=max(h["ema_top1"] for h in evaluated), ema_top1_last=last["ema_top1"])
+    metrics["per_class"] = fitted.per_class
     metrics["fgsm_top1"] = _fgsm_top1(model, data, config, cell)
     metrics["training"] = fitted.facts
     return metrics

@@ -20,11 +20,19 @@ Frozen filters through the ultralytics training loop:
   approximate). ``cell.provenance`` records which. The digest is verified either way, and the
   resumed EMA copy gets the model's exact frozen tensors back as well.
 
+Under multi-GPU training ultralytics relaunches the trainer in its own DDP worker processes. A
+trainer re-created there sends the worker's output (ultralytics' trainer and validator) to the
+cell's ``train.log`` as the runner does in the launching process (:meth:`lcdense.Cell.framework_output`;
+shown on the console from rank 0 with ``--verbose``), while the cell's progress still reaches the
+console through the run's events.
+
 >>> LCDetectionModel.__mro__[1].__name__
 'DetectionModel'
 """
 from __future__ import annotations
 
+import contextlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -146,7 +154,8 @@ class LcdenseDetectionTrainer(DetectionTrainer):
     """DetectionTrainer that trains an lcdense-converted model and keeps its frozen filters exact.
 
     Constructed like any ultralytics trainer plus ``context=``; in a DDP worker the context is
-    found among the callbacks ultralytics hands over.
+    found among the callbacks ultralytics hands over, and the worker's framework output goes to the
+    cell's ``train.log`` from construction until :meth:`train` returns.
     """
 
     def __init__(self, cfg: Any = DEFAULT_CFG, overrides: dict[str, Any] | None = None,
@@ -158,10 +167,18 @@ class LcdenseDetectionTrainer(DetectionTrainer):
         self.context, self.cell = context, context.cell
         self.history: list[dict[str, float]] = []
         self.exact_state: dict[str, Any] | None = None  # the fp32 state an exact resume restores
+        self.worker_output = contextlib.ExitStack()
+        if found:  # re-created in one of ultralytics' DDP workers (torch.distributed.run sets RANK)
+            self.worker_output.enter_context(self.cell.framework_output(main=int(os.environ.get("RANK", "0")) == 0))
         super().__init__(cfg, overrides, _callbacks)
         if not found:
             self.add_callback("on_train_epoch_end", context)
         torch.set_num_threads(context.threads)  # ultralytics' select_device set (cores - 1)
+
+    def train(self) -> Any:
+        """ultralytics' training (in a DDP worker: with its output in the cell's ``train.log``)."""
+        with self.worker_output:
+            return super().train()
 
     def _check_digest(self, model: nn.Module, when: str) -> None:
         if frozen_digest(model) != self.context.expected_digest:
