@@ -238,6 +238,41 @@ def test_ultralytics_ddp_workers_rebuild_the_lcdense_trainer(setup, tmp_path: Pa
     assert "Ultralytics" not in console[0]
 
 
+def test_a_failing_ddp_worker_logs_its_traceback_and_fit_fails_in_one_line(setup, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker whose frozen filters do not match what the launching process expects (made so
+    here) writes its traceback to the cell's train.log and exits with status 1; fit turns the
+    launcher's failure into one line naming that log."""
+    from ultralytics.utils.dist import generate_ddp_file
+
+    import lcdense_tasks.detection.task as detection_task
+    from lcdense_tasks.detection.trainer import LcdenseDetectionTrainer
+
+    task, config, data = setup
+    console: list[str] = []
+
+    def train_in_a_worker(self: LcdenseDetectionTrainer) -> None:
+        file = generate_ddp_file(self)
+        try:
+            worker = subprocess.run([sys.executable, file], capture_output=True, text=True)
+            console.append(worker.stdout + worker.stderr)
+            worker.check_returncode()  # what ultralytics' subprocess.run(cmd, check=True) raises
+        finally:
+            for path in (Path(file), Path(file).with_suffix(".pt")):
+                path.unlink(missing_ok=True)
+
+    monkeypatch.setattr(LcdenseDetectionTrainer, "train", train_in_a_worker)
+    monkeypatch.setattr(detection_task, "frozen_digest", lambda model: "0" * 64)  # the digest the worker must match
+    cell = make_cell(tmp_path / "cell")
+    with pytest.raises(lcdense.LcdenseError) as failed:
+        task.fit(fresh_model(task, config, data), data, config, cell)
+    assert str(failed.value) == (f"ultralytics' DDP workers of cell lc-frozen@2 seed 0 failed (exit status 1); "
+                                 f"their output and traceback are in {cell.log_path}")
+    log = cell.log_path.read_text()
+    assert "Traceback" in log and "frozen filters changed while rebuilding the model" in log
+    assert "Traceback" not in console[0]
+
+
 def test_detection_cell_records_ema_as_primary_with_both_digests(tmp_path: Path, capsys) -> None:
     from lcdense.cli import main
 

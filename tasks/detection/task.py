@@ -28,6 +28,7 @@ clips gradients.
 from __future__ import annotations
 
 import copy
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -179,6 +180,9 @@ class DetectionTask(Task):
         trainer = LcdenseDetectionTrainer(overrides=overrides, context=context)
         try:
             trainer.train()
+        except subprocess.CalledProcessError as exc:  # ultralytics' DDP launcher: a worker failed
+            raise LcdenseError(f"ultralytics' DDP workers of cell {cell.variant} seed {cell.seed} failed (exit status "
+                               f"{exc.returncode}); their output and traceback are in {cell.log_path}") from None
         finally:
             torch.set_num_threads(threads)
         if trainer.ddp:  # ultralytics trained in its own DDP workers; rank 0 saved the fp32 model each epoch

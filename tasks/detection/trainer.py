@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -167,7 +168,7 @@ class LcdenseDetectionTrainer(DetectionTrainer):
         self.context, self.cell = context, context.cell
         self.history: list[dict[str, float]] = []
         self.exact_state: dict[str, Any] | None = None  # the fp32 state an exact resume restores
-        self.worker_output = contextlib.ExitStack()
+        self.worker_output, self.in_worker = contextlib.ExitStack(), bool(found)
         if found:  # re-created in one of ultralytics' DDP workers (torch.distributed.run sets RANK)
             self.worker_output.enter_context(self.cell.framework_output(main=int(os.environ.get("RANK", "0")) == 0))
         super().__init__(cfg, overrides, _callbacks)
@@ -176,9 +177,17 @@ class LcdenseDetectionTrainer(DetectionTrainer):
         torch.set_num_threads(context.threads)  # ultralytics' select_device set (cores - 1)
 
     def train(self) -> Any:
-        """ultralytics' training (in a DDP worker: with its output in the cell's ``train.log``)."""
+        """ultralytics' training. In a DDP worker its output goes to the cell's ``train.log``, and so
+        does the traceback of an error, after which the worker exits with status 1 (the launching
+        process reports the failure in one line)."""
         with self.worker_output:
-            return super().train()
+            try:
+                return super().train()
+            except Exception:
+                if not self.in_worker:
+                    raise
+                traceback.print_exc()  # into train.log
+        raise SystemExit(1)
 
     def _check_digest(self, model: nn.Module, when: str) -> None:
         if frozen_digest(model) != self.context.expected_digest:
