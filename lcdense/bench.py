@@ -5,7 +5,9 @@ form, the literal two-conv ``naive`` form up to ``--naive-max-E``, and the ``pre
 form for frozen banks; plus eval-mode inference of the baseline and of a folded LC model) is
 built once, then the configurations are timed round-robin, ``--rounds`` times, in one process.
 Times (wall clock, and process CPU time, which a busy machine disturbs less) are reported as
-medians with min–max, and as ratios to the baseline *of the same round*.
+medians with min–max, and as ratios to the baseline *of the same round*. Beside them: the
+optimizer update's time within the step, the step's MACs ×base, and two predicted ratios (the
+extra MACs at the baseline's time per MAC; and that plus the measured growth of the update).
 
 Memory, on CPU: model state (parameters, buffers, gradients, optimizer state) plus the
 activations saved for backward (distinct storages outside the model state, counted with
