@@ -113,6 +113,26 @@ class _LowPrecisionBmm(torch.autograd.Function):
         return grad_p, grad_w, None
 
 
+def conv_with_weight(block: nn.Module, conv_class: type[nn.Module], weight: torch.Tensor) -> nn.Module:
+    """A new ``conv_class`` with ``block``'s geometry (channels, kernel, stride, padding, dilation,
+    groups, padding mode) whose weight is a copy of ``weight`` and bias a copy of ``block``'s. Built
+    on the meta device, so no init is drawn (torch's global generator is left alone).
+
+    >>> conv = conv_with_weight(nn.Conv2d(2, 3, 3, padding=1), nn.Conv2d, torch.ones(3, 2, 3, 3))
+    >>> conv.weight.sum().item(), conv.padding, conv.bias.shape
+    (54.0, (1, 1), torch.Size([3]))
+    """
+    conv = conv_class(
+        block.in_channels, block.out_channels, block.kernel_size, stride=block.stride, padding=block.padding,
+        dilation=block.dilation, groups=block.groups, bias=block.bias is not None,
+        padding_mode=block.padding_mode, device="meta", dtype=weight.dtype,
+    )
+    conv.weight = nn.Parameter(weight.detach().clone())
+    if block.bias is not None:
+        conv.bias = nn.Parameter(block.bias.detach().clone())
+    return conv
+
+
 def _as_tuple(value: int | tuple[int, ...], dims: int) -> tuple[int, ...]:
     return tuple(value) if isinstance(value, (tuple, list)) else (value,) * dims
 

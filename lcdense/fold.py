@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import LCConv
+from .blocks import LCConv, conv_with_weight
 from .errors import LcdenseError
 from .precondition import PreconditionedConv
 
@@ -33,24 +33,7 @@ def fold_block(block: LCConv | PreconditionedConv) -> nn.Module:
         raise LcdenseError(
             "cannot fold an LC-Block with an op between its convs (mid=...): it is not a linear map"
         )
-    weight = block.weight.detach()  # a new tensor: W' computed now
-    conv = _CONV_CLASS[block.dims](  # on the meta device: no init drawn, its tensors are set below
-        block.in_channels,
-        block.out_channels,
-        block.kernel_size,
-        stride=block.stride,
-        padding=block.padding,
-        dilation=block.dilation,
-        groups=block.groups,
-        bias=block.bias is not None,
-        padding_mode=block.padding_mode,
-        device="meta",
-        dtype=weight.dtype,
-    )
-    conv.weight = nn.Parameter(weight)
-    if block.bias is not None:
-        conv.bias = nn.Parameter(block.bias.detach().clone())
-    return conv
+    return conv_with_weight(block, _CONV_CLASS[block.dims], block.weight)
 
 
 def fold(model: nn.Module) -> nn.Module:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import LCConv
+from .blocks import LCConv, conv_with_weight
 from .errors import LcdenseError
 
 SGD_FAMILY: tuple[type[torch.optim.Optimizer], ...] = (torch.optim.SGD,)
@@ -74,17 +74,7 @@ class PreconditionedConv(nn.modules.conv._ConvNd):
                 "the preconditioned form needs a frozen spatial bank and no op between the convs "
                 f"(got spatial='{block.spatial}', mid={block.mid}); use impl='fold' instead"
             )
-        weight = block.weight.detach()
-        conv = _PRECONDITIONED[block.dims](
-            block.in_channels, block.out_channels, block.kernel_size, stride=block.stride,
-            padding=block.padding, dilation=block.dilation, groups=block.groups,
-            bias=block.bias is not None, padding_mode=block.padding_mode,
-            device=weight.device, dtype=weight.dtype,
-        )
-        with torch.no_grad():
-            conv.weight.copy_(weight)
-            if block.bias is not None:
-                conv.bias.copy_(block.bias)
+        conv = conv_with_weight(block, _PRECONDITIONED[block.dims], block.weight)
         conv.register_buffer("preconditioner", spatial_gram(block.spatial_weight.detach(), block.groups))
         conv.expansion = block.expansion
         conv.train(block.training)

@@ -80,7 +80,8 @@ def test_identical_filters_across_variants_and_construction_order():
 
 
 @pytest.mark.parametrize("kwargs", [{"mode": "learnable"}, {"mode": "frozen"}, {"mode": "lc", "E": 4},
-                                    {"mode": "lc", "E": 2, "spatial": "learnable", "mid": "bn_relu"}])
+                                    {"mode": "lc", "E": 2, "spatial": "learnable", "mid": "bn_relu"},
+                                    {"mode": "lc", "E": 4, "impl": "preconditioned"}])
 def test_conversion_never_touches_the_global_rng(kwargs):
     """Every variant leaves torch's global generator where it was (its filters come from their own
     seeded generators), so nothing drawn after the conversion differs between variants; folding
@@ -93,6 +94,17 @@ def test_conversion_never_touches_the_global_rng(kwargs):
     if kwargs.get("mid") is None:
         fold(model)
         assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_a_folded_conv_owns_its_tensors():
+    """fold_block copies: training the folded conv leaves the block it came from as it was."""
+    model = convert(_tiny(), "lc", E=4, impl="preconditioned", seed=7).model
+    block = model[0]
+    folded = fold(convert(_tiny(), "lc", E=4, seed=7).model)[0], block.fuse()
+    for conv in folded:
+        assert conv.weight.untyped_storage().data_ptr() != block.weight.untyped_storage().data_ptr()
+        assert conv.bias.untyped_storage().data_ptr() != block.bias.untyped_storage().data_ptr()
+        assert torch.equal(conv.weight, block.weight.detach())
 
 
 def test_layer_seed_depends_only_on_its_key():
