@@ -65,9 +65,8 @@ class Config:
     spatial: str = "learnable"
     impl: str = "conv"
     layers: str = ""  # how many layers use each implementation
-    run: Callable[[], None] | None = field(default=None, repr=False)
+    run: Callable[[], float | None] | None = field(default=None, repr=False)  # a training step returns its update's seconds
     measure_memory: Callable[[], tuple[int, int]] | None = field(default=None, repr=False)
-    update_time: Callable[[], float] | None = field(default=None, repr=False)  # seconds in optimizer updates so far
     macs: int = 0  # training-step MACs per sample (lcdense.accounting.step_macs)
     times: list[float] = field(default_factory=list)
     cpu_times: list[float] = field(default_factory=list)
@@ -99,20 +98,19 @@ def _state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer | None, with
 
 
 class _Trainer:
-    """One model, its optimizer and a fixed batch: ``step()`` is one SGD training step, and
-    ``update_seconds`` sums the wall time of its optimizer updates (element-wise work over the
-    trainable state, which MACs do not count)."""
+    """One model, its optimizer and a fixed batch: ``step()`` is one SGD training step and returns
+    the wall time of its optimizer update (element-wise work over the trainable state, which MACs
+    do not count)."""
 
     def __init__(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], amp: str) -> None:
         self.model, (self.x, self.y) = model, batch
-        self.update_seconds = 0.0
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(params, lr=1e-3, momentum=0.9, nesterov=True, weight_decay=5e-4,
                                          fused=True)
         check_preconditioned_optimizer(self.optimizer, model)
         self.autocast = torch.autocast(self.x.device.type, dtype=torch.bfloat16, enabled=amp == "bf16")
 
-    def step(self) -> None:
+    def step(self) -> float:
         with self.autocast:
             loss = F.cross_entropy(self.model(self.x), self.y)
         loss.backward()
@@ -122,7 +120,7 @@ class _Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         _sync(device)
-        self.update_seconds += time.perf_counter() - start
+        return time.perf_counter() - start
 
     def measure_memory(self) -> tuple[int, int]:
         """One step; returns (state bytes, activation bytes) as defined in :data:`MEMORY_MEANING`."""
@@ -190,7 +188,6 @@ def _configs(args: argparse.Namespace, batch: tuple[torch.Tensor, torch.Tensor])
         cfg.macs = step_macs(models[cfg.name][0], (3, args.image_size, args.image_size), args.batch_size)
         trainer = _Trainer(_prepare(models[cfg.name][0], args), batch, args.amp)
         cfg.run, cfg.measure_memory = trainer.step, trainer.measure_memory
-        cfg.update_time = lambda trainer=trainer: trainer.update_seconds
     top = max(args.E)
     folded = fold(_lc_model(args, top, "learnable", "auto")[0])
     for name, model in (("baseline", _build(args)), (f"folded lc-learnable@{top}", folded)):
@@ -203,7 +200,7 @@ def _configs(args: argparse.Namespace, batch: tuple[torch.Tensor, torch.Tensor])
 GEMM_OPS = ("aten::addmm", "aten::mm", "aten::bmm", "aten::baddbmm")
 
 
-def conv_share(step: Callable[[], None], device: str) -> float:
+def conv_share(step: Callable[[], object], device: str) -> float:
     """Share of a training step's operator time spent in convolutions and matrix products (the
     work that MACs count), from one profiled ``step``."""
     from torch.profiler import ProfilerActivity, profile
@@ -262,15 +259,13 @@ def _measure(configs: list[Config], args: argparse.Namespace) -> None:
     for round_index in range(args.rounds):
         shift = round_index % len(live)
         for cfg in live[shift:] + live[:shift]:
-            update_start = cfg.update_time() if cfg.update_time else 0.0
             start, cpu_start = time.perf_counter(), time.process_time()
-            for _ in range(args.steps):
-                cfg.run()
+            updates = [cfg.run() for _ in range(args.steps)]
             _sync(args.device)
             cfg.times.append((time.perf_counter() - start) / args.steps)
             cfg.cpu_times.append((time.process_time() - cpu_start) / args.steps)
-            if cfg.update_time:
-                cfg.update_times.append((cfg.update_time() - update_start) / args.steps)
+            if cfg.kind == "train":
+                cfg.update_times.append(sum(updates) / args.steps)
 
 
 def _empty_cache(device: str) -> None:
