@@ -12,7 +12,21 @@ import sys
 from pathlib import Path
 
 from lcdense import LcdenseError
-from lcdense_tasks.classification.data import download
+
+
+def download(dataset: str, root: Path) -> None:
+    """Fetch an official archive into ``root`` with torchvision's fetchers. It lives here, in the
+    setup script, so that nothing installed with lcdense can download."""
+    import torchvision.datasets as tvd
+
+    fetch = {"cifar10": lambda s: tvd.CIFAR10(root, train=s, download=True),
+             "cifar100": lambda s: tvd.CIFAR100(root, train=s, download=True),
+             "svhn": lambda s: tvd.SVHN(root, split="train" if s else "test", download=True),
+             "fashion-mnist": lambda s: tvd.FashionMNIST(root, train=s, download=True)}
+    if dataset not in fetch:
+        raise LcdenseError(f"no official archive to fetch for '{dataset}'; use one of: {', '.join(fetch)}")
+    for split in (True, False):
+        fetch[dataset](split)
 
 
 def main(argv: list[str] | None = None) -> int:

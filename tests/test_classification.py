@@ -192,9 +192,14 @@ def test_unknown_dataset_and_missing_data(tmp_path, capsys):
 def test_fetching_is_a_separate_setup_script_never_part_of_a_run(tmp_path, capsys):
     import importlib.util
 
+    import lcdense
+    import lcdense_tasks
     import lcdense_tasks.classification as classification
 
     assert "download" not in classification.ClassificationTask().default_config()["data"]
+    for package in (lcdense, lcdense_tasks):  # nothing installed with lcdense can fetch a dataset
+        for source in Path(package.__file__).parent.rglob("*.py"):
+            assert "download=True" not in source.read_text(), source
     path = Path(__file__).parents[1] / "scripts" / "fetch_dataset.py"
     spec = importlib.util.spec_from_file_location("fetch_dataset", path)
     script = importlib.util.module_from_spec(spec)

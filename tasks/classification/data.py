@@ -176,23 +176,6 @@ def read_fashion_mnist(root: Path) -> TensorData:
                       mean, std, str(root))
 
 
-def download(dataset: str, root: Path) -> None:
-    """Fetch an official archive into ``root`` with torchvision's fetchers.
-
-    Only ``scripts/fetch_dataset.py`` calls it, as a setup step before any run; runs never do.
-    """
-    import torchvision.datasets as tvd
-
-    fetch = {"cifar10": lambda s: tvd.CIFAR10(root, train=s, download=True),
-             "cifar100": lambda s: tvd.CIFAR100(root, train=s, download=True),
-             "svhn": lambda s: tvd.SVHN(root, split="train" if s else "test", download=True),
-             "fashion-mnist": lambda s: tvd.FashionMNIST(root, train=s, download=True)}
-    if dataset not in fetch:
-        raise LcdenseError(f"no official archive to fetch for '{dataset}'; use one of: {', '.join(fetch)}")
-    for split in (True, False):
-        fetch[dataset](split)
-
-
 # ---- embedded default ---------------------------------------------------------------------------
 
 def _draw(kind: int, rng: np.random.Generator, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
