@@ -19,7 +19,7 @@ precision and resumes), :func:`preconditioned_inexact`, :class:`Footprint` (how 
 """
 from .accounting import count_parameters, forward_macs
 from .api import RunResult, analyze, dry_run, load, report, run, sweep
-from .blocks import LCConv, combine_filters
+from .blocks import LCConv, combine_filters, prefold
 from .convert import ConversionReport, LayerRecord, convert, is_spatial_conv
 from .digest import frozen_digest, frozen_tensors
 from .distributed import World
@@ -41,7 +41,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "framework_output",
-    "LCConv", "combine_filters", "ConversionReport", "LayerRecord", "convert", "is_spatial_conv", "frozen_digest",
+    "LCConv", "combine_filters", "prefold", "ConversionReport", "LayerRecord", "convert", "is_spatial_conv", "frozen_digest",
     "frozen_tensors", "LcdenseError", "MissingExtra", "require_extra", "unknown_name", "combined_weight", "fold",
     "fold_block", "INITS", "seeded_filters", "Registry", "Cell", "Task", "get_task", "list_tasks",
     "register_task", "count_parameters", "forward_macs", "PreconditionedConv", "check_preconditioned_optimizer",

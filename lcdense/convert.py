@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .accounting import count_parameters, trace_layers
-from .blocks import IMPLS, MIDS, LCConv
+from .blocks import IMPLS, MIDS, LCConv, prefold
 from .errors import LcdenseError
 from .inits import check_init, seeded_filters
 from .precondition import PreconditionedConv
@@ -198,7 +198,8 @@ def convert(
     picks for a training step on a batch of ``batch_size`` (``impl="auto"`` decides from the
     shapes). ``impl="preconditioned"`` (mode "lc", spatial "frozen", no mid) makes each block a
     :class:`lcdense.precondition.PreconditionedConv`: exact under SGD only, cost independent of E.
-    The converted model is ``report.model`` (the same object unless ``model`` is itself a conv).
+    The converted model is ``report.model`` (the same object unless ``model`` is itself a conv);
+    with LC-Blocks, it carries :func:`lcdense.blocks.prefold` as a forward pre-hook.
     """
     _check_args(mode, E, spatial, init, mid, impl)
     report = ConversionReport(
@@ -242,6 +243,9 @@ def convert(
                                     device=module.weight.device)
             _replace_weight(module, weight, frozen=mode == "frozen")
             record.action = "reinit" if mode == "learnable" else "frozen"
+    has_lc = any(isinstance(m, LCConv) for m in model.modules())
+    if has_lc and prefold not in model._forward_pre_hooks.values():
+        model.register_forward_pre_hook(prefold)
     report.model = model
     report.params_after = count_parameters(model)
     if input_size:
