@@ -43,14 +43,14 @@ def combine_filters(spatial: torch.Tensor, combine: torch.Tensor, groups: int = 
     autocast it runs in the autocast dtype without saving a low-precision copy of the bank.
     """
     expanded, c_out = spatial.shape[0], combine.shape[0]
-    if groups == 1 and _onednn_fold(spatial, combine) and not torch.is_autocast_enabled("cpu"):
+    cast = autocast_dtype(spatial.device.type)
+    if groups == 1 and cast is None and _onednn_fold(spatial, combine):
         return _OneDnnFold.apply(combine, spatial.view(expanded, -1)).view(c_out, *spatial.shape[1:])
     order = [0, *sorted(range(1, spatial.dim()), key=lambda i: -spatial.stride(i))]
     w = spatial.permute(order).reshape(groups, expanded // groups, -1)
     p = combine.reshape(groups, c_out // groups, expanded // groups)
-    device = spatial.device.type
-    if torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) != spatial.dtype:
-        product = _LowPrecisionBmm.apply(p, w, torch.get_autocast_dtype(device))
+    if cast is not None and cast != spatial.dtype:
+        product = _LowPrecisionBmm.apply(p, w, cast)
     else:
         product = torch.bmm(p, w)
     out = product.reshape([c_out, *[spatial.shape[i] for i in order[1:]]])
@@ -60,12 +60,26 @@ def combine_filters(spatial: torch.Tensor, combine: torch.Tensor, groups: int = 
 _PLAIN = (torch.Tensor, nn.Parameter)  # not fake or other tensor subclasses
 
 
+def autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype autocast runs in on ``device_type`` now, or None (off, or a device without autocast).
+
+    >>> with torch.autocast("cpu", dtype=torch.bfloat16):
+    ...     autocast_dtype("cpu")
+    torch.bfloat16
+    >>> autocast_dtype("cpu"), autocast_dtype("meta")
+    (None, None)
+    """
+    if not torch.amp.is_autocast_available(device_type) or not torch.is_autocast_enabled(device_type):
+        return None
+    return torch.get_autocast_dtype(device_type)
+
+
 def _onednn_fold(w: torch.Tensor, p: torch.Tensor) -> bool:
     """Whether :class:`_OneDnnFold` computes this fold: float32 CPU tensors, both contiguous
     (P as (c_out, K), W as (K, taps) with the bank's standard layout), oneDNN available, and not
     while compiling (the compiler takes the plain product)."""
-    return (not torch.compiler.is_compiling() and w.device.type == "cpu" and w.dtype == p.dtype == torch.float32 and w.is_contiguous()
-            and p.is_contiguous() and type(w) in _PLAIN and type(p) in _PLAIN
+    return (not torch.compiler.is_compiling() and w.device.type == "cpu" and w.dtype == p.dtype == torch.float32
+            and w.is_contiguous() and p.is_contiguous() and type(w) in _PLAIN and type(p) in _PLAIN
             and torch.backends.mkldnn.is_available())
 
 
@@ -273,9 +287,7 @@ class LCConv(nn.Module):
         """What W' was combined from, beyond the two tensors' identity: their versions (bumped by
         every in-place update), devices and dtypes, and the autocast state."""
         w, p = self.spatial_weight, self.combine_weight
-        device = w.device.type
-        cast = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
-        return w._version, p._version, w.device, w.dtype, p.device, p.dtype, cast
+        return w._version, p._version, w.device, w.dtype, p.device, p.dtype, autocast_dtype(w.device.type)
 
     def prefold(self) -> None:
         """Combine the filters now, for this block's next forwards, if its last forward folded.

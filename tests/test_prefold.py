@@ -137,3 +137,14 @@ def test_a_compiled_model_combines_inside_its_graph() -> None:
     assert torch.allclose(out, out_eager, atol=1e-6)
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads, grads_eager))
     assert all(b._prefolded is None for b in _blocks(model))
+
+
+def test_lc_blocks_run_and_prefold_on_the_meta_device() -> None:
+    block = LCConv(3, 8, 3, expansion=2, padding=1, device="meta")
+    block.register_forward_pre_hook(prefold)
+    x = torch.empty(2, 3, 8, 8, device="meta")
+    block(x)
+    y = block(x)
+    assert y.shape == (2, 8, 8, 8) and y.device.type == "meta" and block._prefolded is not None
+    y.sum().backward()
+    assert block._prefolded is None and block.combine_weight.grad.shape == (8, 16)
