@@ -53,26 +53,42 @@ class LiveTensorBytes(TorchDispatchMode):
 
     def __init__(self, held: Iterable[torch.Tensor] = ()) -> None:
         super().__init__()
-        self.live = self.peak = 0
-        self._tracked: dict[int, weakref.ref] = {}  # id(storage) -> a weak reference releasing its bytes
+        self._live = self.peak = 0
+        self._tracked: dict[int, weakref.ref] = {}  # id(storage) -> a weak reference to it
+        self._sizes: dict[int, tuple[int, int]] = {}  # id(weak reference) -> (id(storage), bytes)
+        self._dead: list[weakref.ref] = []  # references whose storage died, not yet subtracted
         for t in held:
             self._track(t.untyped_storage())
-        self.peak = self.live
+        self.peak = self._live
+
+    @property
+    def live(self) -> int:
+        """Bytes of the counted storages alive now."""
+        self._release_dead()
+        return self._live
 
     def _track(self, storage: torch.UntypedStorage) -> None:
         key = id(storage)  # unique while the storage lives; its entry goes when it dies
         if key in self._tracked:
             return
         nbytes = storage.nbytes()
-        self.live += nbytes
-        self._tracked[key] = weakref.ref(storage, lambda _ref: self._release(key, nbytes))
+        self._live += nbytes
+        # The callback is a C method, not Python code: a signal (Ctrl-C, SIGTERM) handled inside a
+        # weakref callback would raise there and be swallowed as "Exception ignored".
+        ref = weakref.ref(storage, self._dead.append)
+        self._tracked[key] = ref
+        self._sizes[id(ref)] = (key, nbytes)
 
-    def _release(self, key: int, nbytes: int) -> None:
-        self.live -= nbytes
-        self._tracked.pop(key, None)
+    def _release_dead(self) -> None:
+        """Subtract the storages that died since the last call (before an id can be reused)."""
+        while self._dead:
+            key, nbytes = self._sizes.pop(id(self._dead.pop()))
+            self._live -= nbytes
+            del self._tracked[key]
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         out = func(*args, **(kwargs or {}))
+        self._release_dead()
         for t in _tensors(out):
             try:
                 storage = t.untyped_storage()
@@ -80,8 +96,8 @@ class LiveTensorBytes(TorchDispatchMode):
                 continue
             if id(storage) not in self._tracked and not _is_input_storage(storage, args, kwargs):
                 self._track(storage)
-        if self.live > self.peak:
-            self.peak = self.live
+        if self._live > self.peak:
+            self.peak = self._live
         return out
 
 

@@ -16,7 +16,7 @@ from lcdense.accounting import step_macs
 from lcdense.blocks import _onednn_fold, combine_filters
 from lcdense.cli import main
 from lcdense.estimate import Footprint, estimate
-from lcdense.memory import PeakMemory, storage_bytes
+from lcdense.memory import LiveTensorBytes, PeakMemory, storage_bytes
 from lcdense.models import cifar_resnet
 from lcdense.training import TrainSettings, make_optimizer
 
@@ -147,6 +147,30 @@ def test_peak_memory_counts_the_model_and_what_the_block_allocates():
     state = storage_bytes(model.parameters())
     assert memory.kind == "cpu_tensor_peak"
     assert memory.peak_mb * 2**20 == state + 2 * 1024 * 256 * 4
+
+
+def test_a_freed_storage_runs_no_python_code_so_ctrl_c_is_never_swallowed():
+    """A signal handler runs between Python bytecodes; one that raised inside a weakref callback
+    would be printed as "Exception ignored" and the run would go on. The counter's release path
+    is C only: no Python frame runs when a counted storage dies."""
+    calls: list[str] = []
+
+    def profile(frame, event, arg):  # noqa: ANN001
+        if event == "call":
+            calls.append(frame.f_code.co_name)
+
+    with LiveTensorBytes() as live:
+        a = torch.ones(256)
+        b = a * 2
+        sys.setprofile(profile)
+        del a
+        sys.setprofile(None)
+        assert calls == []
+        assert live.live == 1024 and live.peak == 2048
+        c = torch.ones(512)  # a new storage may take a dead one's id: it is counted
+        assert live.live == 3072 and live.peak == 3072
+    del b, c
+    assert live.live == 0
 
 
 def test_onednn_fold_matches_the_float64_product():
