@@ -23,13 +23,15 @@ Example (CPU, CIFAR ResNet-20-16, batch 128; a few minutes on 2 cores)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import statistics
+import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -206,7 +208,7 @@ def conv_share(step: Callable[[], object], device: str) -> float:
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
-    with profile(activities=activities) as prof:
+    with _native_stderr_muted(), profile(activities=activities) as prof:
         step()
         _sync(device)
     attr = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
@@ -214,6 +216,21 @@ def conv_share(step: Callable[[], object], device: str) -> float:
     total = sum(getattr(e, attr) for e in events)
     macs = sum(getattr(e, attr) for e in events if "conv" in e.key or e.key in GEMM_OPS)
     return macs / total if total else 1.0
+
+
+@contextlib.contextmanager
+def _native_stderr_muted() -> Iterator[None]:
+    """Silence file descriptor 2 inside the block: the profiler's C++ side prints its own start and
+    stop lines (and, on a machine without a GPU, an "ERROR" about the device count) there."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def keep_freed_memory() -> bool:

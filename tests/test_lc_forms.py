@@ -160,11 +160,14 @@ def test_conversion_report_names_the_chosen_form_per_layer() -> None:
     assert "impl=preconditioned" in str(report)
 
 
-def test_benchmark_smoke_writes_ratios_and_memory(tmp_path) -> None:
+def test_benchmark_smoke_writes_ratios_and_memory(tmp_path, capfd) -> None:
     out = tmp_path / "bench.json"
     args = ["--E", "2", "--rounds", "2", "--batch-size", "2", "--image-size", "16", "--naive-max-E", "2",
             "--out", str(out)]
     assert bench_main(args) == 0
+    printed = capfd.readouterr()
+    assert "MAC-predicted ×base" in printed.out
+    assert "profiler_start" not in printed.err and "gpuGetDeviceCount" not in printed.err  # the profiler's C++ chatter
     data = json.loads(out.read_text())
     rows = {r["name"]: r for r in data["results"]}
     assert set(rows) == {"baseline", "lc-frozen@2 auto", "lc-frozen@2 naive", "lc-frozen@2 preconditioned",
