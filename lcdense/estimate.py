@@ -38,6 +38,7 @@ from torch import nn
 from torch.utils._pytree import tree_flatten
 
 from .accounting import count_parameters
+from .blocks import prefold
 from .convert import ConversionReport
 from .errors import LcdenseError
 from .memory import LiveTensorBytes, available_memory, format_bytes, parse_bytes, storage_bytes
@@ -182,6 +183,15 @@ def _loss(out: Any) -> torch.Tensor:
     return sum(t.float().mean() for t in tensors)
 
 
+def _combine_layer_by_layer(model: nn.Module) -> None:
+    """Take :func:`lcdense.prefold` off a fake copy planned for another device than the CPU: the
+    fake step runs on CPU tensors, but there the LC-Blocks combine their filters layer by layer
+    (prefold acts on CPU banks only), which orders, and so peaks, differently."""
+    for module in model.modules():
+        for key in [k for k, hook in module._forward_pre_hooks.items() if hook is prefold]:
+            del module._forward_pre_hooks[key]
+
+
 def estimate(model: nn.Module, footprint: Footprint, *, convert: Callable[[nn.Module], ConversionReport] | None = None,
              device: torch.device | str = "cpu", name: str = "", memory: int | None = None) -> Estimate:
     """Predicted costs of training ``model`` (after ``convert``, if given) with ``footprint`` on
@@ -203,6 +213,8 @@ def estimate(model: nn.Module, footprint: Footprint, *, convert: Callable[[nn.Mo
             for record in report.layers:
                 key = record.action + (f":{record.impl}" if record.impl else "")
                 layers[key] = layers.get(key, 0) + 1
+        if device.type != "cpu":
+            _combine_layer_by_layer(fake)
         fake.train()
         if fp.channels_last:
             _channels_last(fake)

@@ -139,12 +139,25 @@ def test_a_compiled_model_combines_inside_its_graph() -> None:
     assert all(b._prefolded is None for b in _blocks(model))
 
 
-def test_lc_blocks_run_and_prefold_on_the_meta_device() -> None:
+def test_lc_blocks_run_on_the_meta_device_and_prefold_only_on_the_cpu() -> None:
     block = LCConv(3, 8, 3, expansion=2, padding=1, device="meta")
     block.register_forward_pre_hook(prefold)
     x = torch.empty(2, 3, 8, 8, device="meta")
     block(x)
     y = block(x)
-    assert y.shape == (2, 8, 8, 8) and y.device.type == "meta" and block._prefolded is not None
+    assert y.shape == (2, 8, 8, 8) and y.device.type == "meta" and block._last_impl == "fold"
+    assert block._prefolded is None  # off the CPU the blocks combine layer by layer
     y.sum().backward()
-    assert block._prefolded is None and block.combine_weight.grad.shape == (8, 16)
+    assert block.combine_weight.grad.shape == (8, 16)
+
+
+def test_a_plan_for_a_gpu_combines_layer_by_layer_as_the_gpu_will() -> None:
+    from lcdense.estimate import _combine_layer_by_layer
+
+    model = _model("frozen")
+    _combine_layer_by_layer(model)
+    assert not model._forward_pre_hooks
+    _grads(model, model)
+    x, _ = _batch()
+    model(x)
+    assert all(b._prefolded is None for b in _blocks(model))
