@@ -225,13 +225,17 @@ def estimate(model: nn.Module, footprint: Footprint, *, convert: Callable[[nn.Mo
         x = _batch(fp.batch_size, fp)
         autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=fp.amp and device.type == "cuda")
         model_tensors = [*params, *fake.buffers()]
-        own = weakref.WeakSet(t.untyped_storage() for t in model_tensors)
-        saved, saved_bytes = weakref.WeakSet(), [0]  # weak: the count must not keep activations alive
+        own = {id(s): s for s in (t.untyped_storage() for t in model_tensors)}
+        # Weak references without callbacks: the count must not keep activations alive, and no
+        # Python code may run when one dies (a Ctrl-C handled there would be swallowed).
+        saved: dict[int, weakref.ref] = {}
+        saved_bytes = [0]
 
         def pack(t: torch.Tensor) -> torch.Tensor:
             storage = t.untyped_storage()
-            if storage not in own and storage not in saved:
-                saved.add(storage)
+            key = id(storage)
+            if own.get(key) is not storage and (key not in saved or saved[key]() is not storage):
+                saved[key] = weakref.ref(storage)
                 saved_bytes[0] += storage.nbytes()
             return t
 
