@@ -112,7 +112,7 @@ def test_interrupted_run_resumes_to_the_same_numbers(toy_installed, tmp_path, mo
 @pytest.mark.parametrize(("sig", "code", "said"), [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
 def test_ctrl_c_and_sigterm_exit_cleanly_and_resume_completes(toy_installed, tmp_path, sig, code, said):
     out = tmp_path / "runs"
-    cmd = [sys.executable, "-m", "lcdense.cli", "run", "--task", "toy", "--variants", "learnable", "--epochs", "40",
+    cmd = [sys.executable, "-m", "lcdense.cli", "run", "--task", "toy", "--variants", "learnable", "--epochs", "16",
            "--set", "data.samples=2048", "--set", "train.batch_size=128", "--out", str(out), "--quiet", "--no-analysis"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
@@ -127,7 +127,7 @@ def test_ctrl_c_and_sigterm_exit_cleanly_and_resume_completes(toy_installed, tmp
                            "--no-analysis", "--set", "train.epochs=1"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     record = json.loads((run_dir / "cells" / "learnable__seed0" / "cell.json").read_text())
-    assert len(record["history"]) == 40  # the resumed run kept the saved config (40 epochs), not --set
+    assert len(record["history"]) == 16  # the resumed run kept the saved config (16 epochs), not --set
 
 
 def test_runs_are_never_overwritten(toy_installed, tmp_path, capsys):
