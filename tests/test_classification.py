@@ -189,7 +189,7 @@ def test_unknown_dataset_and_missing_data(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_fetching_is_a_separate_setup_script_never_part_of_a_run(tmp_path, capsys):
+def test_fetching_is_a_separate_setup_script_never_part_of_a_run(tmp_path, capsys, monkeypatch):
     import importlib.util
 
     import lcdense
@@ -206,3 +206,13 @@ def test_fetching_is_a_separate_setup_script_never_part_of_a_run(tmp_path, capsy
     spec.loader.exec_module(script)
     assert script.main(["imagefolder", str(tmp_path)]) == 2  # refused before anything is fetched
     assert "no official archive to fetch for 'imagefolder'" in capsys.readouterr().err
+    assert script.main(["cifar10", str(tmp_path)]) == 2  # offline by default: it only looks
+    err = capsys.readouterr().err
+    assert err.startswith(f"fetch_dataset: error: cifar10 is not in {tmp_path}") and "add --download" in err
+    assert list(tmp_path.iterdir()) == []
+    import torchvision.datasets as tvd
+
+    calls = []
+    monkeypatch.setattr(tvd, "CIFAR10", lambda root, train, download: calls.append((train, download)))
+    assert script.main(["cifar10", str(tmp_path)]) == 0 and calls == [(True, False), (False, False)]
+    assert script.main(["cifar10", str(tmp_path), "--download"]) == 0 and calls[2:] == [(True, True), (False, True)]

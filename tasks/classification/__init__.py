@@ -82,7 +82,7 @@ class ClassificationTask(Task):
         if dataset == "embedded":
             data = load_tensor_dataset("cifar10", ensure_embedded(cache_dir))
         elif not cfg["root"]:
-            hint = "" if folders else f"; fetch it once with: python scripts/fetch_dataset.py {dataset} PATH"
+            hint = "" if folders else f"; fetch it once with: python scripts/fetch_dataset.py {dataset} PATH --download"
             raise LcdenseError(f"dataset '{dataset}' needs its files: pass --data PATH (nothing is downloaded{hint})")
         elif dataset == "imagefolder":
             root = Path(cfg["root"])
