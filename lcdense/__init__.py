@@ -10,32 +10,39 @@ The conversion core:
 >>> folded = fold(model)          # plain convs with the combined filters W' = P·W
 
 The benchmark: :func:`run`, :func:`sweep`, :func:`report`, :func:`analyze` and :func:`load`
-(:mod:`lcdense.api`), their records (:mod:`lcdense.records`) and events (:mod:`lcdense.events`).
+(:mod:`lcdense.api`), their records (:mod:`lcdense.engine.records`) and events (:mod:`lcdense.engine.events`).
 What a task adapter builds on is exported here too: :class:`Task`, :class:`Cell`,
 :func:`train_loop` with :class:`TrainSettings`, :func:`epoch_seed` / :func:`epoch_generator`,
 :func:`autocast` / :func:`autocast_precision` and :class:`Provenance` (what a cell records of its
 precision and resumes), :func:`preconditioned_inexact`, :class:`Footprint` (how a task trains, for the memory estimate),
 :class:`World` (``world.shard``, ``world.data_parallel``), :func:`create_model` / :func:`cifar_resnet`, the errors.
 """
-from .accounting import count_parameters, forward_macs
 from .api import RunResult, analyze, dry_run, load, report, run, sweep
-from .blocks import LCConv, combine_filters, prefold
-from .convert import ConversionReport, LayerRecord, convert, is_spatial_conv
-from .digest import frozen_digest, frozen_tensors
-from .distributed import World
-from .estimate import Footprint
-from .capture import framework_output
-from .errors import LcdenseError, MissingExtra, require_extra, unknown_name
-from .events import Callback, CellEnd, CellStart, EpochEnd, RunEnd, RunStart
-from .fold import combined_weight, fold, fold_block
-from .inits import INITS, seeded_filters
-from .models import cifar_resnet, create_model
-from .precondition import PreconditionedConv, check_preconditioned_optimizer
-from .provenance import Provenance, autocast_precision
-from .records import CellRecord, PlanRecord, RecordFormatError, SummaryRecord
-from .registry import Registry
-from .task import Cell, Task, get_task, list_tasks, register_task
-from .training import TrainSettings, autocast, epoch_generator, epoch_seed, preconditioned_inexact, train_loop
+from .base.errors import LcdenseError, MissingExtra, require_extra, unknown_name
+from .base.registry import Registry
+from .core.accounting import count_parameters, forward_macs
+from .core.blocks import LCConv, combine_filters, prefold
+from .core.convert import ConversionReport, LayerRecord, convert, is_spatial_conv
+from .core.digest import frozen_digest, frozen_tensors
+from .core.fold import combined_weight, fold, fold_block
+from .core.inits import INITS, seeded_filters
+from .core.models import cifar_resnet, create_model
+from .core.precondition import PreconditionedConv, check_preconditioned_optimizer
+from .cost.estimate import Footprint
+from .engine.capture import framework_output
+from .engine.distributed import World
+from .engine.events import Callback, CellEnd, CellStart, EpochEnd, RunEnd, RunStart
+from .engine.provenance import Provenance, autocast_precision
+from .engine.records import CellRecord, PlanRecord, RecordFormatError, SummaryRecord
+from .engine.task import Cell, Task, get_task, list_tasks, register_task
+from .engine.training import (
+    TrainSettings,
+    autocast,
+    epoch_generator,
+    epoch_seed,
+    preconditioned_inexact,
+    train_loop,
+)
 
 __version__ = "0.1.0"
 

@@ -20,12 +20,12 @@ import time
 from pathlib import Path
 
 import torch
-
-from lcdense import convert, frozen_digest
-from lcdense.config import load_yaml, resolve
-from lcdense.variants import Variant
 from lcdense_tasks.classification import ClassificationTask
 from lcdense_tasks.classification.timm_recipe import loss_for, optimizer_and_schedule
+
+from lcdense import convert, frozen_digest
+from lcdense.engine.config import load_yaml, resolve
+from lcdense.engine.variants import Variant
 
 A2 = Path(__file__).resolve().parents[1] / "configs" / "classification" / "imagenet_resnet18d_rsb_a2.yaml"
 

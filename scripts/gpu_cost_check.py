@@ -2,8 +2,8 @@
 """Check the cost estimate on a real device: the dry-run prediction, then a few real training steps.
 
 For the baseline and the LC model (default: learnable LCx128 ResNet-18d, 224 px, batch 256, bf16
-autocast, channels_last, SGD with momentum) it prints the predicted peak (lcdense.estimate) beside
-the measured one (``torch.cuda.max_memory_allocated``; on CPU, lcdense.memory's tensor peak) and
+autocast, channels_last, SGD with momentum) it prints the predicted peak (lcdense.cost.estimate) beside
+the measured one (``torch.cuda.max_memory_allocated``; on CPU, lcdense.cost.memory's tensor peak) and
 the median step time against the baseline's.
 
     python scripts/gpu_cost_check.py                      # on a GPU, the issue's configuration
@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from lcdense import LcdenseError, convert
-from lcdense.estimate import Footprint, estimate, format_estimates
-from lcdense.memory import PeakMemory, format_bytes
-from lcdense.models import create_model
+from lcdense.core.models import create_model
+from lcdense.cost.estimate import Footprint, estimate, format_estimates
+from lcdense.cost.memory import PeakMemory, format_bytes
 
 
 def _train(model: torch.nn.Module, args: argparse.Namespace, device: torch.device) -> tuple[float, float]:

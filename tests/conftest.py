@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lcdense.task import TASKS
+from lcdense.engine.task import TASKS
 
 PLUGIN_DIR = Path(__file__).parent / "plugin"
 

@@ -1,4 +1,4 @@
-"""Filter metrics (lcdense.analysis.metrics) and filters.pt (lcdense.analysis.filters)."""
+"""Filter metrics (lcdense.reporting.analysis.metrics) and filters.pt (lcdense.reporting.analysis.filters)."""
 from __future__ import annotations
 
 import math
@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from lcdense import LCConv, LcdenseError, convert
-from lcdense.analysis import (
+from lcdense.core.precondition import PreconditionedConv
+from lcdense.reporting.analysis import (
     basis_diagnostics,
     filter_variance_entropy,
     gram_basis_diagnostics,
@@ -19,7 +20,6 @@ from lcdense.analysis import (
     variance_entropy,
     welch_bound,
 )
-from lcdense.precondition import PreconditionedConv
 
 
 def test_randomness_threshold_matches_the_published_fit():

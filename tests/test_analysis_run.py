@@ -1,4 +1,4 @@
-"""Run-level filter analysis (lcdense.analysis.analyze_run) and ``lcdense analyze``."""
+"""Run-level filter analysis (lcdense.reporting.analysis.analyze_run) and ``lcdense analyze``."""
 from __future__ import annotations
 
 import csv
@@ -10,8 +10,13 @@ import torch
 from torch import nn
 
 from lcdense import LcdenseError, cli, convert
-from lcdense.analysis import analyze_run, filter_variance_entropy, save_filters, variance_entropy
-from lcdense.records import CellRecord, write_cell
+from lcdense.engine.records import CellRecord, write_cell
+from lcdense.reporting.analysis import (
+    analyze_run,
+    filter_variance_entropy,
+    save_filters,
+    variance_entropy,
+)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

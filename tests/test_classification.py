@@ -12,15 +12,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from lcdense_tasks.classification import ClassificationTask, _augment, fgsm
+from lcdense_tasks.classification.data import (
+    ensure_embedded,
+    load_tensor_dataset,
+    read_cifar100,
+    read_fashion_mnist,
+    read_svhn,
+)
 from torch import nn
 
 from lcdense import LcdenseError
 from lcdense.cli import main
-from lcdense_tasks.classification import ClassificationTask, _augment, fgsm
-from lcdense_tasks.classification.data import (
-    ensure_embedded, load_tensor_dataset, read_cifar100, read_fashion_mnist, read_svhn,
-)
-from lcdense.models import cifar_resnet
+from lcdense.core.models import cifar_resnet
 
 
 @pytest.fixture(scope="module")
@@ -192,9 +196,10 @@ def test_unknown_dataset_and_missing_data(tmp_path, capsys):
 def test_fetching_is_a_separate_setup_script_never_part_of_a_run(tmp_path, capsys, monkeypatch):
     import importlib.util
 
-    import lcdense
     import lcdense_tasks
     import lcdense_tasks.classification as classification
+
+    import lcdense
 
     assert "download" not in classification.ClassificationTask().default_config()["data"]
     for package in (lcdense, lcdense_tasks):  # nothing installed with lcdense can fetch a dataset

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from lcdense.config import load_yaml, resolve
-from lcdense.task import get_task
-from lcdense.variants import parse_expansions, parse_seeds, parse_variants
+from lcdense.engine.config import load_yaml, resolve
+from lcdense.engine.task import get_task
+from lcdense.engine.variants import parse_expansions, parse_seeds, parse_variants
 
 ROOT = Path(__file__).parents[1] / "configs"
 CONFIGS = sorted(p for p in ROOT.glob("*/*.yaml") if p.parent.name != "executors")
@@ -19,7 +19,7 @@ def test_every_task_has_configs():
 
 @pytest.mark.parametrize("path", sorted((ROOT / "executors").glob("*.yaml")), ids=lambda p: p.name)
 def test_executor_configs_load(path):
-    from lcdense.executors import executor_settings
+    from lcdense.engine.executors import executor_settings
 
     settings = executor_settings(path.stem, path, {})
     assert int(settings["timeout_min"]) >= 60
@@ -37,7 +37,7 @@ def test_config_resolves(path):
 
 
 def test_set_parses_numbers_lists_and_null():
-    from lcdense.config import set_dotted
+    from lcdense.engine.config import set_dotted
 
     cfg = {"train": {"lr": 0.1, "epochs": 1, "clip": 1.0}, "run": {"E": [8]}}
     set_dotted(cfg, "train.lr=3e-3")

@@ -6,8 +6,16 @@ import torch
 import torchvision
 from torch import nn
 
-from lcdense import INITS, LCConv, LcdenseError, convert, fold, frozen_tensors, seeded_filters
-from lcdense.inits import layer_seed
+from lcdense import (
+    INITS,
+    LCConv,
+    LcdenseError,
+    convert,
+    fold,
+    frozen_tensors,
+    seeded_filters,
+)
+from lcdense.core.inits import layer_seed
 
 
 def _tiny() -> nn.Module:

@@ -5,11 +5,16 @@ import json
 from pathlib import Path
 
 import pytest
-
-from lcdense import LcdenseError
 from lcdense_tasks.detection import scope_include
 from lcdense_tasks.detection.shapes import SHAPE_CLASSES, generate_shapes_voc
-from lcdense_tasks.detection.voc import VOC_CLASSES, build_yolo_dataset, parse_annotation, yolo_row
+from lcdense_tasks.detection.voc import (
+    VOC_CLASSES,
+    build_yolo_dataset,
+    parse_annotation,
+    yolo_row,
+)
+
+from lcdense import LcdenseError
 
 XML = """<annotation>
   <filename>000001.jpg</filename>

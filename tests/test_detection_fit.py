@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from lcdense_tasks.detection import DetectionTask
 
 import lcdense
 from lcdense import Cell
-from lcdense_tasks.detection import DetectionTask
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,9 +66,8 @@ def test_ema_arithmetic_and_the_frozen_copy(setup, monkeypatch: pytest.MonkeyPat
     """ultralytics' ModelEMA keeps equal values bitwise on its lerp path, not on its fallback path
     (d ≈ 0.78 here, as after 3000 updates); copy_frozen, which the trainer applies after every
     update, makes them equal again."""
-    from ultralytics.utils import torch_utils
-
     from lcdense_tasks.detection.trainer import copy_frozen
+    from ultralytics.utils import torch_utils
 
     model = lcdense.convert(torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.Conv2d(16, 16, 3)), "lc", E=4,
                             spatial="frozen", seed=0).model
@@ -202,9 +201,8 @@ def test_ultralytics_ddp_workers_rebuild_the_lcdense_trainer(setup, tmp_path: Pa
     class, arguments, model and callbacks into a file that each worker runs. Here the parent
     writes that file exactly as ultralytics does and one worker runs it on CPU (no GPUs: one
     process, but the same hand-over); fit then reads the workers' result back."""
-    from ultralytics.utils.dist import generate_ddp_file
-
     from lcdense_tasks.detection.trainer import LcdenseDetectionTrainer
+    from ultralytics.utils.dist import generate_ddp_file
 
     task, config, data = setup
     model = fresh_model(task, config, data)
@@ -243,10 +241,9 @@ def test_a_failing_ddp_worker_logs_its_traceback_and_fit_fails_in_one_line(setup
     """A worker whose frozen filters do not match what the launching process expects (made so
     here) writes its traceback to the cell's train.log and exits with status 1; fit turns the
     launcher's failure into one line naming that log."""
-    from ultralytics.utils.dist import generate_ddp_file
-
     import lcdense_tasks.detection.task as detection_task
     from lcdense_tasks.detection.trainer import LcdenseDetectionTrainer
+    from ultralytics.utils.dist import generate_ddp_file
 
     task, config, data = setup
     console: list[str] = []
@@ -281,9 +278,8 @@ def test_detection_cell_records_ema_as_primary_with_both_digests(tmp_path: Path,
                  "--set", shapes, "--set", "train.warmup_epochs=0", "--device", "cpu", "--out", str(tmp_path),
                  "--no-analysis"]) == 0
     printed = capsys.readouterr()
-    from ultralytics.utils import SETTINGS
-
     from lcdense_tasks.detection.offline import INTEGRATIONS
+    from ultralytics.utils import SETTINGS
 
     assert not any(SETTINGS[key] for key in INTEGRATIONS)  # ultralytics' MLflow would write mlflow.db to the cwd
     (record_path,) = tmp_path.glob("detection/*/cells/lc-frozen@2__seed0/cell.json")

@@ -6,10 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from lcdense_tasks.detection.offline import load_ultralytics
 
 import lcdense
 from lcdense import LcdenseError
-from lcdense_tasks.detection.offline import load_ultralytics
 
 NAMES = {0: "circle", 1: "square", 2: "triangle"}
 
@@ -52,12 +52,11 @@ def test_model_names_and_scales(yolo) -> None:
 
 def test_pycocotools_agrees_with_ultralytics_ap(yolo, tmp_path: Path) -> None:
     """Same detections, two AP implementations: jittered ground truth, misses and false positives."""
-    from ultralytics.models.yolo.detect import DetectionValidator
-    from ultralytics.utils.metrics import ap_per_class
-
     from lcdense_tasks.detection.evaluation import coco_metrics
     from lcdense_tasks.detection.shapes import SHAPE_CLASSES, generate_shapes_voc
     from lcdense_tasks.detection.voc import build_yolo_dataset
+    from ultralytics.models.yolo.detect import DetectionValidator
+    from ultralytics.utils.metrics import ap_per_class
 
     devkit = generate_shapes_voc(tmp_path, n_trainval=2, n_test=60, size=128)
     ground_truth = build_yolo_dataset(devkit, {"train": ["VOC2007/trainval"], "val": ["VOC2007/test"]}, tmp_path,

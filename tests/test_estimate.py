@@ -12,13 +12,13 @@ import pytest
 import torch
 
 import lcdense
-from lcdense.accounting import step_macs
-from lcdense.blocks import _onednn_fold, combine_filters
 from lcdense.cli import main
-from lcdense.estimate import Footprint, estimate
-from lcdense.memory import LiveTensorBytes, PeakMemory, storage_bytes
-from lcdense.models import cifar_resnet
-from lcdense.training import TrainSettings, make_optimizer
+from lcdense.core.accounting import step_macs
+from lcdense.core.blocks import _onednn_fold, combine_filters
+from lcdense.core.models import cifar_resnet
+from lcdense.cost.estimate import Footprint, estimate
+from lcdense.cost.memory import LiveTensorBytes, PeakMemory, storage_bytes
+from lcdense.engine.training import TrainSettings, make_optimizer
 
 REPO = Path(__file__).resolve().parents[1]
 

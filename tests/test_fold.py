@@ -10,7 +10,6 @@ from torch import nn
 from lcdense import LCConv, combine_filters, convert, fold, fold_block
 
 
-
 @pytest.fixture(autouse=True)
 def float64_default():
     """Every tensor in this module is float64 (restored afterwards)."""

@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 from lcdense import LCConv, LcdenseError, convert, fold
-from lcdense.bench import main as bench_main
-from lcdense.bench import predicted_ratios
-from lcdense.models import cifar_resnet
-from lcdense.precondition import PreconditionedConv
+from lcdense.core.models import cifar_resnet
+from lcdense.core.precondition import PreconditionedConv
+from lcdense.cost.bench import main as bench_main
+from lcdense.cost.bench import predicted_ratios
 
 TOL = 1e-12
 

@@ -9,11 +9,11 @@ import json
 import pytest
 import yaml
 
+from lcdense.api.paper import experiment_settings, run_experiment, sweep_arguments
 from lcdense.cli import main
-from lcdense.variants import parse_variants
-from lcdense.paper import (agreement, compare, experiment_settings, experiments, get_experiment, run_experiment,
-                           sweep_arguments)
-from lcdense.records import SummaryRecord
+from lcdense.engine.records import SummaryRecord
+from lcdense.engine.variants import parse_variants
+from lcdense.paper import agreement, compare, experiments, get_experiment
 
 
 def _section(text: str, name: str) -> str:
@@ -116,7 +116,7 @@ def test_compare_puts_each_published_number_next_to_the_measured_one():
 
 def _planned(experiment, scale, **kwargs):
     """The run the printed ``lcdense sweep`` command plans; it must be the run that run_experiment plans."""
-    from lcdense.api import _new_run
+    from lcdense.api.benchmark import _new_run
     from lcdense.commands import run as run_command
     from lcdense.commands import sweep as sweep_command
 

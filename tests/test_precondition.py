@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from lcdense import LCConv, LcdenseError, convert, fold, frozen_digest, frozen_tensors
-from lcdense.precondition import PreconditionedConv, check_preconditioned_optimizer
+from lcdense.core.precondition import PreconditionedConv, check_preconditioned_optimizer
 
 
 def _net() -> nn.Module:

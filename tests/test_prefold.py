@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from lcdense import LCConv, convert, prefold
-from lcdense.models import cifar_resnet
+from lcdense.core.models import cifar_resnet
 
 
 def _model(spatial: str) -> nn.Module:
@@ -152,7 +152,7 @@ def test_lc_blocks_run_on_the_meta_device_and_prefold_only_on_the_cpu() -> None:
 
 
 def test_a_plan_for_a_gpu_combines_layer_by_layer_as_the_gpu_will() -> None:
-    from lcdense.estimate import _combine_layer_by_layer
+    from lcdense.cost.estimate import _combine_layer_by_layer
 
     model = _model("frozen")
     _combine_layer_by_layer(model)

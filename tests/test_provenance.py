@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from lcdense.analysis import load_filters
 from lcdense.cli import main
-from lcdense.provenance import autocast_precision
-from lcdense.records import CellRecord
-from lcdense.summary import markdown_table, results_csv, summarize
+from lcdense.engine.provenance import autocast_precision
+from lcdense.engine.records import CellRecord
+from lcdense.reporting.analysis import load_filters
+from lcdense.reporting.summary import markdown_table, results_csv, summarize
 
 CONFIGS = Path(__file__).parents[1] / "configs" / "classification"
 PAPER_CONFIGS = sorted(CONFIGS.glob("*_resnet_lc_20_16.yaml"))
@@ -30,8 +30,8 @@ def _cell(run_dir: Path, cell_id: str) -> dict:
 
 @pytest.mark.parametrize("path", PAPER_CONFIGS, ids=lambda p: p.name)
 def test_paper_recipe_configs_train_in_fp32(path):
-    from lcdense.config import load_yaml, resolve
-    from lcdense.task import get_task
+    from lcdense.engine.config import load_yaml, resolve
+    from lcdense.engine.task import get_task
 
     assert len(PAPER_CONFIGS) == 4
     config = resolve(get_task("classification").default_config(), load_yaml(path), {}, where=str(path))
@@ -124,10 +124,10 @@ def test_preconditioned_with_a_learnable_bank_is_refused_before_any_training(tmp
 
 
 def test_preconditioned_under_plain_sgd_passes_the_check():
-    from lcdense.config import resolve
-    from lcdense.runner import check_before_training, plan_cells
-    from lcdense.task import get_task
-    from lcdense.variants import parse_variants
+    from lcdense.engine.config import resolve
+    from lcdense.engine.runner import check_before_training, plan_cells
+    from lcdense.engine.task import get_task
+    from lcdense.engine.variants import parse_variants
 
     task = get_task("classification")
     config = resolve(task.default_config(), {}, {"conversion.impl": "preconditioned"})
@@ -167,7 +167,7 @@ def test_resumed_cells_say_from_where_and_the_summary_flags_approximate_ones():
 
 
 def test_an_evaluated_copy_with_other_frozen_filters_fails_the_cell(toy_installed, tmp_path, monkeypatch, capsys):
-    from lcdense.task import get_task
+    from lcdense.engine.task import get_task
 
     toy = type(get_task("toy"))
     original = toy.evaluate
@@ -187,8 +187,8 @@ def test_an_evaluated_copy_with_other_frozen_filters_fails_the_cell(toy_installe
 def test_every_resume_of_a_cell_is_kept_in_its_provenance(tmp_path):
     from torch import nn
 
-    from lcdense.task import Cell
-    from lcdense.training import TrainSettings, train_loop
+    from lcdense.engine.task import Cell
+    from lcdense.engine.training import TrainSettings, train_loop
 
     class Crash(Exception):
         pass

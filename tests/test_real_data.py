@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from lcdense_tasks.classification.data import load_tensor_dataset
 
 from lcdense.cli import main
-from lcdense_tasks.classification.data import load_tensor_dataset
 
 ROOT = Path("/usr/share/datasets/fashion-mnist")
 FILES = [f"{split}-{kind}-ubyte.gz" for split in ("train", "t10k") for kind in ("images-idx3", "labels-idx1")]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from lcdense.cli import main
-from lcdense.summary import paired_gap
+from lcdense.reporting.summary import paired_gap
 
 PLUGIN_DIR = Path(__file__).parent / "plugin"
 
@@ -73,7 +73,7 @@ def test_paired_gap_statistics_by_hand():
 
 
 def test_interrupted_run_resumes_to_the_same_numbers(toy_installed, tmp_path, monkeypatch):
-    from lcdense.task import Cell
+    from lcdense.engine.task import Cell
 
     args = ["run", "--task", "toy", "--E", "2", "--variants", "lc-frozen,learnable", "--epochs", "3", "--quiet",
             "--no-analysis"]

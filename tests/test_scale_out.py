@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lcdense import executors
 from lcdense.cli import main
-from lcdense.variants import CellSpec, Variant
+from lcdense.engine import executors
+from lcdense.engine.variants import CellSpec, Variant
 
 CONFIGS = Path(__file__).parents[1] / "configs" / "executors"
 TOY = ["--task", "toy", "--E", "4", "--seeds", "1", "--quiet", "--no-analysis", "--device", "cpu",

@@ -7,11 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
-from lcdense import LcdenseError
-from lcdense.training import epoch_generator
-from lcdense_tasks.segmentation.data import MEAN, STD, PairDataset, read_pair, train_batches
+from lcdense_tasks.segmentation.data import (
+    MEAN,
+    STD,
+    PairDataset,
+    read_pair,
+    train_batches,
+)
 from lcdense_tasks.segmentation.embedded import (
     embedded_root,
     ensure_embedded,
@@ -26,6 +28,10 @@ from lcdense_tasks.segmentation.layouts import (
     rle_decode,
     split_by_group,
 )
+from PIL import Image
+
+from lcdense import LcdenseError
+from lcdense.engine.training import epoch_generator
 
 
 @pytest.fixture(scope="module")

@@ -5,13 +5,13 @@ from pathlib import Path
 
 import pytest
 import torch
-
-import lcdense
-from lcdense import Cell, LcdenseError
 from lcdense_tasks.segmentation import PROFILES, SegmentationTask
 from lcdense_tasks.segmentation.embedded import generate_carvana, generate_lgg
 from lcdense_tasks.segmentation.metrics import ConfusionCounts
 from lcdense_tasks.segmentation.model import SCOPES, init_sources
+
+import lcdense
+from lcdense import Cell, LcdenseError
 
 
 def _tiny_config(root: Path, dataset: str = "carvana", epochs: int = 2) -> dict:

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from lcdense import convert, frozen_digest, frozen_tensors
-from lcdense.cli import main
-from lcdense.models import create_model
 from lcdense_tasks.classification import IMAGENET_STATS, ClassificationTask
 from lcdense_tasks.classification.imagenet import ensure_embedded_imagefolder
 from lcdense_tasks.classification.models import Normalized
 from lcdense_tasks.classification.timm_recipe import loss_for, optimizer_and_schedule
+
+from lcdense import convert, frozen_digest, frozen_tensors
+from lcdense.cli import main
+from lcdense.core.models import create_model
 
 A2 = str(Path(__file__).parents[1] / "configs" / "classification" / "imagenet_resnet18d_rsb_a2.yaml")
 # the A2 config at CI size: timm's small test ResNet (deep 3x3 stem like resnet18d), 32 px, 2 epochs
@@ -99,7 +99,7 @@ def test_timm_recipe_end_to_end_all_four_variants(tmp_path):
 
 
 def test_timm_recipe_killed_and_resumed_gives_identical_numbers_and_ema_stays_frozen(tmp_path, monkeypatch):
-    from lcdense.task import Cell
+    from lcdense.engine.task import Cell
 
     args = ["run", *TINY, "--dataset", "embedded-imagefolder", "--variants", "lc-frozen", "--E", "2",
             "--set", "train.timm.ema=true", "--set", "train.timm.ema_decay=0.9"]
@@ -220,10 +220,10 @@ def test_bad_timm_input_is_one_line(tiny_folder, tmp_path, capsys, extra, messag
 def test_sharded_evaluation_counts_every_val_image_once(size, ranks):
     from types import SimpleNamespace
 
+    from lcdense_tasks.classification.timm_recipe import _rank_batches
     from timm.data.distributed_sampler import OrderedDistributedSampler
 
-    from lcdense.distributed import World
-    from lcdense_tasks.classification.timm_recipe import _rank_batches
+    from lcdense.engine.distributed import World
 
     data = torch.utils.data.TensorDataset(torch.arange(size).float().view(-1, 1), torch.arange(size))
     seen = []

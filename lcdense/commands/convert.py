@@ -7,9 +7,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..convert import MODES, convert
-from ..inits import INITS
-from ..models import create_model
+from ..core.convert import MODES, convert
+from ..core.inits import INITS
+from ..core.models import create_model
 from .common import parse_ints, positive_int
 
 
@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     model = create_model(args.model, num_classes=args.num_classes)
     kwargs = {"E": args.E or 1, "mid": args.mid} if args.mode == "lc" else {}
     if args.mode != "lc" and (args.E is not None or args.mid is not None):
-        from ..errors import LcdenseError
+        from ..base.errors import LcdenseError
 
         raise LcdenseError(f"--E and --mid only apply to --mode lc (got --mode {args.mode})")
     report = convert(model, args.mode, spatial=args.spatial, init=args.init, seed=args.seed,

@@ -8,8 +8,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..errors import LcdenseError
-from ..paper import SCALES, as_dict, experiments, format_list, get_experiment, run_experiment
+from ..api.paper import run_experiment
+from ..base.errors import LcdenseError
+from ..paper import SCALES, as_dict, experiments, format_list, get_experiment
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -11,9 +11,9 @@ from typing import Any
 
 from ..api import SHORT_KEYS, dry_run
 from ..api import run as run_api
-from ..config import parse_assignment
-from ..task import list_tasks
-from ..trackers import logger_names
+from ..engine.config import parse_assignment
+from ..engine.task import list_tasks
+from ..engine.trackers import logger_names
 from .common import positive_int
 
 #: Flags that become settings (their names are the API's short names, :data:`lcdense.api.SHORT_KEYS`).

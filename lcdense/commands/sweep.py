@@ -16,8 +16,8 @@ import yaml
 
 from ..api import dry_run
 from ..api import sweep as sweep_api
-from ..errors import LcdenseError
-from ..executors import EXECUTORS
+from ..base.errors import LcdenseError
+from ..engine.executors import EXECUTORS
 from . import run as run_command
 from .common import positive_int
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..task import get_task, list_tasks
+from ..engine.task import get_task, list_tasks
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

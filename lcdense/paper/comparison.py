@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..records import SummaryRecord
-from ..summary import sweep_point
+from ..engine.records import SummaryRecord
+from ..engine.variants import sweep_point
 from .registry import Experiment
 
 WITHIN = "|measured mean − published mean| ≤ published std (the measured mean lies in the published mean ± 1 std)"

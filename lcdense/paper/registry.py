@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from ..errors import LcdenseError, unknown_name
+from ..base.errors import LcdenseError, unknown_name
 
 GRID_KEYS = ("variants", "E", "seeds")
 AXES = ("width", "depth", "kernel_size", "init", "mid")  # the sweep axes of `lcdense sweep`

@@ -1,0 +1,373 @@
+"""The benchmark as a Python API: :func:`run`, :func:`sweep`, :func:`report`, :func:`analyze` and
+:func:`load`. The ``lcdense`` command line parses its arguments into these calls and nothing else.
+
+Settings are the CLI's: a ``config`` YAML file, then keyword overrides, applied in order. An
+override is a dotted config key (``**{"train.lr": 0.05}``), a config section as a dict
+(``train={"lr": 0.05}``), or one of the CLI's short names (:data:`SHORT_KEYS`: ``E=8``,
+``seeds=[0, 1]``, ``epochs=2``, ``data="/data/cifar10"``, ``out="runs"``, ``quiet=True`` ...).
+
+>>> expand_settings({"E": [1, 8], "epochs": 2, "train": {"lr": 0.1}, "data.workers": 0})
+{'run.E': [1, 8], 'train.epochs': 2, 'train': {'lr': 0.1}, 'data.workers': 0}
+
+A run returns a :class:`RunResult`: the run directory, the cell records and the summary::
+
+    result = lcdense.run("classification", E=8, seeds=[0, 1], epochs=2)
+    result.summary.gap("frozen - learnable")["mean"]
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..base.errors import LcdenseError
+from ..engine.config import load_yaml, resolve
+from ..engine.distributed import launched_by_torchrun, torchrun_command, visible_gpus
+from ..engine.events import Callback, ConsoleLog, Events, RunEnd, RunStart
+from ..engine.records import (
+    CellRecord,
+    PlanRecord,
+    SummaryRecord,
+    finished_cell,
+    read_cells,
+    read_plan,
+    read_summary,
+)
+from ..engine.runner import (
+    check_before_training,
+    check_global_batch,
+    execute,
+    gpu_list,
+    load_run,
+    new_run_dir,
+    plan_cells,
+    save_run_config,
+    setup_world,
+)
+from ..engine.task import Task, get_task, list_tasks
+from ..engine.variants import (
+    CellSpec,
+    parse_expansions,
+    parse_seeds,
+    parse_variants,
+    sweep_point,
+)
+
+#: The CLI's flags as short setting names → their dotted config keys.
+SHORT_KEYS: dict[str, str] = {
+    "E": "run.E", "variants": "run.variants", "seeds": "run.seeds", "device": "run.device", "out": "run.out",
+    "name": "run.name", "quiet": "run.quiet", "analysis": "run.analysis", "epochs": "train.epochs",
+    "batch_size": "train.batch_size", "data": "data.root", "dataset": "data.dataset", "model": "model.name",
+    "workers": "data.workers", "memory": "run.max_memory", "verbose": "run.verbose", "loggers": "run.loggers",
+}
+
+
+@dataclass
+class RunResult:
+    """A run directory read back: its config, plan, finished cell records and summary."""
+
+    run_dir: Path
+    config: dict[str, Any]
+    plan: PlanRecord
+    cells: list[CellRecord]
+    summary: SummaryRecord | None
+    table: str = ""
+    #: Cell id → job id, for cells handed to an executor by this call.
+    jobs: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        """Whether every cell of the plan has finished."""
+        return len(self.cells) == len(self.plan.cells)
+
+    def metric(self, variant: str, name: str | None = None, group: str = "") -> dict[int, float]:
+        """Seed → value of metric ``name`` (default: the primary metric) for ``variant``."""
+        name = name or self.plan.primary_metric
+        return {c.seed: c.metrics[name] for c in self.cells
+                if c.variant == variant and sweep_point(c.axes) == group and name in c.metrics}
+
+
+def expand_settings(overrides: dict[str, Any]) -> dict[str, Any]:
+    """Keyword overrides with the short names (:data:`SHORT_KEYS`) spelled as dotted keys; a dict
+    value keeps its key (a section such as ``data={...}``)."""
+    return {SHORT_KEYS[k] if k in SHORT_KEYS and not isinstance(v, dict) else k: v for k, v in overrides.items()}
+
+
+def default_callbacks(config: dict[str, Any]) -> list[Any]:
+    """The callbacks every run has: saved filters, the per-cell files (``history.csv``...), filter
+    analysis (``run.analysis``), the report, the experiment trackers (``run.loggers``) and the
+    console output."""
+    from ..engine.cell_files import CellFiles
+    from ..engine.trackers import make_loggers
+    from ..reporting.analysis import FilterAnalysis, SaveFilters
+    from ..reporting.summary import Report
+
+    run = config["run"]
+    analysis = [FilterAnalysis()] if run.get("analysis", True) else []
+    return [SaveFilters(), CellFiles(), *analysis, Report(), *make_loggers(config),
+            ConsoleLog(quiet=bool(run.get("quiet")), verbose=bool(run.get("verbose")))]
+
+
+def load(run_dir: str | os.PathLike) -> RunResult:
+    """Read a run directory back: config, plan, finished cells and summary (nothing is recomputed)."""
+    run_dir = Path(run_dir)
+    plan = read_plan(run_dir)
+    config = load_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else {}
+    return RunResult(run_dir, config, plan, read_cells(run_dir), read_summary(run_dir))
+
+
+def run(task: str | None = None, *, config: str | os.PathLike | None = None, resume: str | os.PathLike | None = None,
+        ddp: int | None = None, callbacks: Iterable[Any] = (), **overrides: Any) -> RunResult:
+    """Train the variants × seeds of ``task`` and report the gap; returns the finished run.
+
+    ``config`` is a YAML file (its ``task`` key names the task when ``task`` is None); overrides
+    as in the module docstring. ``resume`` continues an interrupted run (its settings come from
+    the run directory; ``quiet``, ``verbose``, ``loggers`` and ``device``/``ddp`` still apply). ``ddp=N`` (or a device list
+    such as ``device="0,1"``) trains each cell data-parallel: torchrun's ranks for most tasks,
+    the task framework's own launcher for detection. ``callbacks`` receive the run's events
+    (:mod:`lcdense.engine.events`) after the built-in ones.
+    """
+    return _launch(task, config=config, resume=resume, axes={}, ddp=ddp, executor=None, callbacks=callbacks,
+                   overrides=overrides)
+
+
+def sweep(task: str | None = None, *, axes: dict[str, list[Any]] | None = None, config: str | os.PathLike | None = None,
+          resume: str | os.PathLike | None = None, ddp: int | None = None, executor: str | None = None,
+          executor_config: str | os.PathLike | None = None, executor_settings: dict[str, Any] | None = None,
+          wait: bool = False, callbacks: Iterable[Any] = (), **overrides: Any) -> RunResult:
+    """A grid as one resumable run: E (an override, e.g. ``E=[1, 8, 64]``) × ``axes`` (e.g.
+    ``{"width": [16, 32]}``, ``{"init": [...]}``: the task's ``sweep_axes``).
+
+    ``executor`` (``slurm``, ``local`` or ``debug``) makes every unfinished cell a submitit job
+    (settings from ``executor_config`` and ``executor_settings``, see :mod:`lcdense.engine.executors`);
+    local and debug jobs are waited for and reported, Slurm jobs only with ``wait=True`` (else
+    the result holds the cells finished so far and the submitted ``jobs``).
+    """
+    return _launch(task, config=config, resume=resume, axes=dict(axes or {}), ddp=ddp,
+                   executor=(executor, executor_config, dict(executor_settings or {}), wait) if executor else None,
+                   callbacks=callbacks, overrides=overrides)
+
+
+def dry_run(task: str | None = None, *, config: str | os.PathLike | None = None,
+            axes: dict[str, list[Any]] | None = None, ddp: int | None = None, **overrides: Any) -> list[Any]:
+    """What :func:`run` (or :func:`sweep` with ``axes``) would need, predicted per cell on fake
+    tensors (:mod:`lcdense.engine.dry_run`): parameters, state, activations, peak memory, FLOPs and whether
+    it fits ``memory`` (``run.max_memory``; default: the device's). Prints the table, writes
+    ``OUT/TASK/dry-run/<time>.json`` and returns the estimates; nothing is trained or allocated.
+    """
+    from ..engine.dry_run import dry_run as estimate_cells
+    from ..engine.dry_run import report as report_estimates
+
+    cfg, task_, cells, axis_keys = _new_run(task, config, dict(axes or {}), overrides)
+    cache_dir = _cache_dir(cfg)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    ranks = len(_gpus_requested(str(cfg["run"]["device"]), ddp)) or 1
+    estimates = estimate_cells(task_, cfg, cells, axis_keys, cache_dir, ranks)
+    report_estimates(estimates, cfg["run"]["out"], task_.name)
+    return estimates
+
+
+def report(run_dir: str | os.PathLike, *, analysis: bool = True) -> RunResult:
+    """Re-render ``results.csv``, ``summary.json``, ``summary.md`` and the figures of a run from its
+    files alone (and the filter analysis, where cells saved their filters and ``analysis``)."""
+    run_dir = Path(run_dir)
+    result = load(run_dir)
+    from ..reporting.analysis import FilterAnalysis
+    from ..reporting.summary import Report
+
+    analyze_too = analysis and any((run_dir / "cells").glob("*/filters.pt"))
+    end = _finish(run_dir, result.config, result.plan, [*([FilterAnalysis()] if analyze_too else []), Report()])
+    return RunResult(run_dir, result.config, result.plan, end.records, end.summary, end.table)
+
+
+def analyze(run_dir: str | os.PathLike) -> str:
+    """The filter analysis of a run (``analysis.json``, ``.csv``, ``.md``, figures); returns its
+    Markdown section."""
+    from ..reporting.analysis import analyze_run
+
+    return analyze_run(run_dir)
+
+
+# ---- orchestration --------------------------------------------------------------------------------
+
+def _cache_dir(cfg: dict[str, Any]) -> Path:
+    """Where a run's generated datasets are cached: ``run.cache_dir``, or ``OUT/.cache``."""
+    return Path(cfg["run"]["cache_dir"] or Path(cfg["run"]["out"]) / ".cache").resolve()
+
+
+def _finish(run_dir: Path, config: dict[str, Any], plan: PlanRecord, callbacks: Iterable[Any]) -> RunEnd:
+    end = RunEnd(run_dir=run_dir, config=config, plan=plan, records=read_cells(run_dir))
+    Events(callbacks).emit(end)
+    return end
+
+
+def _axis_keys(task: Task, requested: dict[str, list[Any]]) -> dict[str, str]:
+    known = {"init": "conversion.init", "mid": "conversion.mid", **task.sweep_axes}
+    for axis, values in requested.items():
+        if axis not in known:
+            raise LcdenseError(f"task '{task.name}' cannot sweep '{axis}'; it can sweep: E, {', '.join(sorted(known))}")
+        if not values:
+            raise LcdenseError(f"sweep axis '{axis}' needs at least one value")
+    return {a: known[a] for a in requested}
+
+
+def _new_run(task_name: str | None, config_file: str | os.PathLike | None, axes: dict[str, list[Any]],
+             overrides: dict[str, Any]) -> tuple[dict[str, Any], Task, list[CellSpec], dict[str, str]]:
+    file_config = load_yaml(config_file) if config_file else {}
+    name = task_name or file_config.get("task")
+    if not name:
+        raise LcdenseError(f"say which task to run: --task NAME (one of: {', '.join(list_tasks())})")
+    if task_name and file_config.get("task") not in (None, task_name):
+        raise LcdenseError(f"--task {task_name} conflicts with task '{file_config['task']}' in {config_file}")
+    task = get_task(name)
+    config = resolve(task.default_config(), file_config, expand_settings(overrides), where=str(config_file or "config"))
+    config["task"] = name
+    expansions = parse_expansions(config["run"]["E"])
+    variants = parse_variants(config["run"]["variants"], expansions)
+    seeds = parse_seeds(config["run"]["seeds"])
+    axis_keys = _axis_keys(task, axes)
+    return config, task, plan_cells(variants, seeds, axes), axis_keys
+
+
+def _gpus_requested(device: str, ddp: int | None) -> tuple[int, ...]:
+    """GPUs asked for with ``ddp=N`` (0..N-1) or a device list ``0,1,...`` (empty if neither)."""
+    listed = gpu_list(device)
+    if ddp and listed and ddp != len(listed):
+        raise LcdenseError(f"--ddp {ddp} conflicts with the {len(listed)} GPUs of --device {device}")
+    return listed or (tuple(range(ddp)) if ddp and ddp > 1 else ())
+
+
+def _launch(task_name: str | None, *, config: Any, resume: Any, axes: dict[str, list[Any]], ddp: int | None,
+            executor: tuple[str, Any, dict[str, Any], bool] | None, callbacks: Iterable[Any],
+            overrides: dict[str, Any]) -> RunResult:
+    callbacks = list(callbacks)
+    settings = expand_settings(overrides)
+    if resume:
+        run_dir: Path | None = Path(resume)
+        cfg, task, cells, axis_keys = load_run(run_dir)
+        cfg["run"]["quiet"] = bool(settings.get("run.quiet") or cfg["run"].get("quiet"))
+        cfg["run"]["verbose"] = bool(settings.get("run.verbose") or cfg["run"].get("verbose"))
+        cfg["run"]["loggers"] = settings.get("run.loggers", cfg["run"].get("loggers") or [])
+        device = str(settings.get("run.device") or "")
+    else:
+        run_dir = None
+        cfg, task, cells, axis_keys = _new_run(task_name, config, axes, overrides)
+        device = str(cfg["run"]["device"])
+    check_before_training(task, cfg, cells)
+    gpus = _gpus_requested(device, ddp)
+    if gpus and not launched_by_torchrun():
+        if task.data_parallel is None:
+            raise LcdenseError(f"task '{task.name}' does not support data-parallel training; drop --ddp/--device list")
+        if executor:
+            raise LcdenseError("--ddp runs one machine's GPUs; with --executor use --gpus-per-job instead")
+        check_global_batch(cfg, len(gpus))
+        if task.data_parallel == "torchrun":
+            return _under_torchrun(task, cfg, cells, axis_keys, run_dir, gpus, device, callbacks)
+        if device == "cpu" or not visible_gpus():
+            raise LcdenseError(f"task '{task.name}' trains data-parallel through its framework's own launcher, "
+                               "which needs CUDA GPUs; none is visible here")
+        cfg["run"]["device"] = ",".join(map(str, gpus))  # the task's framework launches its own workers
+    cache_dir = _cache_dir(cfg)
+    if executor:  # the jobs pick their devices; this machine may have no GPU
+        from ..engine.executors import executor_settings
+
+        name, config_file, requested, wait = executor
+        executor = (name, None, executor_settings(name, config_file, requested), wait)  # bad settings: no run dir
+        if run_dir is None:
+            run_dir = new_run_dir(cfg["run"]["out"], task.name, cfg["run"]["name"])
+            save_run_config(run_dir, cfg, cells, axis_keys, task)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        Events([*default_callbacks(cfg), *callbacks]).emit(RunStart(run_dir=run_dir, config=cfg, plan=read_plan(run_dir)))
+        return _submit(task, cfg, run_dir, cells, cache_dir, executor, callbacks)
+    world, torch_device = setup_world(cfg)
+    if run_dir is None:
+        run_dir = world.on_main(lambda: new_run_dir(cfg["run"]["out"], task.name, cfg["run"]["name"]))
+        if world.is_main:
+            save_run_config(run_dir, cfg, cells, axis_keys, task)
+    plan = read_plan(run_dir) if world.is_main else PlanRecord.of(task, cells, axis_keys)
+    events = Events([*default_callbacks(cfg), *callbacks])
+    if world.is_main:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        events.emit(RunStart(run_dir=run_dir, config=cfg, plan=plan))
+        if not cfg["run"]["quiet"]:
+            print(f"lcdense: {task.name}: {len(cells)} cell(s) -> {run_dir}"
+                  + (f", {world.size} ranks each" if world.active else ""))
+    execute(task, cfg, run_dir, cells, axis_keys, cache_dir, world, torch_device, events)
+    if not world.is_main:
+        return RunResult(run_dir, cfg, plan, [], None)
+    end = _finish(run_dir, cfg, plan, events.callbacks)
+    return RunResult(run_dir, cfg, plan, end.records, end.summary, end.table)
+
+
+def _under_torchrun(task: Task, cfg: dict[str, Any], cells: list[CellSpec], axis_keys: dict[str, str],
+                    run_dir: Path | None, gpus: tuple[int, ...], device: str, callbacks: list[Any]) -> RunResult:
+    """Create the run here, then train it as ``len(gpus)`` data-parallel ranks through torchrun
+    (``lcdense run --resume RUN_DIR`` on every rank); returns the finished run."""
+    if callbacks:
+        raise LcdenseError("callbacks cannot cross into torchrun's ranks; start this script itself with torchrun "
+                           "(it then runs as one of the ranks) or drop --ddp")
+    count = visible_gpus()
+    if (gpu_list(device) or device.startswith("cuda") or (device == "auto" and count)) and max(gpus) >= count:
+        raise LcdenseError(f"{len(gpus)} GPUs asked for, {count} visible; use fewer, or --device cpu for gloo ranks")
+    env = dict(os.environ)
+    if gpu_list(device):
+        visible = [v for v in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(visible[i] if visible else str(i) for i in gpus)  # as torch sees them
+        device = "cuda"
+    if run_dir is None:
+        cfg["run"]["device"] = device
+        run_dir = new_run_dir(cfg["run"]["out"], task.name, cfg["run"]["name"])
+        save_run_config(run_dir, cfg, cells, axis_keys, task)
+    argv = ["run", "--resume", str(run_dir), *(["--quiet"] if cfg["run"]["quiet"] else [])]
+    code = subprocess.run(torchrun_command(len(gpus), argv), env=env).returncode
+    if code:
+        raise LcdenseError(f"the {len(gpus)} data-parallel ranks failed (torchrun exit code {code}, their error is "
+                           f"above); finished cells are kept: continue with lcdense run --resume {run_dir} --ddp {len(gpus)}")
+    result = load(run_dir)
+    result.table = ""
+    return result
+
+
+def _submit(task: Task, cfg: dict[str, Any], run_dir: Path, cells: list[CellSpec], cache_dir: Path,
+            executor: tuple[str, Any, dict[str, Any], bool], callbacks: list[Any]) -> RunResult:
+    """Hand the unfinished cells to submitit; wait (local, debug, or ``wait``) and report."""
+    from ..engine import executors
+
+    name, _, settings, wait = executor
+    if int(settings["gpus_per_job"]) > 1 and task.data_parallel is None:
+        raise LcdenseError(f"task '{task.name}' trains on one device; use --gpus-per-job 1")
+    task.prepare_data(cfg, cache_dir)  # the embedded dataset is generated once, before any job starts
+    pending = [c for c in cells if finished_cell(run_dir / "cells" / c.id) is None]
+    todo, notes = executors.cells_to_submit(run_dir, pending, name)
+    for note in notes:
+        print(f"lcdense: {note}")
+    print(f"lcdense: {task.name}: {len(cells)} cell(s), {len(cells) - len(pending)} finished, "
+          f"{len(todo)} to run on '{name}' -> {run_dir}")
+    submitted = executors.submit(run_dir, todo, cache_dir, name, settings, task_per_gpu=task.data_parallel != "own",
+                                 make_callbacks=default_callbacks, callbacks=callbacks) if todo else []
+    print(executors.describe(submitted))
+    jobs = {cell_id: str(job.job_id) for job, group in submitted for cell_id in group}
+    plan = read_plan(run_dir)
+    if name == "slurm" and not wait:
+        print(f"lcdense: jobs write into {run_dir}/cells; when they finish: lcdense report {run_dir}\n"
+              f"         re-submit missing or failed cells: lcdense sweep --resume {run_dir} --executor slurm")
+        return RunResult(run_dir, cfg, plan, read_cells(run_dir), None, jobs=jobs)
+    failures = executors.wait(submitted)
+    for line in failures:
+        print(f"lcdense: job failed: {line}", file=sys.stderr)
+    end = None
+    if any(finished_cell(run_dir / "cells" / c.id) for c in cells):
+        end = _finish(run_dir, cfg, plan, [*default_callbacks(cfg), *callbacks])
+    if failures:
+        raise LcdenseError(f"{len(failures)} job(s) failed; finished cells are kept. Run the missing ones again: "
+                           f"lcdense sweep --resume {run_dir} --executor {name}")
+    return RunResult(run_dir, cfg, plan, end.records if end else [], end.summary if end else None,
+                     end.table if end else "", jobs=jobs)
+
+
+__all__ = ["SHORT_KEYS", "Callback", "RunResult", "analyze", "default_callbacks", "expand_settings", "load", "report",
+           "run", "sweep"]

@@ -1,0 +1,62 @@
+"""A small name → object registry that also reads a Python entry-point group.
+
+>>> shapes = Registry("shape")
+>>> @shapes.register("square")
+... def square(x): return x * x
+>>> shapes.get("square")(3)
+9
+>>> shapes.get("sqare")
+Traceback (most recent call last):
+...
+lcdense.base.errors.LcdenseError: unknown shape 'sqare'; did you mean 'square'? Known: square
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from importlib.metadata import EntryPoint, entry_points
+from typing import Generic, TypeVar
+
+from .errors import LcdenseError, unknown_name
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Objects registered by name, in code or through the entry-point group ``group``."""
+
+    def __init__(self, kind: str, group: str | None = None) -> None:
+        self.kind, self.group = kind, group
+        self._objects: dict[str, T] = {}
+
+    def register(self, name: str, obj: T | None = None) -> Callable[[T], T] | T:
+        """Register ``obj`` as ``name``; without ``obj``, return a decorator."""
+        if obj is None:
+            return lambda o: self.register(name, o)
+        if name in self._objects and self._objects[name] is not obj:
+            raise LcdenseError(f"{self.kind} '{name}' is already registered")
+        self._objects[name] = obj
+        return obj
+
+    def _entry_points(self) -> dict[str, EntryPoint]:
+        if self.group is None:
+            return {}
+        return {ep.name: ep for ep in entry_points(group=self.group) if ep.name not in self._objects}
+
+    def names(self) -> list[str]:
+        """All registered names, sorted."""
+        return sorted({*self._objects, *self._entry_points()})
+
+    def get(self, name: str) -> T:
+        """The object registered as ``name``; an unknown name lists the known ones."""
+        if name in self._objects:
+            return self._objects[name]
+        found = self._entry_points()
+        if name not in found:
+            raise unknown_name(self.kind, name, self.names())
+        try:
+            self._objects[name] = found[name].load()
+        except LcdenseError:  # e.g. a missing extra: its one line says what to install
+            raise
+        except Exception as exc:  # a broken plugin must say which one it is
+            raise LcdenseError(f"{self.kind} '{name}' ({found[name].value}) failed to load: {exc}") from exc
+        return self._objects[name]

@@ -1,0 +1,260 @@
+"""Model surgery: turn any PyTorch CNN into its frozen-random or LC-Block variant.
+
+>>> import torchvision
+>>> model = torchvision.models.resnet18(num_classes=10)
+>>> report = convert(model, "lc", E=4, spatial="frozen", input_size=(3, 32, 32))
+>>> report.counts()["lc"]
+17
+"""
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+
+from ..base.errors import LcdenseError
+from .accounting import count_parameters, trace_layers
+from .blocks import IMPLS, MIDS, LCConv, prefold
+from .inits import check_init, seeded_filters
+from .precondition import PreconditionedConv
+
+Mode = Literal["learnable", "frozen", "lc"]
+MODES: tuple[str, ...] = ("learnable", "frozen", "lc")
+HEAD_PATTERNS: tuple[str, ...] = ("head*", "*.head*", "classifier*", "*.classifier*", "segmentation_head*", "fc", "*.fc")
+_PLAIN_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+CONVERT_IMPLS: tuple[str, ...] = (*IMPLS, "preconditioned")
+
+
+@dataclass
+class LayerRecord:
+    """What conversion did to one spatial conv."""
+
+    name: str
+    type: str
+    shape: tuple[int, ...]
+    action: str  # "lc" | "frozen" | "reinit" | "skipped"
+    reason: str = ""
+    impl: str = ""  # LC-Blocks: the forward chosen at the report's input size
+
+
+@dataclass
+class ConversionReport:
+    """Per-layer actions and before/after totals of a :func:`convert` call. ``print()`` it."""
+
+    mode: str
+    settings: dict
+    layers: list[LayerRecord] = field(default_factory=list)
+    params_before: dict[str, int] = field(default_factory=dict)
+    params_after: dict[str, int] = field(default_factory=dict)
+    input_size: tuple[int, ...] | None = None
+    macs_before: int | None = None
+    macs_after: int | None = None
+    model: nn.Module | None = field(default=None, repr=False, compare=False)
+
+    def counts(self) -> dict[str, int]:
+        """Number of layers per action."""
+        out: dict[str, int] = {}
+        for layer in self.layers:
+            out[layer.action] = out.get(layer.action, 0) + 1
+        return out
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data.pop("model")
+        data["counts"] = self.counts()
+        return data
+
+    def __str__(self) -> str:
+        rows = [("layer", "type", "shape", "action", "detail")]
+        for r in self.layers:
+            detail = r.reason or (f"impl={r.impl}" if r.impl else "")
+            rows.append((r.name, r.type, "x".join(map(str, r.shape)), r.action, detail))
+        widths = [max(len(row[i]) for row in rows) for i in range(4)]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(row[:4], widths)) + f"  {row[4]}".rstrip() for row in rows]
+        lines.insert(1, "-" * len(lines[0]))
+        settings = ", ".join(f"{k}={v}" for k, v in self.settings.items())
+        lines += ["", f"mode={self.mode}  {settings}", f"layers: {self.counts()}"]
+        for key in ("trainable", "frozen", "total"):
+            lines.append(f"{key} parameters: {self.params_before[key]:,} -> {self.params_after[key]:,}")
+        if self.macs_before is not None:
+            size = "x".join(map(str, self.input_size))
+            lines.append(f"forward MACs per sample at {size}: {self.macs_before:,} -> {self.macs_after:,}")
+        return "\n".join(lines)
+
+
+def is_spatial_conv(module: nn.Module, min_kernel: int = 2) -> bool:
+    """A conv with any kernel dimension of at least ``min_kernel`` (default: any > 1)."""
+    return isinstance(module, nn.modules.conv._ConvNd) and max(module.kernel_size) >= min_kernel
+
+
+def _matches(name: str, patterns: Sequence[str] | None) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns or ())
+
+
+def _lc_unsupported(module: nn.Module) -> str:
+    """Why ``module`` cannot become an LC-Block, or '' if it can."""
+    if module.transposed:
+        return "transposed conv: no LC form"
+    if type(module) not in _PLAIN_CONVS:
+        base = next(c for c in _PLAIN_CONVS if isinstance(module, c))
+        if type(module).forward is not base.forward or type(module)._conv_forward is not base._conv_forward:
+            return f"{type(module).__name__} overrides forward; use mode 'frozen' or exclude it"
+    return ""
+
+
+def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, attr, new)
+
+
+def _replace_weight(module: nn.Module, weight: torch.Tensor, frozen: bool) -> None:
+    del module.weight
+    if frozen:
+        module.register_buffer("weight", weight)
+        module.lcdense_frozen = ("weight",)
+    else:
+        module.weight = nn.Parameter(weight)
+
+
+def _lc_block(module: nn.Module, name: str, *, E: int, spatial: str, init: str, seed: int,
+              mid: str | None, impl: str) -> LCConv:
+    dims = len(module.kernel_size)
+    ref = module.weight
+    block = LCConv(  # its tensors on the meta device: each is replaced below, no value is drawn twice
+        module.in_channels, module.out_channels, module.kernel_size, expansion=E,
+        stride=module.stride, padding=module.padding, dilation=module.dilation,
+        groups=module.groups, bias=module.bias is not None, padding_mode=module.padding_mode,
+        spatial=spatial, mid=mid, impl=impl, dims=dims, dtype=ref.dtype, device="meta",
+    )
+    kw = {"seed": seed, "dtype": ref.dtype, "device": ref.device}
+    bank = seeded_filters(init, block.spatial_weight.shape, name=name, **kw)
+    combine = seeded_filters("kaiming_uniform", block.combine_weight.shape, name=f"{name}#combine", **kw)
+    block.spatial_weight = bank if spatial == "frozen" else nn.Parameter(bank)
+    block.combine_weight = nn.Parameter(combine)
+    if module.bias is not None:
+        block.bias = nn.Parameter(module.bias.detach().clone())
+    if block.mid is not None:
+        block.mid.to(device=ref.device)
+    block.train(module.training)
+    return block
+
+
+def _check_args(mode: str, E: int, spatial: str, init: str, mid: str | None, impl: str) -> None:
+    if mode not in MODES:
+        raise LcdenseError(f"unknown mode '{mode}'; use one of: {', '.join(MODES)}")
+    if isinstance(E, bool) or not isinstance(E, int) or E < 1:
+        raise LcdenseError(f"E must be a positive integer, got {E!r}")
+    if spatial not in ("frozen", "learnable"):
+        raise LcdenseError(f"spatial must be 'frozen' or 'learnable', got '{spatial}'")
+    check_init(init)
+    if mid is not None and mid not in MIDS:
+        raise LcdenseError(f"unknown mid op '{mid}'; use one of: none, {', '.join(MIDS)}")
+    if impl not in CONVERT_IMPLS:
+        raise LcdenseError(f"unknown impl '{impl}'; use one of: {', '.join(CONVERT_IMPLS)}")
+    if impl == "preconditioned" and (mode != "lc" or spatial != "frozen" or mid is not None):
+        raise LcdenseError(
+            "impl 'preconditioned' needs mode 'lc', spatial 'frozen' and no mid op "
+            f"(got mode '{mode}', spatial '{spatial}', mid {mid}); use impl 'auto' otherwise"
+        )
+    if mode != "lc" and (E != 1 or mid is not None):
+        raise LcdenseError(f"E and mid only apply to mode 'lc' (got mode '{mode}')")
+
+
+def convert(
+    model: nn.Module,
+    mode: Mode,
+    *,
+    E: int = 1,
+    spatial: Literal["frozen", "learnable"] = "frozen",
+    init: str = "kaiming_uniform",
+    seed: int = 0,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    min_kernel: int = 2,
+    stem: bool = True,
+    head: bool = True,
+    head_patterns: Sequence[str] = HEAD_PATTERNS,
+    mid: str | None = None,
+    impl: str = "auto",
+    input_size: Sequence[int] | None = None,
+    batch_size: int = 1,
+) -> ConversionReport:
+    """Convert every spatial conv of ``model`` in place and report what changed.
+
+    Modes (every touched conv gets seeded filters from ``init``, so variants share them):
+
+    - ``"learnable"``: the baseline, filters re-drawn and trained as usual;
+    - ``"frozen"``: filters stored as a buffer, never updated by any optimizer;
+    - ``"lc"``: each conv becomes an :class:`LCConv` with expansion ``E`` and a
+      ``spatial`` ("frozen" or "learnable") bank; the 1×1 combination is learnable.
+
+    ``include``/``exclude`` are module-name globs; ``stem=False`` leaves the first spatial conv
+    alone, ``head=False`` the convs whose names match ``head_patterns``. ``input_size``
+    (C, H, W) adds forward MACs per sample before/after and the implementation each LC-Block
+    picks for a training step on a batch of ``batch_size`` (``impl="auto"`` decides from the
+    shapes). ``impl="preconditioned"`` (mode "lc", spatial "frozen", no mid) makes each block a
+    :class:`lcdense.core.precondition.PreconditionedConv`: exact under SGD only, cost independent of E.
+    The converted model is ``report.model`` (the same object unless ``model`` is itself a conv);
+    with LC-Blocks, it carries :func:`lcdense.core.blocks.prefold` as a forward pre-hook.
+    """
+    _check_args(mode, E, spatial, init, mid, impl)
+    report = ConversionReport(
+        mode=mode,
+        settings={"E": E, "spatial": spatial, "init": init, "seed": seed, "mid": mid, "impl": impl,
+                  "batch_size": batch_size}
+        if mode == "lc" else {"init": init, "seed": seed},
+        params_before=count_parameters(model),
+        input_size=tuple(input_size) if input_size else None,
+    )
+    if input_size:
+        report.macs_before = sum(c.macs(batch_size) for c in trace_layers(model, input_size))
+    spatial_convs = [(n, m) for n, m in model.named_modules() if is_spatial_conv(m, min_kernel)]
+    for index, (name, module) in enumerate(spatial_convs):
+        shape = tuple(module.weight.shape)
+        record = LayerRecord(name or "(model)", type(module).__name__, shape, "skipped")
+        report.layers.append(record)
+        if include is not None and not _matches(name, include):
+            record.reason = "not matched by include"
+        elif _matches(name, exclude):
+            record.reason = "matched by exclude"
+        elif not stem and index == 0:
+            record.reason = "stem excluded (stem=False)"
+        elif not head and _matches(name, head_patterns):
+            record.reason = "head excluded (head=False)"
+        elif mode == "lc" and (why := _lc_unsupported(module)):
+            record.reason = why
+        elif mode == "lc":
+            block = _lc_block(module, name, E=E, spatial=spatial, init=init, seed=seed, mid=mid,
+                              impl="fold" if impl == "preconditioned" else impl)
+            if impl == "preconditioned":
+                block = PreconditionedConv.from_lc(block)
+                record.impl = impl
+            if name:
+                _set_module(model, name, block)
+            else:
+                model = block
+            record.action = "lc"
+        else:
+            weight = seeded_filters(init, shape, name=name, seed=seed, dtype=module.weight.dtype,
+                                    device=module.weight.device)
+            _replace_weight(module, weight, frozen=mode == "frozen")
+            record.action = "reinit" if mode == "learnable" else "frozen"
+    has_lc = any(isinstance(m, LCConv) for m in model.modules())
+    if has_lc and prefold not in model._forward_pre_hooks.values():
+        model.register_forward_pre_hook(prefold)
+    report.model = model
+    report.params_after = count_parameters(model)
+    if input_size:
+        calls = trace_layers(model, input_size)
+        report.macs_after = sum(c.macs(batch_size) for c in calls)
+        chosen = {c.name: c.module.choose_impl(c.batch_shape(batch_size)) for c in calls if isinstance(c.module, LCConv)}
+        for record in report.layers:
+            record.impl = chosen.get("" if record.name == "(model)" else record.name, record.impl)
+    return report
+
+
+__all__ = ["convert", "ConversionReport", "LayerRecord", "is_spatial_conv", "MODES", "HEAD_PATTERNS"]

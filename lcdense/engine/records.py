@@ -1,0 +1,277 @@
+"""The record schema of a run directory, read and written here only.
+
+- ``cells/<id>/cell.json``: a :class:`CellRecord` (one variant × seed × sweep point: metrics,
+  history, digests, conversion report, costs, provenance);
+- ``plan.json``: a :class:`PlanRecord` (task, primary metric, sweep-axis keys, the cell grid);
+- ``summary.json``: a :class:`SummaryRecord` (per-variant statistics and the paired gaps).
+
+Every file carries ``"format": "lcdense-<kind>/<version>"``. A file without one is version 1 (it
+was written before the field existed); a file of another version is refused with one line that
+says so (:class:`RecordFormatError`).
+
+Adding a field: give the dataclass a new field with a default (files written before it read with
+the default) and write it in ``to_dict``; keys this version does not know are kept in ``extra``
+and written back unchanged, so a record passes through an older lcdense intact. Bump the version
+only for a change older readers would misread (a renamed or re-defined key), and read the old one
+in ``from_dict``.
+
+>>> record = CellRecord.from_dict({"id": "frozen__seed0", "variant": "frozen", "seed": 0,
+...                                "status": "done", "metrics": {"top1": 0.5}, "new_key": 1})
+>>> record.metrics["top1"], record.kind, record.extra
+(0.5, 'frozen', {'new_key': 1})
+>>> record.to_dict()["format"], record.to_dict()["new_key"]
+('lcdense-cell/1', 1)
+>>> CellRecord.from_dict({"format": "lcdense-cell/2", "id": "x", "variant": "frozen", "seed": 0})
+Traceback (most recent call last):
+...
+lcdense.engine.records.RecordFormatError: cell record x is format lcdense-cell/2; this lcdense reads lcdense-cell/1 (upgrade lcdense to read it)
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+from ..base.errors import LcdenseError
+from ..base.files import write_json
+from .variants import CellSpec, Variant
+
+CELL_FORMAT = "lcdense-cell/1"
+PLAN_FORMAT = "lcdense-plan/1"
+SUMMARY_FORMAT = "lcdense-summary/1"
+
+
+class RecordFormatError(LcdenseError):
+    """A record file written in a format version this lcdense does not read."""
+
+
+def _check_format(data: dict[str, Any], expected: str, what: str) -> None:
+    found = data.get("format", expected.rsplit("/", 1)[0] + "/1")  # unversioned files are version 1
+    if found != expected:
+        raise RecordFormatError(f"{what} is format {found}; this lcdense reads {expected} "
+                                f"(upgrade lcdense to read it)")
+
+
+class _Record:
+    """Shared dict conversion: known fields in order, unknown keys kept in ``extra``."""
+
+    FORMAT: ClassVar[str]
+    _optional: ClassVar[tuple[str, ...]] = ()  # written only when not None
+
+    @classmethod
+    def _known(cls) -> list[str]:
+        return [f.name for f in fields(cls) if f.name != "extra"]  # type: ignore[arg-type]
+
+    @classmethod
+    def _split(cls, data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        known = set(cls._known())
+        return ({k: v for k, v in data.items() if k in known},
+                {k: v for k, v in data.items() if k not in known and k != "format"})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-able content of the file (``format`` first, then the fields, then ``extra``)."""
+        out: dict[str, Any] = {"format": self.FORMAT}
+        for name in self._known():
+            value = getattr(self, name)
+            if value is None and name in self._optional:
+                continue
+            out[name] = value
+        out.update(self.extra)  # type: ignore[attr-defined]
+        return out
+
+
+@dataclass
+class CellRecord(_Record):
+    """``cell.json``: one finished (or failed) cell."""
+
+    FORMAT: ClassVar[str] = CELL_FORMAT
+    _optional: ClassVar[tuple[str, ...]] = ("error", "provenance", "paper")
+
+    id: str
+    task: str | None = None
+    variant: str = ""
+    kind: str = ""
+    mode: str | None = None
+    spatial: str | None = None
+    E: int | None = None
+    axes: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    init_seed: int | None = None
+    data_seed: int | None = None
+    status: str = "done"
+    primary_metric: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    extra_metrics: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    frozen_digest_before: str | None = None
+    frozen_digest_after: str | None = None
+    costs: dict[str, Any] = field(default_factory=dict)
+    conversion: dict[str, Any] = field(default_factory=dict)
+    #: How the cell's numbers came about (precision, init, resume, weights evaluated); optional.
+    provenance: dict[str, Any] | None = None
+    #: A paper run's experiment, scale, recipe and overrides (see :mod:`lcdense.paper`); optional.
+    paper: dict[str, Any] | None = None
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.kind and self.variant:  # lc-frozen@8 → kind lc-frozen, E 8
+            kind, _, e_text = self.variant.partition("@")
+            self.kind = kind
+            if self.E is None and e_text.isdigit():
+                self.E = int(e_text)
+
+    @property
+    def done(self) -> bool:
+        return self.status == "done"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CellRecord:
+        what = f"cell record {data.get('id', '?')}"
+        _check_format(data, CELL_FORMAT, what)
+        known, extra = cls._split(data)
+        missing = [key for key in ("id", "variant", "seed") if key not in known]
+        if missing:
+            raise LcdenseError(f"{what} lacks {', '.join(missing)}; it was not written by lcdense")
+        return cls(**known, extra=extra)
+
+    @classmethod
+    def failed(cls, spec: CellSpec, error: str) -> CellRecord:
+        """The record of a cell whose training failed (e.g. its frozen filters moved)."""
+        return cls(id=spec.id, variant=spec.variant.name, seed=spec.seed, status="failed", error=error,
+                   axes=dict(spec.axes))
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.status == "done":
+            return super().to_dict()
+        return {"format": self.FORMAT, "id": self.id, "variant": self.variant, "seed": self.seed,
+                "status": self.status, "error": self.error, **self.extra}
+
+
+@dataclass
+class PlanRecord(_Record):
+    """``plan.json``: what a run is (``--resume``, ``report`` and the cluster jobs read it back)."""
+
+    FORMAT: ClassVar[str] = PLAN_FORMAT
+    _optional: ClassVar[tuple[str, ...]] = ("paper",)
+
+    task: str
+    primary_metric: str
+    higher_is_better: bool
+    axis_keys: dict[str, str]
+    cells: list[dict[str, Any]]
+    #: A paper run's experiment, scale, recipe and overrides; None otherwise.
+    paper: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, task: Any, cells: list[CellSpec], axis_keys: dict[str, str],
+           paper: dict[str, Any] | None = None) -> PlanRecord:
+        return cls(task=task.name, primary_metric=task.primary_metric, higher_is_better=task.higher_is_better,
+                   axis_keys=dict(axis_keys), paper=paper,
+                   cells=[{"kind": c.variant.kind, "E": c.variant.E, "seed": c.seed, "axes": c.axes} for c in cells])
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PlanRecord:
+        _check_format(data, PLAN_FORMAT, "plan.json")
+        known, extra = cls._split(data)
+        return cls(**known, extra=extra)
+
+    def specs(self) -> list[CellSpec]:
+        """The cell grid as :class:`~lcdense.engine.variants.CellSpec` objects."""
+        return [CellSpec(Variant(c["kind"], c["E"]), c["seed"], c["axes"]) for c in self.cells]
+
+
+@dataclass
+class SummaryRecord(_Record):
+    """``summary.json``: per sweep point (``groups``, '' for a plain run) the variants' statistics
+    (mean, std, n per metric and cost) and the gaps in the primary metric, paired by seed."""
+
+    FORMAT: ClassVar[str] = SUMMARY_FORMAT
+    _optional: ClassVar[tuple[str, ...]] = ("paper",)
+
+    primary_metric: str
+    higher_is_better: bool
+    groups: dict[str, dict[str, Any]]
+    #: A paper run's comparison with the published numbers (:func:`lcdense.paper.compare`); optional.
+    paper: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SummaryRecord:
+        _check_format(data, SUMMARY_FORMAT, "summary.json")
+        known, extra = cls._split(data)
+        return cls(**known, extra=extra)
+
+    def gap(self, name: str, group: str = "") -> dict[str, Any] | None:
+        """The gap called ``name`` (e.g. ``"frozen - learnable"``) at sweep point ``group``."""
+        return next((g for g in self.groups.get(group, {}).get("gaps", []) if g["gap"] == name), None)
+
+
+def _read(path: Path, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise LcdenseError(f"cannot read {what} {path} ({type(exc).__name__}); fix or delete the file") from None
+    if not isinstance(data, dict):
+        raise LcdenseError(f"{what} {path} must hold a JSON object")
+    return data
+
+
+def write_cell(cell_dir: Path, record: CellRecord) -> None:
+    """Write ``cell_dir/cell.json`` atomically."""
+    write_json(cell_dir / "cell.json", record.to_dict())
+
+
+def read_cell(cell_dir: Path) -> CellRecord | None:
+    """The record of ``cell_dir`` (done or failed), or None if it has none or a half-written one."""
+    path = cell_dir / "cell.json"
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        raise LcdenseError(f"cell file {path} must hold a JSON object")
+    return CellRecord.from_dict(data)
+
+
+def finished_cell(cell_dir: Path) -> CellRecord | None:
+    """The record of ``cell_dir`` if the cell finished (status done), else None."""
+    record = read_cell(cell_dir)
+    return record if record is not None and record.done else None
+
+
+def read_cells(run_dir: Path) -> list[CellRecord]:
+    """Every finished cell of ``run_dir``, in cell-directory order."""
+    found = (finished_cell(path.parent) for path in sorted((Path(run_dir) / "cells").glob("*/cell.json")))
+    return [record for record in found if record is not None]
+
+
+def write_plan(run_dir: Path, plan: PlanRecord) -> None:
+    write_json(run_dir / "plan.json", plan.to_dict())
+
+
+def read_plan(run_dir: Path) -> PlanRecord:
+    """``plan.json`` of ``run_dir``; a directory without one is not a run directory."""
+    path = Path(run_dir) / "plan.json"
+    if not path.is_file():
+        raise LcdenseError(f"{run_dir} is not an lcdense run directory (no plan.json); check the path")
+    return PlanRecord.from_dict(_read(path, "plan file"))
+
+
+def write_summary(run_dir: Path, summary: SummaryRecord) -> None:
+    write_json(run_dir / "summary.json", summary.to_dict())
+
+
+def read_summary(run_dir: Path) -> SummaryRecord | None:
+    """``summary.json`` of ``run_dir``, or None before the first report."""
+    path = Path(run_dir) / "summary.json"
+    return SummaryRecord.from_dict(_read(path, "run summary")) if path.is_file() else None
+
+
+__all__ = ["CELL_FORMAT", "PLAN_FORMAT", "SUMMARY_FORMAT", "CellRecord", "PlanRecord", "RecordFormatError",
+           "SummaryRecord", "finished_cell", "read_cell", "read_cells", "read_plan", "read_summary", "write_cell",
+           "write_plan", "write_summary"]

@@ -1,0 +1,177 @@
+"""The task adapter protocol: what a downstream task implements so the runner can benchmark it.
+
+A task prepares its data, builds its model and trains/evaluates it; the runner owns variants,
+seeds, conversion, frozen-filter digests, costs, resume and reporting. Register a task in code
+with ``@register_task("name")`` or, from another package, through the ``lcdense.tasks``
+entry-point group (``[project.entry-points."lcdense.tasks"] mytask = "mypkg:MyTask"``).
+
+>>> sorted(set(list_tasks()) & {"classification"})
+['classification']
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..base.registry import Registry
+from ..core.convert import ConversionReport
+from ..cost.estimate import Footprint
+from .capture import framework_output
+from .distributed import World
+from .events import EpochEnd, Events
+from .provenance import Provenance
+
+TASKS: Registry[type[Task]] = Registry("task", group="lcdense.tasks")
+
+
+def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
+    """Class decorator registering a :class:`Task` subclass under ``name``."""
+    return TASKS.register(name)
+
+
+def list_tasks() -> list[str]:
+    """Names of every task: registered in code or through the ``lcdense.tasks`` entry points."""
+    return TASKS.names()
+
+
+def get_task(name: str) -> Task:
+    """An instance of the task registered as ``name`` (unknown names list the known ones)."""
+    return TASKS.get(name)()
+
+
+@dataclass
+class Cell:
+    """One (variant, seed) of a run, as a task sees it while training and evaluating.
+
+    Under data-parallel training ``world`` says which rank this is: a task takes its share of each
+    global batch with ``cell.world.shard(indices)``; ``train.batch_size`` stays the global batch.
+    ``gpus`` lists the GPUs of a task that launches its own workers (``data_parallel = "own"``).
+    ``init`` is the init of the cell's converted spatial filters. A task notes what it actually did
+    (precision, resume, which weights it evaluated) in ``provenance``. A task reports every finished
+    epoch with :meth:`epoch_end` (the shared :func:`lcdense.train_loop` does it), which delivers it to
+    the run's callbacks. :meth:`framework_output` sends what libraries print to the cell's
+    ``train.log`` (the runner wraps ``fit`` and ``evaluate`` in it; a worker process that a task's
+    framework launches enters it too); ``verbose`` (``--verbose``) shows that output as well.
+    """
+
+    variant: str
+    seed: int
+    init_seed: int
+    data_seed: int
+    dir: Path
+    device: torch.device
+    convert: Callable[[nn.Module], ConversionReport]
+    quiet: bool = False
+    log: Callable[[str], None] = print
+    world: World = field(default_factory=World)
+    gpus: tuple[int, ...] = ()
+    init: str = "kaiming_uniform"
+    provenance: Provenance = field(default_factory=Provenance)
+    id: str = ""
+    events: Events = field(default_factory=Events)
+    verbose: bool = False
+
+    @property
+    def log_path(self) -> Path:
+        """The cell's ``train.log``: the framework output of its training and evaluation."""
+        return self.dir / "train.log"
+
+    def framework_output(self, main: bool = True) -> contextlib.AbstractContextManager[None]:
+        """Inside the block, library output goes to :attr:`log_path` (see :func:`lcdense.framework_output`);
+        on the console too when :attr:`verbose` and ``main`` (the process of rank 0)."""
+        return framework_output(self.log_path, show=self.verbose and main)
+
+    def epoch_end(self, metrics: dict[str, Any], epochs: int | None = None) -> None:
+        """Report a finished epoch (its history entry, with ``epoch`` counted from 1) to the callbacks."""
+        if self.world.is_main:
+            self.events.emit(EpochEnd(cell_id=self.id or f"{self.variant}__seed{self.seed}", epoch=int(metrics["epoch"]),
+                                      metrics=dict(metrics), variant=self.variant, seed=self.seed, epochs=epochs))
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.dir / "checkpoint.pt"
+
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        """Atomically write ``state`` (tensors, numbers, strings, lists, dicts) as the resume point."""
+        tmp = self.checkpoint_path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.checkpoint_path)
+
+    def load_checkpoint(self) -> dict[str, Any] | None:
+        """The last resume point of this cell, or None (loaded with ``weights_only=True``)."""
+        if not self.checkpoint_path.exists():
+            return None
+        return torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+
+
+class Task(ABC):
+    """Base class of a task adapter.
+
+    Config sections a task owns: ``data``, ``model`` and ``train``; the runner owns ``run`` and
+    ``conversion``. ``default_config()`` must give every key the task reads.
+    """
+
+    name: ClassVar[str]
+    primary_metric: ClassVar[str]
+    higher_is_better: ClassVar[bool] = True
+    #: Sweepable model settings: sweep axis name → dotted config key (e.g. "width": "model.width").
+    sweep_axes: ClassVar[dict[str, str]] = {}
+    #: How one cell trains on several GPUs (``lcdense run --ddp N`` or ``--device 0,1,...``):
+    #: ``"torchrun"``: lcdense starts N ranks with torchrun and ``fit`` trains on
+    #: ``cell.world.shard(...)`` of each global batch; ``"own"``: ``fit`` hands ``cell.gpus`` to a
+    #: framework that launches its own workers (ultralytics); ``None``: one device only.
+    data_parallel: ClassVar[str | None] = None
+
+    @abstractmethod
+    def default_config(self) -> dict[str, Any]:
+        """The task's defaults: a dict with ``data``, ``model`` and ``train`` sections."""
+
+    @abstractmethod
+    def prepare_data(self, config: dict[str, Any], cache_dir: Path) -> Any:
+        """Load (or generate the embedded default into ``cache_dir``) and return a data handle."""
+
+    @abstractmethod
+    def build_model(self, config: dict[str, Any], data: Any) -> nn.Module:
+        """A freshly initialised model (the runner seeds torch before calling)."""
+
+    @abstractmethod
+    def input_size(self, config: dict[str, Any]) -> tuple[int, ...]:
+        """One sample's input shape (C, H, W) used for MAC counts."""
+
+    def footprint(self, config: dict[str, Any]) -> Footprint:
+        """How a cell of ``config`` trains, for :func:`lcdense.cost.estimate.estimate` (batch, input,
+        optimizer, autocast). The default describes :func:`lcdense.engine.training.train_loop` reading the
+        ``train`` section; a task with its own training loop overrides it."""
+        train = config["train"]
+        optimizer = str(train.get("optimizer", "sgd")).lower()
+        return Footprint(batch_size=int(train.get("batch_size", 1)), input_size=tuple(self.input_size(config)),
+                         optimizer=optimizer, lr=float(train.get("lr") or 0.01),
+                         momentum=float(train.get("momentum", 0.9)) if optimizer == "sgd" else 0.0,
+                         nesterov=bool(train.get("nesterov", True)), weight_decay=float(train.get("weight_decay") or 0.0),
+                         amp=bool(train.get("amp", True)), grads_during_forward=True)
+
+    @abstractmethod
+    def fit(self, model: nn.Module, data: Any, config: dict[str, Any], cell: Cell) -> tuple[nn.Module, list[dict[str, float]]]:
+        """Train the converted ``model``; return the trained model and per-epoch metrics.
+
+        Resume from ``cell.load_checkpoint()`` if present and save one per epoch; note the training
+        precision and any resume in ``cell.provenance`` (:func:`lcdense.engine.training.train_loop` does both).
+        """
+
+    def preconditioned_inexact(self, config: dict[str, Any]) -> str | None:
+        """Why ``conversion.impl: preconditioned`` would not train exactly under ``config``, or None
+        if the task verifies that it does (plain SGD, no gradient clipping). The default: not verified."""
+        return f"task '{self.name}' does not verify that its optimizer is plain SGD without gradient clipping"
+
+    @abstractmethod
+    def evaluate(self, model: nn.Module, data: Any, config: dict[str, Any], cell: Cell) -> dict[str, float]:
+        """Final metrics of the trained model; must include ``primary_metric``. Note the precision
+        evaluated in as ``cell.provenance.eval_precision``."""

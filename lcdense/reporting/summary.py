@@ -1,0 +1,308 @@
+"""Summaries of a run: mean ± std per variant, the frozen-vs-learnable gaps paired by seed with a
+95% t-interval, ``results.csv``, ``summary.json``, ``summary.md`` and plots — all from the cells'
+records alone (:mod:`lcdense.engine.records`), so ``lcdense report`` can re-render them at any time.
+:func:`paired_gap` is the one definition of a gap, used by the summary and by the filter analysis.
+
+>>> gap = paired_gap({0: 0.90, 1: 0.92, 2: 0.95}, {0: 0.88, 1: 0.91})   # seed 2 has no partner
+>>> gap["seeds"], round(gap["mean"], 4), round(gap["std"], 4)
+([0, 1], 0.015, 0.0071)
+>>> [round(x, 3) for x in gap["ci95"]]
+[-0.049, 0.079]
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+from ..base.files import write_text
+from ..engine.events import Callback, RunEnd
+from ..engine.records import CellRecord, SummaryRecord, read_cells, write_summary
+from ..engine.variants import sweep_point
+from .style import variant_order
+
+# (name of the gap, minuend kind, subtrahend kind)
+GAPS: tuple[tuple[str, str, str], ...] = (
+    ("frozen - learnable", "frozen", "learnable"),
+    ("lc-frozen - lc-learnable", "lc-frozen", "lc-learnable"),
+    ("lc-frozen - learnable", "lc-frozen", "learnable"),
+    ("lc-learnable - learnable", "lc-learnable", "learnable"),
+)
+
+
+def t_quantile(df: int) -> float:
+    """Two-sided 95% Student-t quantile for ``df`` degrees of freedom."""
+    from scipy import stats
+
+    return float(stats.t.ppf(0.975, df))
+
+
+def describe(values: list[float]) -> dict[str, Any]:
+    """Mean, sample std (0 for one value) and count."""
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "n": len(values)}
+
+
+def paired_gap(a: dict[int, float], b: dict[int, float]) -> dict[str, Any] | None:
+    """Mean of a − b over the seeds both have, with a 95% t-interval when there are ≥ 2 seeds."""
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return None
+    diffs = [a[s] - b[s] for s in seeds]
+    out = describe(diffs)
+    out["seeds"] = seeds
+    if len(diffs) >= 2:
+        half = t_quantile(len(diffs) - 1) * out["std"] / math.sqrt(len(diffs))
+        out["ci95"] = [out["mean"] - half, out["mean"] + half]
+    return out
+
+
+def summarize(records: list[CellRecord], primary: str, higher_is_better: bool) -> SummaryRecord:
+    """The summary of a run (what ``summary.json`` holds)."""
+    groups: dict[str, dict[str, list[CellRecord]]] = {}
+    for r in records:
+        groups.setdefault(sweep_point(r.axes), {}).setdefault(r.variant, []).append(r)
+    out = SummaryRecord(primary_metric=primary, higher_is_better=higher_is_better, groups={})
+    for group, by_variant in groups.items():
+        variants = {}
+        for name, rs in sorted(by_variant.items(), key=lambda item: variant_order(item[0])):
+            metrics = sorted({k for r in rs for k in r.metrics})
+            variants[name] = {
+                "kind": rs[0].kind, "E": rs[0].E, "seeds": sorted(r.seed for r in rs),
+                "metrics": {m: describe([r.metrics[m] for r in rs if m in r.metrics]) for m in metrics},
+                "costs": {c: describe([r.costs[c] for r in rs]) for c in
+                          ("trainable_params", "frozen_params", "forward_macs_per_sample", "wall_time_s",
+                           "peak_memory_mb") if all(isinstance(r.costs.get(c), (int, float)) for r in rs)},
+                "provenance": variant_provenance(rs),
+            }
+        gaps = []
+        by_kind_e = {(rs[0].kind, rs[0].E): {r.seed: r.metrics.get(primary) for r in rs}
+                     for rs in by_variant.values()}
+        expansions = sorted({e for _, e in by_kind_e if e is not None})
+        for gap_name, left, right in GAPS:
+            uses_e = "lc" in gap_name
+            for E in expansions if uses_e else [None]:
+                a = by_kind_e.get((left, E if left.startswith("lc") else None))
+                b = by_kind_e.get((right, E if right.startswith("lc") else None))
+                stats = a and b and paired_gap(_known(a), _known(b))
+                if stats:
+                    label = gap_name.replace("lc-frozen", f"lc-frozen@{E}").replace("lc-learnable", f"lc-learnable@{E}")
+                    gaps.append({"gap": label, "E": E, **stats})
+        out.groups[group] = {"variants": variants, "gaps": gaps}
+    return out
+
+
+def variant_provenance(records: list[CellRecord]) -> dict[str, Any]:
+    """What the cells of one variant did (``provenance`` of their records): spatial inits, train and
+    eval precisions, the weights the primary metric came from, and which cells resumed, exactly or not.
+
+    >>> cell = CellRecord(id="frozen__seed0", variant="frozen", provenance={"init": "orthogonal",
+    ...     "precision": {"train": "bf16", "eval": "fp32"}, "primary_weights": "model",
+    ...     "resume": {"resumed": True, "exact": False, "resumes": []}})
+    >>> variant_provenance([cell])["approximate_resumes"], variant_provenance([cell])["precision_train"]
+    (['frozen__seed0'], ['bf16'])
+    """
+    provenance = [(r.id, r.provenance or {}) for r in records]
+
+    def values(get: Any) -> list[str]:
+        return sorted({str(get(p)) if get(p) is not None else "not recorded" for _, p in provenance})
+
+    return {
+        "init": values(lambda p: p.get("init")),
+        "precision_train": values(lambda p: p.get("precision", {}).get("train")),
+        "precision_eval": values(lambda p: p.get("precision", {}).get("eval")),
+        "primary_weights": values(lambda p: p.get("primary_weights")),
+        "resumed": [i for i, p in provenance if p.get("resume", {}).get("resumed")],
+        "approximate_resumes": [i for i, p in provenance if p.get("resume", {}).get("exact") is False],
+    }
+
+
+def provenance_lines(variants: dict[str, Any]) -> list[str]:
+    """Markdown lines under a group's tables: the spatial init of each variant, and — only where they
+    apply — precisions other than fp32, primary metrics from other than the trained weights, and
+    approximate resumes."""
+    prov = {name: v["provenance"] for name, v in variants.items() if "provenance" in v}
+    if not prov:
+        return []
+    inits = {"/".join(p["init"]) for p in prov.values()}
+    lines = ["Spatial init: " + (f"{inits.pop()} (every variant)" if len(inits) == 1 else
+                                 "; ".join(f"{n} {'/'.join(p['init'])}" for n, p in prov.items()))]
+    precision = [f"{n} trained in {'/'.join(p['precision_train'])}, evaluated in {'/'.join(p['precision_eval'])}"
+                 for n, p in prov.items() if p["precision_train"] != ["fp32"] or p["precision_eval"] != ["fp32"]]
+    if precision:
+        lines.append("**Precision not fp32:** " + "; ".join(precision))
+    weights = {n: "/".join(p["primary_weights"]) for n, p in prov.items() if p["primary_weights"] != ["model"]}
+    if weights:
+        lines.append("Primary metric from the " + "; ".join(f"{w} weights ({n})" for n, w in weights.items()))
+    approximate = [i for p in prov.values() for i in p["approximate_resumes"]]
+    if approximate:
+        lines.append("**Approximate resumes** (continued from ultralytics' fp16 EMA checkpoint, not an exact fp32 "
+                     "state): " + ", ".join(approximate))
+    return ["", *(f"{line}  " for line in lines)]
+
+
+def _known(values: dict[int, float | None]) -> dict[int, float]:
+    return {seed: v for seed, v in values.items() if v is not None}
+
+
+def _fmt(stats: dict[str, Any], scale: float = 1.0) -> str:
+    return f"{stats['mean'] * scale:.4f} ± {stats['std'] * scale:.4f}"
+
+
+def markdown_table(summary: SummaryRecord) -> str:
+    """The variant table and the gap table, as Markdown (also what ``lcdense run`` prints)."""
+    primary = summary.primary_metric
+    lines: list[str] = []
+    for group, content in summary.groups.items():
+        if group:
+            lines += [f"### {group}", ""]
+        lines += [f"| variant | seeds | {primary} (mean ± std) | trainable params | MACs/sample | time/cell (s) |",
+                  "|---|---|---|---|---|---|"]
+        for name, v in content["variants"].items():
+            m = v["metrics"].get(primary)
+            c = v["costs"]
+            lines.append(
+                f"| {name} | {len(v['seeds'])} | {_fmt(m) if m else 'n/a'} | "
+                f"{c['trainable_params']['mean']:,.0f} | {c.get('forward_macs_per_sample', {}).get('mean', float('nan')):,.0f} | "
+                f"{c['wall_time_s']['mean']:.1f} |"
+            )
+        if content["gaps"]:
+            lines += ["", f"| gap in {primary} (paired by seed) | mean ± std | 95% CI | seeds |", "|---|---|---|---|"]
+            for g in content["gaps"]:
+                ci = f"[{g['ci95'][0]:+.4f}, {g['ci95'][1]:+.4f}]" if "ci95" in g else "n/a (1 seed)"
+                lines.append(f"| {g['gap']} | {g['mean']:+.4f} ± {g['std']:.4f} | {ci} | {g['n']} |")
+        lines += provenance_lines(content["variants"])
+        lines.append("")
+    if summary.paper:
+        lines += paper_table(summary.paper, primary)
+    return "\n".join(lines)
+
+
+PROVENANCE_COLUMNS: tuple[str, ...] = ("init", "precision_train", "precision_eval", "primary_weights", "resumed",
+                                       "resume_exact")
+
+
+def provenance_row(record: CellRecord) -> list[Any]:
+    """A record's :data:`PROVENANCE_COLUMNS` (empty where an older record has none)."""
+    p = record.provenance or {}
+    precision, resume = p.get("precision", {}), p.get("resume", {})
+    return [p.get("init"), precision.get("train"), precision.get("eval"), p.get("primary_weights"),
+            resume.get("resumed"), resume.get("exact")]
+
+
+def _in_unit(value: float, unit: str) -> str:
+    return f"{value:.2f}" if unit == "percent" else f"{value:.4f}"
+
+
+def paper_table(block: dict[str, Any], primary: str) -> list[str]:
+    """The paper column: each published number next to the run's measured mean ± std.
+
+    >>> block = {"experiment": "table1-svhn", "source": "Table 1", "scale": "full", "unit": "percent",
+    ...          "definition": "|m - p| <= s", "note": None, "overrides": [], "rows": [
+    ...     {"variant": "learnable", "group": "", "metric": "top1", "source": "ICLR", "published_mean": 96.38,
+    ...      "published_std": 0.12, "measured": {"mean": 96.3, "std": 0.1, "n": 4}, "difference": -0.08,
+    ...      "within_published_spread": "yes"}]}
+    >>> paper_table(block, "top1")[-2]
+    '| learnable | 96.30 ± 0.10 (4) | 96.38 ± 0.12 | ICLR | -0.08 | yes |'
+    """
+    unit = " (%)" if block["unit"] == "percent" else ""
+    lines = [f"### Paper: {block['experiment']} ({block['source']}), {block['scale']} scale", ""]
+    if block["scale"] != "full":
+        lines += [f"**{block['scale'].upper()} run**: a shortened recipe, not comparable to the paper; "
+                  "no agreement is claimed.", ""]
+    if block["overrides"]:
+        lines += [f"Changed from the paper's grid: {', '.join(block['overrides'])}.", ""]
+    if not block["rows"]:
+        return lines + [f"Paper: {block['note']}.", ""]
+    lines += [f"Within the published spread: {block['definition']}.", "",
+              f"| variant | measured{unit}: mean ± std (seeds) | paper{unit} | source | Δ measured − paper | "
+              f"within published spread |", "|---|---|---|---|---|---|"]
+    for row in block["rows"]:
+        name = row["variant"] + (f" [{row['group']}]" if row["group"] else "") + \
+            (f" {row['metric']}" if row["metric"] != primary else "")
+        m = row["measured"]
+        measured = "not measured" if m is None else \
+            f"{_in_unit(m['mean'], block['unit'])} ± {_in_unit(m['std'], block['unit'])} ({m['n']})"
+        paper = _in_unit(row["published_mean"], block["unit"]) + \
+            ("" if row["published_std"] is None else f" ± {_in_unit(row['published_std'], block['unit'])}")
+        delta = "n/a" if row["difference"] is None else f"{row['difference']:+.2f}" if block["unit"] == "percent" \
+            else f"{row['difference']:+.4f}"
+        lines.append(f"| {name} | {measured} | {paper} | {row['source']} | {delta} | {row['within_published_spread']} |")
+    return lines + [""]
+
+
+def results_csv(records: list[CellRecord]) -> str:
+    """One row per cell: identity, every metric, digests and costs."""
+    metric_names = sorted({k for r in records for k in r.metrics})
+    axis_names = sorted({k for r in records for k in r.axes})
+    cost_names = ["trainable_params", "frozen_params", "total_params", "forward_macs_per_sample", "train_time_s",
+                  "wall_time_s", "peak_memory_mb", "peak_memory_kind", "device", "data_wait_share"]
+    paper = ["paper_experiment", "paper_scale"] if any(r.paper for r in records) else []
+    header = ["id", "task", "variant", "mode", "spatial", "E", *axis_names, "seed", "init_seed", "data_seed",
+              *metric_names, "frozen_digest_before", "frozen_digest_after", *cost_names, *PROVENANCE_COLUMNS, *paper]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    for r in records:
+        writer.writerow([r.id, r.task, r.variant, r.mode, r.spatial, r.E,
+                         *(r.axes.get(a) for a in axis_names), r.seed, r.init_seed, r.data_seed,
+                         *(r.metrics.get(m) for m in metric_names), r.frozen_digest_before,
+                         r.frozen_digest_after, *(r.costs.get(c) for c in cost_names), *provenance_row(r),
+                         *(((r.paper or {}).get("experiment"), (r.paper or {}).get("scale")) if paper else ())])
+    return buffer.getvalue()
+
+
+def _paper_settings(run_dir: Path) -> dict[str, Any] | None:
+    """The ``paper`` section of the run's saved config, if the run reproduces a paper experiment."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return None
+    from ..engine.config import load_yaml
+
+    paper = load_yaml(path).get("paper") or {}
+    return paper if paper.get("experiment") else None
+
+
+def write_report(run_dir: Path, primary: str, higher_is_better: bool,
+                 extra_sections: list[str] = ()) -> tuple[SummaryRecord, str]:
+    """(Re)write results.csv, summary.json, summary.md and figures of ``run_dir``; returns the
+    summary and its Markdown table (with the paper column where the run reproduces a paper experiment)."""
+    from .plots import plot_run
+
+    records = read_cells(run_dir)
+    if not records:
+        from ..base.errors import LcdenseError
+
+        raise LcdenseError(f"{run_dir} has no finished cells yet; run or resume it first")
+    summary = summarize(records, primary, higher_is_better)
+    paper = _paper_settings(run_dir)
+    if paper:
+        from ..paper import compare, get_experiment
+
+        summary.paper = compare(summary, get_experiment(paper["experiment"]), paper["scale"], paper["overrides"])
+    write_text(run_dir / "results.csv", results_csv(records))
+    write_summary(run_dir, summary)
+    figures = plot_run(run_dir, records, summary)
+    table = markdown_table(summary)
+    title = f"# {records[0].task} run `{run_dir.name}`"
+    if paper:
+        title += f": paper experiment {paper['experiment']}, {paper['scale']} scale"
+    parts = [title, "",
+             f"Primary metric: **{primary}** ({'higher' if higher_is_better else 'lower'} is better). "
+             f"Gaps are paired by seed; the interval is a 95% Student-t interval over seeds.", "", table]
+    parts += [f"![{Path(f).stem}]({f})" for f in figures]
+    parts += ["", *extra_sections]
+    write_text(run_dir / "summary.md", "\n".join(parts) + "\n")
+    return summary, table
+
+
+class Report(Callback):
+    """The run's report as a callback: at run end, ``results.csv``, ``summary.json``,
+    ``summary.md`` (with the sections other callbacks added) and the figures."""
+
+    def on_run_end(self, event: RunEnd) -> None:
+        event.summary, event.table = write_report(event.run_dir, event.plan.primary_metric,
+                                                  event.plan.higher_is_better, event.sections)
