@@ -1,4 +1,4 @@
-"""A complete third-party task adapter (the README's "Add a task" example): is the bright square
+"""A complete third-party task adapter (the "Add a task" example of docs/plugins.md): is the bright square
 in the left or the right half of a noisy 16x16 image?"""
 from __future__ import annotations
 
