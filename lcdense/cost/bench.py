@@ -191,7 +191,7 @@ def _configs(args: argparse.Namespace, batch: tuple[torch.Tensor, torch.Tensor])
         trainer = _Trainer(_prepare(models[cfg.name][0], args), batch, args.amp)
         cfg.run, cfg.measure_memory = trainer.step, trainer.measure_memory
     top = max(args.E)
-    folded = fold(_lc_model(args, top, "learnable", "auto")[0])
+    folded = fold(_lc_model(args, top, "learnable", "auto")[0], inplace=True)
     for name, model in (("baseline", _build(args)), (f"folded lc-learnable@{top}", folded)):
         model = _prepare(model, args).eval()
         configs.append(Config(f"infer {name}", "infer", top if name != "baseline" else None,
