@@ -28,6 +28,7 @@ from .core.fold import combined_weight, fold, fold_block
 from .core.inits import INITS, seeded_filters
 from .core.models import cifar_resnet, create_model
 from .core.precondition import PreconditionedConv, check_preconditioned_optimizer
+from .cost.bench import bench
 from .cost.estimate import Footprint
 from .engine.capture import framework_output
 from .engine.distributed import World
@@ -53,7 +54,7 @@ __all__ = [
     "fold_block", "INITS", "seeded_filters", "Registry", "Cell", "Task", "get_task", "list_tasks",
     "register_task", "count_parameters", "forward_macs", "PreconditionedConv", "check_preconditioned_optimizer",
     "World", "cifar_resnet", "create_model", "TrainSettings", "epoch_generator", "epoch_seed", "train_loop",
-    "dry_run", "autocast", "autocast_precision", "preconditioned_inexact", "Provenance", "Footprint", "run",
+    "dry_run", "autocast", "autocast_precision", "preconditioned_inexact", "Provenance", "Footprint", "bench", "run",
     "sweep", "report", "analyze", "load", "RunResult", "CellRecord", "PlanRecord", "SummaryRecord",
     "RecordFormatError", "Callback", "RunStart", "CellStart", "EpochEnd", "CellEnd", "RunEnd", "__version__",
 ]
