@@ -37,7 +37,7 @@ def combined_weight(block: LCConv) -> torch.Tensor:
 
     Returns:
         W', shaped like the weight of the plain conv it folds into; differentiable with respect
-        to the block's parameters.
+            to the block's parameters.
 
     Raises:
         LcdenseError: The block has an operation between its two convs (``mid``) and so no single weight.
@@ -53,7 +53,7 @@ def fold_block(block: LCConv | PreconditionedConv) -> nn.Module:
 
     Returns:
         A new ``nn.Conv1d``/``Conv2d``/``Conv3d`` with the combined filters W' = P·W and the block's
-        bias and geometry; it owns its tensors, and ``block`` is left unchanged.
+            bias and geometry; it owns its tensors, and ``block`` is left unchanged.
 
     Raises:
         LcdenseError: The block has an operation between its two convs (``mid``) and cannot fold.

@@ -395,7 +395,15 @@ class BenchResult:
         load_average: The machine's 1, 5 and 15 minute load averages at the end.
         conv_share: The baseline step's share of operator time in convolutions and matrix
             products (profiled once), or None where the baseline failed.
-        rows: One dict per configuration, baseline first (see :func:`bench`).
+        rows: One dict per configuration, baseline first, with ``name``, ``kind`` (``"train"`` or
+            ``"infer"``), ``E``, ``spatial``, ``impl``, ``layers`` (how many layers use each form)
+            and ``status``. Rows that ran (``status == "ok"``) add the time per step ``step_s``
+            and the process CPU time ``cpu_s`` (each a dict of median, min and max over rounds)
+            and their ratios to the same round's baseline, ``step_ratio`` and ``cpu_ratio``.
+            Training rows add ``mac_ratio``, ``update_s``, the per-round ``times`` and
+            ``update_times``, ``memory_bytes`` (``state``, ``activations``, ``total``),
+            ``memory_ratio``, ``activation_ratio`` and, when the baseline was profiled,
+            ``predicted_macs_only_ratio`` and ``predicted_step_ratio`` (:func:`predicted_ratios`).
         out: The JSON file the result was written to.
     """
 
@@ -414,7 +422,7 @@ class BenchResult:
 
         Returns:
             ``header``, ``memory_meaning``, ``settings``, ``device``, ``torch`` (its version),
-            ``seconds``, ``load_average`` and ``results`` (the rows).
+                ``seconds``, ``load_average`` and ``results`` (the rows).
         """
         return {"header": self.header, "memory_meaning": self.memory_meaning, "settings": self.settings,
                 "device": self.device, "torch": torch.__version__, "seconds": self.seconds,
@@ -503,14 +511,7 @@ def bench(*, device: str = "cpu", model: str | None = None, image_size: int | No
         out: The JSON result file; default ``runs/bench/lc-DEVICE-TIMESTAMP.json``. Never overwritten.
 
     Returns:
-        The measurements, also written to ``out``. Each row has ``name``, ``kind`` (``"train"`` or
-        ``"infer"``), ``E``, ``spatial``, ``impl``, ``layers`` (how many layers use each form) and
-        ``status``; rows that ran (``status == "ok"``) add the time per step ``step_s`` and process
-        CPU time ``cpu_s`` (median, min, max over rounds) and their ratios to the same round's
-        baseline, ``step_ratio`` and ``cpu_ratio``. Training rows add ``mac_ratio``, ``update_s``,
-        the per-round ``times`` and ``update_times``, ``memory_bytes`` (``state``, ``activations``,
-        ``total``), ``memory_ratio``, ``activation_ratio`` and, when the baseline was profiled,
-        ``predicted_macs_only_ratio`` and ``predicted_step_ratio`` (:func:`predicted_ratios`).
+        The measurements (:class:`BenchResult`), also written to ``out``.
 
     Raises:
         LcdenseError: ``out`` exists, an argument is out of range, or ``device="cuda"`` without a GPU.
