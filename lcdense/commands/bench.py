@@ -1,6 +1,6 @@
-"""Time and memory of LC-Block implementations vs the baseline, side by side (:func:`lcdense.bench`).
+"""Time and memory of LC-Block implementations vs the baseline, side by side.
 
-Examples::
+The arguments of :func:`lcdense.bench`, which this command calls. Examples::
 
     lcdense bench                      # CPU: CIFAR ResNet-20-16, batch 128
     lcdense bench --device cuda        # ResNet-18d at 224 px, batch 256, bf16, channels_last
