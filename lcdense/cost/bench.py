@@ -21,7 +21,6 @@ before it (``torch.cuda.max_memory_allocated``). Storages are counted with
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import platform
 import statistics
@@ -29,7 +28,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -541,7 +540,7 @@ def _bench(opts: _Options) -> BenchResult:
     configs = _configs(opts, (x, y))
     share = _measure(configs, opts)
     rows = _results(configs, share)
-    settings = {**dataclasses.asdict(opts), "reuse_freed_memory": reuse, "out": str(opts.out), "conv_share": share}
+    settings = {**asdict(opts), "reuse_freed_memory": reuse, "out": str(opts.out), "conv_share": share}
     device = (torch.cuda.get_device_name() if opts.device == "cuda"
               else f"{platform.processor() or 'cpu'}, {torch.get_num_threads()} threads")
     load = os.getloadavg()
