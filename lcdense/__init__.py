@@ -7,7 +7,7 @@ The conversion core:
 >>> model = torchvision.models.resnet18(num_classes=10)
 >>> report = convert(model, "lc", E=8, spatial="frozen")
 >>> digest = frozen_digest(model)
->>> folded = fold(model)          # plain convs with the combined filters W' = P·W
+>>> folded = fold(model)          # a copy with plain convs of the combined filters W' = P·W
 
 The benchmark: :func:`run`, :func:`sweep`, :func:`report`, :func:`analyze` and :func:`load`
 (:mod:`lcdense.api`), their records (:mod:`lcdense.engine.records`) and events (:mod:`lcdense.engine.events`).
@@ -15,7 +15,8 @@ What a task adapter builds on is exported here too: :class:`Task`, :class:`Cell`
 :func:`train_loop` with :class:`TrainSettings`, :func:`epoch_seed` / :func:`epoch_generator`,
 :func:`autocast` / :func:`autocast_precision` and :class:`Provenance` (what a cell records of its
 precision and resumes), :func:`preconditioned_inexact`, :class:`Footprint` (how a task trains, for the memory estimate),
-:class:`World` (``world.shard``, ``world.data_parallel``), :func:`create_model` / :func:`cifar_resnet`, the errors.
+:class:`World` (``world.shard``, ``world.data_parallel``), :func:`create_model` / :func:`cifar_resnet`,
+:func:`bench` (time and memory of the LC-Block forms against the baseline), the errors.
 """
 from .api import RunResult, analyze, dry_run, load, report, run, sweep
 from .base.errors import LcdenseError, MissingExtra, require_extra, unknown_name
@@ -28,6 +29,7 @@ from .core.fold import combined_weight, fold, fold_block
 from .core.inits import INITS, seeded_filters
 from .core.models import cifar_resnet, create_model
 from .core.precondition import PreconditionedConv, check_preconditioned_optimizer
+from .cost.bench import bench
 from .cost.estimate import Footprint
 from .engine.capture import framework_output
 from .engine.distributed import World
@@ -53,7 +55,7 @@ __all__ = [
     "fold_block", "INITS", "seeded_filters", "Registry", "Cell", "Task", "get_task", "list_tasks",
     "register_task", "count_parameters", "forward_macs", "PreconditionedConv", "check_preconditioned_optimizer",
     "World", "cifar_resnet", "create_model", "TrainSettings", "epoch_generator", "epoch_seed", "train_loop",
-    "dry_run", "autocast", "autocast_precision", "preconditioned_inexact", "Provenance", "Footprint", "run",
+    "dry_run", "autocast", "autocast_precision", "preconditioned_inexact", "Provenance", "Footprint", "bench", "run",
     "sweep", "report", "analyze", "load", "RunResult", "CellRecord", "PlanRecord", "SummaryRecord",
     "RecordFormatError", "Callback", "RunStart", "CellStart", "EpochEnd", "CellEnd", "RunEnd", "__version__",
 ]

@@ -21,7 +21,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "paper": ("lcdense.commands.paper", "the paper's experiments: list them with their published numbers, run one"),
     "report": ("lcdense.commands.report", "re-render summary and plots of a run directory from its files"),
     "analyze": ("lcdense.commands.analyze", "filter variance entropy, spatial variance, filter grids and LC bank diagnostics of a run"),
-    "bench": ("lcdense.cost.bench", "time and memory of LC-Block implementations vs the baseline"),
+    "bench": ("lcdense.commands.bench", "time and memory of LC-Block implementations vs the baseline"),
     "tasks": ("lcdense.commands.tasks", "list the registered tasks (built-in and from entry points)"),
 }
 

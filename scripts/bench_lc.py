@@ -5,7 +5,7 @@ Usage: python scripts/bench_lc.py [--device cuda] [--E 1,8,32,128] [--rounds 5] 
 """
 import sys
 
-from lcdense.cost.bench import main
+from lcdense.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["bench", *sys.argv[1:]]))

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from lcdense import LCConv, combine_filters, convert, fold, fold_block
+from lcdense import LCConv, LcdenseError, PreconditionedConv, combine_filters, convert, fold, fold_block
 
 
 @pytest.fixture(autouse=True)
@@ -126,7 +126,7 @@ def test_fold_whole_models_float64(name):
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         before = model(x)
-        after = fold(model)(x)
+        after = fold(model, inplace=True)(x)
     assert not any(isinstance(m, LCConv) for m in model.modules())
     assert _rel_err(after, before) < 1e-10
 
@@ -134,12 +134,8 @@ def test_fold_whole_models_float64(name):
 @pytest.mark.parametrize("impl", ["auto", "preconditioned"])
 def test_timm_reparameterize_model_folds_exactly_as_fold(impl):
     """timm's own deploy tool (it replaces a child by ``child.fuse()``) gives lcdense.fold's model, bit for bit."""
-    import copy
-
     timm = pytest.importorskip("timm")
     from timm.utils import reparameterize_model
-
-    from lcdense import PreconditionedConv
 
     model = timm.create_model("resnet18d", num_classes=10).double()
     convert(model, "lc", E=2, spatial="frozen", seed=1, impl=impl, input_size=(3, 32, 32))
@@ -147,7 +143,7 @@ def test_timm_reparameterize_model_folds_exactly_as_fold(impl):
     kind = PreconditionedConv if impl == "preconditioned" else LCConv
     blocks = sum(isinstance(m, kind) for m in model.modules())
     assert blocks > 10
-    folded = fold(copy.deepcopy(model))
+    folded = fold(model)
     by_timm = reparameterize_model(model)  # a deep copy, folded
     assert sum(isinstance(m, kind) for m in model.modules()) == blocks  # the original is untouched
     assert not any(isinstance(m, (LCConv, PreconditionedConv)) for m in by_timm.modules())
@@ -159,3 +155,47 @@ def test_timm_reparameterize_model_folds_exactly_as_fold(impl):
         reference = model(x)
         assert torch.equal(by_timm(x), folded(x))
         assert _rel_err(by_timm(x), reference) < 1e-10
+
+
+def _converted(impl: str = "auto") -> nn.Module:
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Sequential(nn.Conv2d(8, 4, 3, padding=1)))
+    return convert(model, "lc", E=2, spatial="frozen", seed=5, impl=impl).model.eval()
+
+
+@pytest.mark.parametrize("impl", ["auto", "preconditioned"])
+def test_fold_copies_by_default_and_leaves_the_model_untouched(impl):
+    model = _converted(impl)
+    before = {name: (t, t.clone()) for name, t in model.state_dict(keep_vars=True).items()}
+    types = [type(m) for m in model.modules()]
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        expected = model(x)
+        folded = fold(model)
+        assert folded is not model and _rel_err(folded(x), expected) < 1e-12
+    assert [type(m) for m in model.modules()] == types
+    after = model.state_dict(keep_vars=True)
+    assert after.keys() == before.keys()
+    for name, (tensor, values) in before.items():
+        assert after[name] is tensor and torch.equal(tensor, values)  # the same tensors, bitwise as before
+    assert not any(isinstance(m, (LCConv, PreconditionedConv)) for m in folded.modules())
+    assert {t.untyped_storage().data_ptr() for t in folded.state_dict().values()}.isdisjoint(
+        t.untyped_storage().data_ptr() for t in after.values())
+
+
+def test_fold_inplace_returns_the_model_itself():
+    model = _converted()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        expected = model(x)
+        inner = model[2]
+        assert fold(model, inplace=True) is model and model[2] is inner
+        assert [type(m) for m in model if not isinstance(m, nn.ReLU)] == [nn.Conv2d, nn.Sequential]
+        assert type(model[2][0]) is nn.Conv2d and _rel_err(model(x), expected) < 1e-12
+
+
+def test_fold_of_a_block_itself():
+    block = _converted()[0]
+    assert type(fold(block)) is nn.Conv2d and isinstance(block, LCConv)
+    with pytest.raises(LcdenseError, match=r"^fold\(inplace=True\) cannot replace the model itself, a LCConv; "
+                                           r"use fold_block\(model\) for a single block$"):
+        fold(block, inplace=True)

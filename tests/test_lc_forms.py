@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from lcdense import LCConv, LcdenseError, convert, fold
+from lcdense import LCConv, LcdenseError, bench, convert, fold
+from lcdense.cli import main as cli_main
 from lcdense.core.models import cifar_resnet
 from lcdense.core.precondition import PreconditionedConv
-from lcdense.cost.bench import main as bench_main
 from lcdense.cost.bench import predicted_ratios
 
 TOL = 1e-12
@@ -162,9 +162,9 @@ def test_conversion_report_names_the_chosen_form_per_layer() -> None:
 
 def test_benchmark_smoke_writes_ratios_and_memory(tmp_path, capfd) -> None:
     out = tmp_path / "bench.json"
-    args = ["--E", "2", "--rounds", "2", "--batch-size", "2", "--image-size", "16", "--naive-max-E", "2",
+    args = ["bench", "--E", "2", "--rounds", "2", "--batch-size", "2", "--image-size", "16", "--naive-max-E", "2",
             "--out", str(out)]
-    assert bench_main(args) == 0
+    assert cli_main(args) == 0
     printed = capfd.readouterr()
     assert "MAC-predicted ×base" in printed.out
     assert "profiler_start" not in printed.err and "gpuGetDeviceCount" not in printed.err  # the profiler's C++ chatter
@@ -188,8 +188,32 @@ def test_benchmark_smoke_writes_ratios_and_memory(tmp_path, capfd) -> None:
             row["mac_ratio"], data["settings"]["conv_share"], row["update_times"], rows["baseline"]["update_times"],
             rows["baseline"]["times"])["predicted_step_ratio"])
     assert rows["baseline"]["predicted_step_ratio"] == 1.0
-    assert bench_main(args) == 2  # never overwrites a result file
+    assert cli_main(args) == 2  # never overwrites a result file
 
+
+
+def test_bench_python_api_returns_rows_and_writes_json_once(tmp_path) -> None:
+    out = tmp_path / "sub" / "bench.json"
+    kwargs = {"E": [2], "naive_max_E": 0, "rounds": 1, "steps": 1, "batch_size": 2, "image_size": 16, "out": out}
+    result = bench(**kwargs)
+    assert result.out == out and json.loads(out.read_text()) == json.loads(json.dumps(result.to_dict()))
+    assert [r["name"] for r in result.rows] == ["baseline", "lc-frozen@2 auto", "lc-frozen@2 preconditioned",
+                                                "lc-learnable@2 auto", "infer baseline", "infer folded lc-learnable@2"]
+    assert all(r["status"] == "ok" for r in result.rows)
+    for row in result.rows:
+        ratios = [row["step_ratio"]["median"], row["cpu_ratio"]["median"]]
+        if row["kind"] == "train":
+            ratios += [row["mac_ratio"], row["memory_ratio"], row["activation_ratio"]]
+            assert row["memory_bytes"]["total"] == row["memory_bytes"]["state"] + row["memory_bytes"]["activations"] > 0
+        assert all(r > 0 for r in ratios)
+    base = result.rows[0]
+    assert base["step_ratio"]["median"] == base["mac_ratio"] == base["memory_ratio"] == 1.0
+    assert result.settings["E"] == [2] and result.settings["out"] == str(out) and 0 < result.settings["conv_share"] <= 1
+    assert result.header in result.summary() and str(out) in result.summary()
+    written = out.read_bytes()
+    with pytest.raises(LcdenseError, match="already exists"):
+        bench(**kwargs)
+    assert out.read_bytes() == written and list(out.parent.iterdir()) == [out]
 
 def test_cifar_resnet_shape_and_depth_check() -> None:
     model = cifar_resnet(20, 16)

@@ -12,6 +12,15 @@ class LcdenseError(Exception):
 def unknown_name(kind: str, name: str, known: Iterable[str], limit: int = 20) -> LcdenseError:
     """Build the error for an unknown ``name`` of ``kind``, listing what exists and the closest match.
 
+    Args:
+        kind: What was looked up, e.g. ``"init"`` or ``"task"``.
+        name: The name that was not found.
+        known: The names that exist.
+        limit: How many known names the message lists at most.
+
+    Returns:
+        The error, to raise.
+
     >>> str(unknown_name("init", "kaiming", ["kaiming_uniform", "orthogonal"]))
     "unknown init 'kaiming'; did you mean 'kaiming_uniform'? Known: kaiming_uniform, orthogonal"
     """
@@ -30,6 +39,14 @@ class MissingExtra(LcdenseError):
 
 def require_extra(extra: str, *modules: str, what: str | None = None) -> None:
     """Raise :class:`MissingExtra` naming the ``pip install`` to run if any of ``modules`` is missing.
+
+    Args:
+        extra: The lcdense extra that installs the modules, e.g. ``"detection"``.
+        *modules: Top-level module names to look for (nothing is imported).
+        what: The feature that needs them, for the message (default ``"this"``).
+
+    Raises:
+        MissingExtra: Any of ``modules`` is not installed.
 
     >>> require_extra("core", "json")            # present: nothing happens
     >>> require_extra("detection", "no_such_module_xyz", what="task 'detection'")

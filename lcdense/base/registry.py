@@ -22,14 +22,31 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    """Objects registered by name, in code or through the entry-point group ``group``."""
+    """Objects registered by name, in code or through a Python entry-point group.
+
+    Args:
+        kind: What the objects are, for error messages (e.g. ``"task"``).
+        group: The entry-point group whose entries are registered too, loaded on first use;
+            None: registrations in code only.
+    """
 
     def __init__(self, kind: str, group: str | None = None) -> None:
         self.kind, self.group = kind, group
         self._objects: dict[str, T] = {}
 
     def register(self, name: str, obj: T | None = None) -> Callable[[T], T] | T:
-        """Register ``obj`` as ``name``; without ``obj``, return a decorator."""
+        """Register ``obj`` as ``name``; without ``obj``, return a decorator that registers its argument.
+
+        Args:
+            name: The name to register under.
+            obj: The object; None to use the method as a decorator.
+
+        Returns:
+            ``obj``, or the decorator.
+
+        Raises:
+            LcdenseError: ``name`` is already registered for another object.
+        """
         if obj is None:
             return lambda o: self.register(name, o)
         if name in self._objects and self._objects[name] is not obj:
@@ -43,11 +60,26 @@ class Registry(Generic[T]):
         return {ep.name: ep for ep in entry_points(group=self.group) if ep.name not in self._objects}
 
     def names(self) -> list[str]:
-        """All registered names, sorted."""
+        """All registered names, sorted.
+
+        Returns:
+            The names registered in code and in the entry-point group.
+        """
         return sorted({*self._objects, *self._entry_points()})
 
     def get(self, name: str) -> T:
-        """The object registered as ``name``; an unknown name lists the known ones."""
+        """The object registered as ``name``, loading its entry point on first use.
+
+        Args:
+            name: A registered name.
+
+        Returns:
+            The object.
+
+        Raises:
+            LcdenseError: An unknown ``name`` (the error lists the known ones and the closest
+                match), or an entry point that fails to load.
+        """
         if name in self._objects:
             return self._objects[name]
         found = self._entry_points()

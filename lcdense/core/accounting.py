@@ -23,7 +23,15 @@ from .precondition import PreconditionedConv
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:
-    """Trainable parameters, frozen tensors (lcdense-frozen) and their sum."""
+    """Trainable parameters, frozen tensors and their sum.
+
+    Args:
+        model: Any module.
+
+    Returns:
+        ``{"trainable": ..., "frozen": ..., "total": ...}`` in elements: frozen counts the
+            tensors a module lists in ``lcdense_frozen`` and parameters that do not require grad.
+    """
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     fixed = sum(p.numel() for p in model.parameters() if not p.requires_grad)
     frozen = sum(t.numel() for t in frozen_tensors(model).values()) + fixed
@@ -103,10 +111,19 @@ def trace_layers(model: nn.Module, input_size: Sequence[int]) -> list[LayerCall]
 
 
 def forward_macs(model: nn.Module, input_size: Sequence[int], batch_size: int = 1) -> int:
-    """Multiply-accumulates per sample of convs and linear layers for inputs of ``input_size``.
+    """Multiply-accumulates per sample of the forward's convs and linear layers.
 
     LC-Blocks count what their chosen implementation executes at ``batch_size``, the fold of
-    W' (once per batch) shared among the batch's samples.
+    W' (once per batch) shared among the batch's samples. The model runs one zero sample, in eval
+    mode (its mode is restored).
+
+    Args:
+        model: Any module.
+        input_size: One sample's shape, (C, H, W) or (C, *spatial).
+        batch_size: The batch the LC-Blocks choose their forms for and share their fold among.
+
+    Returns:
+        MACs per sample.
     """
     return sum(call.macs(batch_size) for call in trace_layers(model, input_size))
 

@@ -37,10 +37,17 @@ _BATCH_NORM = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 def combine_filters(spatial: torch.Tensor, combine: torch.Tensor, groups: int = 1) -> torch.Tensor:
     """Combined filters W' = P·W, group by group (pure and differentiable).
 
-    ``spatial``: (c_out·E, c_in/groups, *k); ``combine``: (c_out, c_out·E/groups).
-    Returns (c_out, c_in/groups, *k). The product runs in the bank's memory layout (e.g.
-    channels_last), so the bank is never copied, and W' comes out in that same layout. Under
-    autocast it runs in the autocast dtype without saving a low-precision copy of the bank.
+    The product runs in the bank's memory layout (e.g. channels_last), so the bank is never
+    copied, and W' comes out in that same layout. Under autocast it runs in the autocast dtype
+    without saving a low-precision copy of the bank.
+
+    Args:
+        spatial: The spatial bank W, shaped (c_out·E, c_in/groups, *k).
+        combine: The combination P, shaped (c_out, c_out·E/groups).
+        groups: The conv's groups; P combines the maps of each group separately.
+
+    Returns:
+        W', shaped (c_out, c_in/groups, *k).
     """
     expanded, c_out = spatial.shape[0], combine.shape[0]
     cast = autocast_dtype(spatial.device.type)
@@ -86,12 +93,9 @@ def _onednn_fold(w: torch.Tensor, p: torch.Tensor) -> bool:
 class _OneDnnFold(torch.autograd.Function):
     """W' = P·W and its backward as oneDNN GEMMs, each in the layout that needs no copy of the bank.
 
-    Measured on the development machine (AMD EPYC, where MKL's sgemm reaches about half of
-    oneDNN's rate) the fold's GEMMs run 2–4× faster than ``torch.mm``. All three are oneDNN inner
-    products (``linear(x, y) = x·yᵀ``): W' = P·(Wᵀ)ᵀ reads the bank through its transposed view,
-    which oneDNN takes as a strided weight without a copy (1.4–2× faster than the 1×1
-    convolution over W that it replaces); ∂P = G·Wᵀ reads W as it is, and ∂W = Pᵀ·G reads the
-    small transposes of P and G.
+    All three are oneDNN inner products (``linear(x, y) = x·yᵀ``): W' = P·(Wᵀ)ᵀ reads the bank
+    through its transposed view, which oneDNN takes as a strided weight without a copy; ∂P = G·Wᵀ
+    reads W as it is, and ∂W = Pᵀ·G reads the small transposes of P and G.
     """
 
     @staticmethod
@@ -174,9 +178,36 @@ def _mid_module(mid: str | None, channels: int, dims: int) -> nn.Module | None:
 class LCConv(nn.Module):
     """LC-Block for 1d/2d/3d convs: spatial bank W (frozen buffer or Parameter) and learnable P.
 
-    ``impl`` picks the forward: ``"fold"`` computes W' = P·W and runs one conv (cost nearly
-    independent of E), ``"naive"`` runs the two convs (for verification, and required when
-    ``mid`` puts an op between them), ``"auto"`` picks the cheaper exact form from the shapes.
+    A k×k conv ``in_channels`` → ``out_channels``·E (the bank W, ``spatial_weight``) followed by a
+    1×1 conv ``out_channels``·E → ``out_channels`` (P, ``combine_weight``) and the bias. It has a
+    conv's interface (``in_channels``, ``kernel_size``, ``stride``, …) and, without ``mid``, its
+    ``weight`` is the combined filters W' = P·W. Both parts start from PyTorch's default conv init
+    (:meth:`reset_parameters`).
+
+    Args:
+        in_channels: Input channels.
+        out_channels: Output channels.
+        kernel_size: The spatial kernel, an int or one size per dimension.
+        expansion: E, the bank's maps per output channel (>= 1).
+        stride: As in ``nn.Conv2d``.
+        padding: As in ``nn.Conv2d`` (an int, one per dimension, ``"same"`` or ``"valid"``).
+        dilation: As in ``nn.Conv2d``.
+        groups: As in ``nn.Conv2d``; P combines the maps of each group separately.
+        bias: Whether the block adds a learnable bias.
+        padding_mode: ``"zeros"``, ``"reflect"``, ``"replicate"`` or ``"circular"``.
+        spatial: ``"frozen"``: the bank is a buffer no optimizer updates (listed in
+            ``lcdense_frozen``); ``"learnable"``: a parameter.
+        mid: An op between the two convs (``"relu"``, ``"bn"``, ``"bn_relu"``); the block is then
+            no longer one linear conv: it always runs both convs and cannot fold.
+        impl: The forward: ``"fold"`` computes W' and runs one conv (its cost nearly independent
+            of E), ``"naive"`` runs the two convs (for verification), ``"auto"`` picks the
+            cheaper exact form from the shapes (:meth:`choose_impl`).
+        dims: Spatial dimensions: 1, 2 or 3.
+        dtype: The dtype of the block's tensors.
+        device: The device of the block's tensors.
+
+    Raises:
+        LcdenseError: ``expansion`` < 1, or an unknown ``spatial`` or ``impl``.
     """
 
     _last_impl: str | None = None  # the form the last forward took
@@ -246,11 +277,16 @@ class LCConv(nn.Module):
 
     @property
     def foldable(self) -> bool:
+        """Whether the block is one linear conv (no ``mid`` op), so it has a ``weight`` and folds."""
         return self.mid is None
 
     @property
     def weight(self) -> torch.Tensor:
-        """The combined filters W' = P·W (differentiable); only defined for foldable blocks."""
+        """The combined filters W' = P·W (differentiable); only defined for foldable blocks.
+
+        Raises:
+            LcdenseError: The block has an op between its convs (``mid``).
+        """
         if not self.foldable:
             raise LcdenseError("this LC-Block has an op between its convs (mid=...); it has no single weight")
         return combine_filters(self.spatial_weight, self.combine_weight, self.groups)
@@ -276,7 +312,14 @@ class LCConv(nn.Module):
         return conv(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
     def naive_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The literal two-conv block (materialises c_out·E feature maps)."""
+        """The literal two-conv block (materialises c_out·E feature maps).
+
+        Args:
+            x: The input, (N, C, *spatial).
+
+        Returns:
+            The block's output.
+        """
         y = self._conv(x, self.spatial_weight, None)
         if self.mid is not None:
             y = self.mid(y)
@@ -284,7 +327,14 @@ class LCConv(nn.Module):
         return _CONV_FN[self.dims](y, pointwise, self.bias, groups=self.groups)
 
     def fold_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """One conv with the combined filters (those :meth:`prefold` combined, while still current)."""
+        """One conv with the combined filters (those :meth:`prefold` combined, while still current).
+
+        Args:
+            x: The input, (N, C, *spatial).
+
+        Returns:
+            The block's output.
+        """
         return self._conv(x, self._combined(), self.bias)
 
     def _state(self) -> tuple:
@@ -295,7 +345,7 @@ class LCConv(nn.Module):
 
     def prefold(self) -> None:
         """Combine the filters now, for this block's next forwards, if its last forward folded and
-        its bank is on the CPU (where the reordering is measured; see :func:`prefold`).
+        its bank is on the CPU (where the reordering is measured; see :func:`lcdense.prefold`).
 
         The combination is used while the bank and P are the same tensors, unmodified, under the
         same autocast state; it is let go once its gradient has been computed.
@@ -322,12 +372,20 @@ class LCConv(nn.Module):
         return state
 
     def choose_impl(self, input_shape: torch.Size | tuple[int, ...], training: bool | None = None) -> str:
-        """The implementation the forward uses for an input of ``input_shape`` ('fold' or 'naive').
+        """The implementation the forward uses for an input of ``input_shape``.
 
         ``"auto"`` picks the form with fewer MACs for a whole training step (forward and
-        backward) when ``training`` (default: grad mode is on and P requires grad), for the
-        forward alone otherwise; in training it takes the naive form only if the c_out·E maps
-        it saves for backward are no larger than the spatial bank itself (memory stays bounded).
+        backward) when training, for the forward alone otherwise; in training it takes the
+        naive form only if the c_out·E maps it saves for backward are no larger than the spatial
+        bank itself (memory stays bounded).
+
+        Args:
+            input_shape: The input's shape (N, C, *spatial).
+            training: Whether the forward is part of a training step; default: grad mode is on
+                and P requires grad.
+
+        Returns:
+            ``"fold"`` or ``"naive"``.
         """
         if self.mid is not None:
             return "naive"
@@ -349,9 +407,16 @@ class LCConv(nn.Module):
         return positions
 
     def step_macs(self, input_shape: torch.Size | tuple[int, ...], *, backward: bool = False) -> tuple[int, int]:
-        """Multiply-accumulates of (fold form, naive form) for ``input_shape``: the forward, or
-        with ``backward=True`` a whole training step (gradients of the input, of P and, when
-        the bank is learnable, of W; each conv's backward costs two forwards)."""
+        """Multiply-accumulates of the fold form and of the naive form for ``input_shape``.
+
+        Args:
+            input_shape: The input's shape (N, C, *spatial).
+            backward: Count a whole training step: the forward and the gradients of the input,
+                of P and, when the bank is learnable, of W (each conv's backward costs two forwards).
+
+        Returns:
+            (fold form MACs, naive form MACs) for the whole batch.
+        """
         positions = self._positions(input_shape)
         taps = (self.in_channels // self.groups) * math.prod(self.kernel_size)
         expanded = self.out_channels * self.expansion
@@ -412,10 +477,14 @@ def prefold(model: nn.Module, _inputs: object = None) -> None:
     The same products as combining layer by layer, bitwise; only their order changes. The banks
     stream through the cache in one run instead of between the layers' activation work, and
     their backward (∂P, ∂W) runs after all of the model's other backward work, since autograd
-    runs the most recently created node first. On the bench's ResNet-20 at E = 128 this takes
-    3–5 % off a CPU training step. Without grad mode, and while compiling, nothing is done; nor
-    for banks off the CPU: there it is not measured, and under DDP it would hold every bank's
-    gradient, and so its all-reduce, to the end of the backward instead of overlapping it.
+    runs the most recently created node first. Without grad mode, and while compiling, nothing
+    is done; nor for banks off the CPU: there it is not measured, and under DDP it would hold
+    every bank's gradient, and so its all-reduce, to the end of the backward instead of
+    overlapping it.
+
+    Args:
+        model: The model whose LC-Blocks combine their filters now.
+        _inputs: The forward's inputs, as a forward pre-hook receives them (unused).
 
     >>> block = LCConv(3, 8, 3, expansion=4, padding=1)
     >>> _ = block.register_forward_pre_hook(prefold)

@@ -31,7 +31,18 @@ CONVERT_IMPLS: tuple[str, ...] = (*IMPLS, "preconditioned")
 
 @dataclass
 class LayerRecord:
-    """What conversion did to one spatial conv."""
+    """What conversion did to one spatial conv.
+
+    Attributes:
+        name: The conv's qualified name in the model (``"(model)"`` for the model itself).
+        type: The conv's class name.
+        shape: The conv's weight shape before conversion.
+        action: ``"lc"`` (became an LC-Block or preconditioned conv), ``"frozen"``, ``"reinit"``
+            (re-drawn, still learnable) or ``"skipped"``.
+        reason: Why a conv was skipped (empty otherwise).
+        impl: For LC-Blocks, the forward chosen for a training step at the report's input size
+            (``"fold"``, ``"naive"``), or ``"preconditioned"``.
+    """
 
     name: str
     type: str
@@ -43,7 +54,20 @@ class LayerRecord:
 
 @dataclass
 class ConversionReport:
-    """Per-layer actions and before/after totals of a :func:`convert` call. ``print()`` it."""
+    """Per-layer actions and before/after totals of a :func:`convert` call. ``print()`` it.
+
+    Attributes:
+        mode: The conversion mode.
+        settings: The conversion's settings (mode "lc": E, spatial, init, seed, mid, impl,
+            batch_size; else init and seed).
+        layers: One record per spatial conv, in module order.
+        params_before: Trainable, frozen and total parameters before (:func:`lcdense.count_parameters`).
+        params_after: The same after.
+        input_size: The (C, H, W) the MACs were counted at, or None.
+        macs_before: Forward MACs per sample before, when ``input_size`` was given.
+        macs_after: The same after.
+        model: The converted model.
+    """
 
     mode: str
     settings: dict
@@ -56,13 +80,22 @@ class ConversionReport:
     model: nn.Module | None = field(default=None, repr=False, compare=False)
 
     def counts(self) -> dict[str, int]:
-        """Number of layers per action."""
+        """Number of layers per action.
+
+        Returns:
+            ``{action: layers}`` for the actions that occur.
+        """
         out: dict[str, int] = {}
         for layer in self.layers:
             out[layer.action] = out.get(layer.action, 0) + 1
         return out
 
     def to_dict(self) -> dict:
+        """The report as plain data (JSON-serialisable).
+
+        Returns:
+            Every attribute but ``model``, the layers as dicts, plus ``counts``.
+        """
         data = asdict(self)
         data.pop("model")
         data["counts"] = self.counts()
@@ -87,7 +120,16 @@ class ConversionReport:
 
 
 def is_spatial_conv(module: nn.Module, min_kernel: int = 2) -> bool:
-    """A conv with any kernel dimension of at least ``min_kernel`` (default: any > 1)."""
+    """Whether ``module`` is a conv with any kernel dimension of at least ``min_kernel``.
+
+    Args:
+        module: Any module.
+        min_kernel: The smallest kernel size that counts as spatial (default: any > 1).
+
+    Returns:
+        True for a conv (``nn.Conv*d``, its subclasses, transposed convs) with a kernel
+            dimension of at least ``min_kernel``.
+    """
     return isinstance(module, nn.modules.conv._ConvNd) and max(module.kernel_size) >= min_kernel
 
 
@@ -185,21 +227,43 @@ def convert(
 ) -> ConversionReport:
     """Convert every spatial conv of ``model`` in place and report what changed.
 
-    Modes (every touched conv gets seeded filters from ``init``, so variants share them):
-
-    - ``"learnable"``: the baseline, filters re-drawn and trained as usual;
-    - ``"frozen"``: filters stored as a buffer, never updated by any optimizer;
-    - ``"lc"``: each conv becomes an :class:`LCConv` with expansion ``E`` and a
-      ``spatial`` ("frozen" or "learnable") bank; the 1×1 combination is learnable.
-
-    ``include``/``exclude`` are module-name globs; ``stem=False`` leaves the first spatial conv
-    alone, ``head=False`` the convs whose names match ``head_patterns``. ``input_size``
-    (C, H, W) adds forward MACs per sample before/after and the implementation each LC-Block
-    picks for a training step on a batch of ``batch_size`` (``impl="auto"`` decides from the
-    shapes). ``impl="preconditioned"`` (mode "lc", spatial "frozen", no mid) makes each block a
-    :class:`lcdense.core.precondition.PreconditionedConv`: exact under SGD only, cost independent of E.
+    Every touched conv gets seeded filters from ``init``, so the variants of a model share them.
     The converted model is ``report.model`` (the same object unless ``model`` is itself a conv);
     with LC-Blocks, it carries :func:`lcdense.core.blocks.prefold` as a forward pre-hook.
+
+    Args:
+        model: The model to convert, in place.
+        mode: ``"learnable"``: the baseline, filters re-drawn and trained as usual;
+            ``"frozen"``: filters stored as a buffer, never updated by any optimizer;
+            ``"lc"``: each conv becomes an :class:`~lcdense.core.blocks.LCConv`.
+        E: Mode "lc": the expansion, the bank's maps per output channel (>= 1).
+        spatial: Mode "lc": the bank is ``"frozen"`` or ``"learnable"``; the 1×1 combination
+            is always learnable.
+        init: The spatial filters' distribution (a name of :data:`lcdense.core.inits.INITS`).
+        seed: The seed; a layer's filters depend only on (seed, layer name, shape, init).
+        include: Module-name globs; only the convs they match are converted (default: all).
+        exclude: Module-name globs of convs left alone.
+        min_kernel: The smallest kernel size that counts as spatial (:func:`is_spatial_conv`).
+        stem: False leaves the first spatial conv alone.
+        head: False leaves the convs whose names match ``head_patterns`` alone.
+        head_patterns: Module-name globs of a model's head.
+        mid: Mode "lc": an op between the block's two convs (``"relu"``, ``"bn"``,
+            ``"bn_relu"``); such a block is no longer a single conv and cannot fold.
+        impl: Mode "lc": the blocks' forward, ``"auto"``, ``"fold"`` or ``"naive"``
+            (:class:`~lcdense.core.blocks.LCConv`), or ``"preconditioned"`` (spatial
+            ``"frozen"``, no ``mid``): each block becomes a
+            :class:`~lcdense.core.precondition.PreconditionedConv`, exact under SGD only, its
+            cost independent of E.
+        input_size: (C, H, W): the report adds forward MACs per sample before and after, and
+            the form each LC-Block picks for a training step at ``batch_size``.
+        batch_size: The batch the MACs and the chosen forms are counted for.
+
+    Returns:
+        What changed, layer by layer, with the converted model as ``report.model``.
+
+    Raises:
+        LcdenseError: An unknown ``mode``, ``init``, ``mid`` or ``impl``, ``E`` < 1, or ``E``,
+            ``mid`` or ``impl="preconditioned"`` where they do not apply.
     """
     _check_args(mode, E, spatial, init, mid, impl)
     report = ConversionReport(

@@ -19,7 +19,16 @@ from torch import nn
 
 
 def frozen_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Every frozen tensor of ``model`` by its qualified name."""
+    """Every frozen tensor of ``model`` by its qualified name.
+
+    A module declares its frozen tensors by attribute name in ``lcdense_frozen``.
+
+    Args:
+        model: Any module.
+
+    Returns:
+        ``{qualified name: tensor}`` (e.g. ``"layer1.0.conv1.spatial_weight"``), in module order.
+    """
     found: dict[str, torch.Tensor] = {}
     for module_name, module in model.named_modules():
         for attr in getattr(module, "lcdense_frozen", ()):
@@ -28,7 +37,16 @@ def frozen_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def frozen_digest(model: nn.Module) -> str:
-    """SHA-256 over names, dtypes, shapes and bytes of all frozen tensors (hex string)."""
+    """A stable hash of every frozen tensor of ``model`` (:func:`frozen_tensors`).
+
+    Args:
+        model: Any module; its frozen tensors may live on any device.
+
+    Returns:
+        The SHA-256, as 64 hex digits, over the names, dtypes, shapes and bytes of the frozen
+            tensors, sorted by name: equal digests before and after training prove the frozen filters
+            never moved.
+    """
     digest = hashlib.sha256()
     for name, tensor in sorted(frozen_tensors(model).items()):
         data = tensor.detach().cpu().contiguous()

@@ -69,6 +69,7 @@ _DISTRIBUTIONS: dict[str, tuple[InitFn, bool]] = {
 }
 
 INITS: tuple[str, ...] = tuple(_DISTRIBUTIONS)
+"""The names of the filter distributions :func:`seeded_filters` draws from."""
 
 
 def check_init(init: str) -> str:
@@ -94,11 +95,25 @@ def seeded_filters(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """Draw a filter bank of ``shape`` (c_out, c_in/groups, *kernel) for layer ``name``.
+    """Draw a filter bank of ``shape`` for layer ``name``, from its own seeded generator.
 
-    fan_in is ``prod(shape[1:])``; ``fan_out`` (default ``shape[0] * prod(shape[2:])``) only
-    matters for the Glorot inits. Sampling happens on the CPU (so every device gets the same
-    filters) in float64 for float64 models and in float32 otherwise.
+    Sampling happens on the CPU (so every device gets the same filters) in float64 for float64
+    models and in float32 otherwise; the scale is that of PyTorch's default conv init.
+
+    Args:
+        init: The distribution, one of :data:`INITS`.
+        shape: (c_out, c_in/groups, *kernel); fan_in is ``prod(shape[1:])``.
+        seed: The experiment's seed.
+        name: The layer's name; with ``seed``, ``shape`` and ``init`` it alone decides the filters.
+        fan_out: For the Glorot inits (default ``shape[0] * prod(shape[2:])``).
+        dtype: The returned dtype.
+        device: The returned device.
+
+    Returns:
+        The filters, a new tensor of ``shape``.
+
+    Raises:
+        LcdenseError: An unknown ``init``.
     """
     sampler, uses_fan_avg = _DISTRIBUTIONS[check_init(init)]
     shape = tuple(int(s) for s in shape)

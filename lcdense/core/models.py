@@ -68,7 +68,21 @@ class CifarResNet(nn.Module):
 
 def cifar_resnet(depth: int = 20, width: int = 16, kernel_size: int = 3, num_classes: int = 10,
                  in_channels: int = 3) -> CifarResNet:
-    """The paper's ResNet-D-W with k×k kernels (ResNet-20-16 by default)."""
+    """The paper's CIFAR ResNet-D-W with k×k kernels (ResNet-20-16 by default), randomly initialised.
+
+    Args:
+        depth: D, of the form 6n+2 (8, 14, 20, 56, ...).
+        width: W, the first stage's channels (the stages have W, 2W and 4W).
+        kernel_size: k, odd: the spatial kernel of every conv but the shortcuts' 1×1.
+        num_classes: Outputs of the final linear layer.
+        in_channels: Input image channels.
+
+    Returns:
+        The model.
+
+    Raises:
+        LcdenseError: ``depth`` is not 6n+2, or ``kernel_size`` is not odd and positive.
+    """
     return CifarResNet(depth, width, kernel_size, num_classes, in_channels)
 
 
@@ -79,8 +93,21 @@ def _torchvision_names() -> list[str]:
 
 
 def create_model(name: str, num_classes: int = 1000, **kwargs) -> nn.Module:
-    """``name`` is a torchvision classification model, or a timm model as ``timm:NAME``
-    (a bare name that torchvision lacks is looked up in timm too)."""
+    """A torchvision or timm classification model by name, randomly initialised (no download).
+
+    Args:
+        name: A torchvision model (``"resnet18"``, ``"torchvision:resnet18"``) or a timm model
+            (``"timm:resnet18d"``); a bare name that torchvision lacks is looked up in timm too.
+        num_classes: Outputs of the classifier.
+        **kwargs: Passed on to ``torchvision.models.get_model`` or ``timm.create_model``.
+
+    Returns:
+        The model.
+
+    Raises:
+        LcdenseError: An unknown source or model name (the error lists the known ones).
+        MissingExtra: The name needs timm, which is not installed.
+    """
     import torchvision
 
     source, _, bare = name.rpartition(":")

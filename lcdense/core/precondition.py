@@ -57,7 +57,13 @@ def spatial_gram(spatial: torch.Tensor, groups: int) -> torch.Tensor:
 
 
 class PreconditionedConv(nn.modules.conv._ConvNd):
-    """Mixin of the preconditioned convs (``isinstance`` target); build one with :meth:`from_lc`."""
+    """The preconditioned form of a frozen-spatial LC-Block: a conv of weight W' whose gradient is G·M.
+
+    The base class of :class:`PreconditionedConv1d`, :class:`PreconditionedConv2d` and
+    :class:`PreconditionedConv3d` (the ``isinstance`` target); build one with :meth:`from_lc`.
+    Its frozen buffer ``preconditioner`` is M = WᵀW per group. Exact only under SGD
+    (:func:`check_preconditioned_optimizer`).
+    """
 
     lcdense_frozen: tuple[str, ...] = ("preconditioner",)
     foldable = True
@@ -68,7 +74,18 @@ class PreconditionedConv(nn.modules.conv._ConvNd):
 
     @classmethod
     def from_lc(cls, block: LCConv) -> PreconditionedConv:
-        """The preconditioned conv computing what frozen-spatial ``block`` computes, W' = P·W."""
+        """The preconditioned conv computing what ``block`` computes.
+
+        Args:
+            block: An LC-Block with a frozen spatial bank and no ``mid``.
+
+        Returns:
+            A new preconditioned conv of the block's dimensions, with weight W' = P·W, the block's
+                bias and training mode, and M from its bank (the bank itself is not kept).
+
+        Raises:
+            LcdenseError: The bank is learnable, or the block has a ``mid`` op.
+        """
         if block.spatial != "frozen" or not block.foldable:
             raise LcdenseError(
                 "the preconditioned form needs a frozen spatial bank and no op between the convs "
@@ -81,8 +98,13 @@ class PreconditionedConv(nn.modules.conv._ConvNd):
         return conv
 
     def fuse(self) -> nn.Module:
-        """This conv as a new plain conv of the same weight and bias: the hook that
-        :func:`lcdense.fold_block` and ``timm.utils.reparameterize_model`` call."""
+        """This conv as a new plain conv of the same weight and bias.
+
+        The hook that :func:`lcdense.fold_block` and ``timm.utils.reparameterize_model`` call.
+
+        Returns:
+            A new ``nn.Conv{1,2,3}d`` that owns copies of the weight and bias.
+        """
         return conv_with_weight(self, PLAIN_CONV[self.dims], self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -108,8 +130,19 @@ _PRECONDITIONED = {1: PreconditionedConv1d, 2: PreconditionedConv2d, 3: Precondi
 
 
 def check_preconditioned_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module) -> None:
-    """Raise :class:`LcdenseError` if a preconditioned weight of ``model`` is trained by an
-    optimizer outside the SGD family (the form is exact only for SGD, without grad clipping)."""
+    """Refuse an optimizer outside the SGD family for a model's preconditioned convs.
+
+    The preconditioned form is exact only under SGD (momentum, Nesterov, weight decay), without
+    gradient clipping.
+
+    Args:
+        optimizer: The optimizer that will train ``model``.
+        model: The model, with or without preconditioned convs.
+
+    Raises:
+        LcdenseError: ``optimizer`` is not in the SGD family and trains a preconditioned weight
+            of ``model``.
+    """
     preconditioned = {
         id(m.weight): name for name, m in model.named_modules() if isinstance(m, PreconditionedConv)
     }

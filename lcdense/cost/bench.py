@@ -1,9 +1,9 @@
 """Benchmark LC-Block implementations: training-step time and memory against the baseline, side by side.
 
 Every configuration (the unmodified baseline; for each E and spatial bank the default ``auto``
-form, the literal two-conv ``naive`` form up to ``--naive-max-E``, and the ``preconditioned``
+form, the literal two-conv ``naive`` form up to ``naive_max_E``, and the ``preconditioned``
 form for frozen banks; plus eval-mode inference of the baseline and of a folded LC model) is
-built once, then the configurations are timed round-robin, ``--rounds`` times, in one process.
+built once, then the configurations are timed round-robin, ``rounds`` times, in one process.
 Times (wall clock, and process CPU time, which a busy machine disturbs less) are reported as
 medians with min–max, and as ratios to the baseline *of the same round*. Beside them: the
 optimizer update's time within the step, the step's MACs ×base, and two predicted ratios (the
@@ -13,38 +13,37 @@ Memory, on CPU: model state (parameters, buffers, gradients, optimizer state) pl
 activations saved for backward (distinct storages outside the model state, counted with
 ``torch.autograd.graph.saved_tensors_hooks``; deterministic, transients not included).
 On CUDA: the model's resident state plus the step's peak allocation above what was allocated
-before it (``torch.cuda.max_memory_allocated``).
+before it (``torch.cuda.max_memory_allocated``). Storages are counted with
+:func:`lcdense.cost.memory.storage_bytes`.
 
-Example (CPU, CIFAR ResNet-20-16, batch 128; a few minutes on 2 cores)::
-
-    lcdense bench
-    lcdense bench --device cuda        # ResNet-18d at 224 px, batch 256, bf16, channels_last
+:func:`bench` is the Python entrance; ``lcdense bench`` (:mod:`lcdense.commands.bench`) calls it.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import os
 import platform
 import statistics
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..base.errors import LcdenseError
+from ..base.errors import LcdenseError, unknown_name
+from ..base.files import write_json
 from ..core.accounting import step_macs
 from ..core.convert import convert
 from ..core.fold import fold
 from ..core.models import cifar_resnet
 from ..core.precondition import check_preconditioned_optimizer
+from .memory import storage_bytes
 
 CIFAR_MODEL = "cifar_resnet20_16"
 MEMORY_MEANING = {
@@ -82,21 +81,12 @@ class Config:
         return self.state_bytes + self.activation_bytes
 
 
-def _storage_key(t: torch.Tensor) -> tuple[int, int]:
-    try:
-        storage = t.untyped_storage()
-        return storage.data_ptr(), storage.nbytes()
-    except (RuntimeError, NotImplementedError):  # opaque tensors (e.g. mkldnn): count by identity
-        return id(t), t.numel() * t.element_size()
-
-
-def _state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer | None, with_grads: bool) -> int:
+def _state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer, with_grads: bool) -> int:
     tensors = [*model.parameters(), *model.buffers()]
     if with_grads:
         tensors += [p.grad for p in model.parameters() if p.grad is not None]
-    if optimizer is not None:
-        tensors += [v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
-    return sum(dict(_storage_key(t) for t in tensors).values())
+    tensors += [v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
+    return storage_bytes(tensors)
 
 
 class _Trainer:
@@ -133,67 +123,67 @@ class _Trainer:
             self.step()
             torch.cuda.synchronize()
             return _state_bytes(self.model, self.optimizer, False), torch.cuda.max_memory_allocated() - before
-        own = {_storage_key(t)[0] for t in [*self.model.parameters(), *self.model.buffers()]}
-        saved: dict[int, int] = {}
+        own = [*self.model.parameters(), *self.model.buffers()]
+        saved: list[torch.Tensor] = []
 
         def pack(t: torch.Tensor) -> torch.Tensor:
-            key, size = _storage_key(t)
-            if key not in own:
-                saved[key] = size
+            saved.append(t)
             return t
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), self.autocast:
             loss = F.cross_entropy(self.model(self.x), self.y)
+        activations = storage_bytes([*own, *saved]) - storage_bytes(own)  # the storages outside the model state
+        saved.clear()
         loss.backward()
         self.optimizer.step()
         state = _state_bytes(self.model, self.optimizer, True)
         self.optimizer.zero_grad(set_to_none=True)
-        return state, sum(saved.values())
+        return state, activations
 
 
-def _build(args: argparse.Namespace) -> nn.Module:
+def _build(opts: _Options) -> nn.Module:
     torch.manual_seed(0)
-    if args.model == CIFAR_MODEL:
-        return cifar_resnet(20, 16, num_classes=args.num_classes)
+    if opts.model == CIFAR_MODEL:
+        return cifar_resnet(20, 16, num_classes=opts.num_classes)
     from ..core.models import create_model
 
-    return create_model(args.model, num_classes=args.num_classes)
+    return create_model(opts.model, num_classes=opts.num_classes)
 
 
-def _prepare(model: nn.Module, args: argparse.Namespace) -> nn.Module:
-    model = model.to(args.device)
-    if args.channels_last:
+def _prepare(model: nn.Module, opts: _Options) -> nn.Module:
+    model = model.to(opts.device)
+    if opts.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    return torch.compile(model) if args.compile else model
+    return torch.compile(model) if opts.compile else model
 
 
-def _lc_model(args: argparse.Namespace, E: int, spatial: str, impl: str) -> tuple[nn.Module, str]:
-    model = _build(args)
-    report = convert(model, "lc", E=E, spatial=spatial, impl=impl, input_size=(3, args.image_size, args.image_size),
-                     batch_size=args.batch_size)
+def _lc_model(opts: _Options, E: int, spatial: str, impl: str) -> tuple[nn.Module, str]:
+    model = _build(opts)
+    report = convert(model, "lc", E=E, spatial=spatial, impl=impl, input_size=(3, opts.image_size, opts.image_size),
+                     batch_size=opts.batch_size)
     chosen = Counter(r.impl for r in report.layers if r.action == "lc")
     return report.model, " ".join(f"{k}:{v}" for k, v in sorted(chosen.items()))
 
 
-def _configs(args: argparse.Namespace, batch: tuple[torch.Tensor, torch.Tensor]) -> list[Config]:
+def _configs(opts: _Options, batch: tuple[torch.Tensor, torch.Tensor]) -> list[Config]:
     configs = [Config("baseline", "train", impl="conv")]
-    models: dict[str, tuple[nn.Module, str]] = {"baseline": (_build(args), "")}
-    for E in args.E:
+    models: dict[str, tuple[nn.Module, str]] = {"baseline": (_build(opts), "")}
+    for E in opts.E:
         for spatial in ("frozen", "learnable"):
-            impls = ["auto", *(["naive"] if E <= args.naive_max_E else [])]
+            impls = ["auto", *(["naive"] if E <= opts.naive_max_E else [])]
             impls += ["preconditioned"] if spatial == "frozen" else []
             for impl in impls:
                 name = f"lc-{spatial}@{E} {impl}"
-                models[name] = _lc_model(args, E, spatial, impl)
+                models[name] = _lc_model(opts, E, spatial, impl)
                 configs.append(Config(name, "train", E, spatial, impl, models[name][1]))
     for cfg in configs:
-        cfg.macs = step_macs(models[cfg.name][0], (3, args.image_size, args.image_size), args.batch_size)
-        trainer = _Trainer(_prepare(models[cfg.name][0], args), batch, args.amp)
+        cfg.macs = step_macs(models[cfg.name][0], (3, opts.image_size, opts.image_size), opts.batch_size)
+        trainer = _Trainer(_prepare(models[cfg.name][0], opts), batch, opts.amp)
         cfg.run, cfg.measure_memory = trainer.step, trainer.measure_memory
-    top = max(args.E)
-    folded = fold(_lc_model(args, top, "learnable", "auto")[0])
-    for name, model in (("baseline", _build(args)), (f"folded lc-learnable@{top}", folded)):
-        model = _prepare(model, args).eval()
+    top = max(opts.E)
+    folded = fold(_lc_model(opts, top, "learnable", "auto")[0], inplace=True)
+    for name, model in (("baseline", _build(opts)), (f"folded lc-learnable@{top}", folded)):
+        model = _prepare(model, opts).eval()
         configs.append(Config(f"infer {name}", "infer", top if name != "baseline" else None,
                               impl="conv", run=_inference(model, batch[0])))
     return configs
@@ -260,7 +250,9 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _measure(configs: list[Config], args: argparse.Namespace) -> None:
+def _measure(configs: list[Config], opts: _Options) -> float | None:
+    """Warm up and measure memory, profile the baseline once, then time round-robin; returns the
+    baseline's share of operator time in convolutions and matrix products (:func:`conv_share`)."""
     for cfg in configs:  # warm-up step (allocates optimizer state); memory on training configs
         try:
             if cfg.kind == "train":
@@ -269,20 +261,21 @@ def _measure(configs: list[Config], args: argparse.Namespace) -> None:
                 cfg.run()
         except torch.OutOfMemoryError:
             cfg.status = "out of memory"
-            _empty_cache(args.device)
-        _sync(args.device)
+            _empty_cache(opts.device)
+        _sync(opts.device)
     live = [c for c in configs if c.status == "ok"]
-    args.conv_share = conv_share(configs[0].run, args.device) if configs[0].status == "ok" else None
-    for round_index in range(args.rounds):
+    share = conv_share(configs[0].run, opts.device) if configs[0].status == "ok" else None
+    for round_index in range(opts.rounds):
         shift = round_index % len(live)
         for cfg in live[shift:] + live[:shift]:
             start, cpu_start = time.perf_counter(), time.process_time()
-            updates = [cfg.run() for _ in range(args.steps)]
-            _sync(args.device)
-            cfg.times.append((time.perf_counter() - start) / args.steps)
-            cfg.cpu_times.append((time.process_time() - cpu_start) / args.steps)
+            updates = [cfg.run() for _ in range(opts.steps)]
+            _sync(opts.device)
+            cfg.times.append((time.perf_counter() - start) / opts.steps)
+            cfg.cpu_times.append((time.process_time() - cpu_start) / opts.steps)
             if cfg.kind == "train":
-                cfg.update_times.append(sum(updates) / args.steps)
+                cfg.update_times.append(sum(updates) / opts.steps)
+    return share
 
 
 def _empty_cache(device: str) -> None:
@@ -365,112 +358,203 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(text)
 
 
-def _positive_ints(text: str) -> list[int]:
-    values = sorted({int(part) for part in text.split(",") if part.strip()})
-    if not values or values[0] < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers such as 1,8,32, got '{text}'")
-    return values
+@dataclass(frozen=True)
+class _Options:
+    """The settings of one benchmark, defaults filled in (in the order the JSON file lists them)."""
+
+    device: str
+    model: str
+    image_size: int
+    batch_size: int
+    E: list[int]
+    naive_max_E: int
+    rounds: int
+    steps: int
+    amp: str
+    channels_last: bool
+    compile: bool
+    threads: int
+    reuse_freed_memory: bool
+    out: Path
+    num_classes: int
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--model", default=None,
-                   help=f"'{CIFAR_MODEL}' (CPU default) or a torchvision/timm name (CUDA default: timm:resnet18d)")
-    p.add_argument("--image-size", type=int, default=None, help="input side in px (default 32 CIFAR, else 224)")
-    p.add_argument("--batch-size", type=int, default=None, help="default 128 on CPU, 256 on CUDA")
-    p.add_argument("--E", type=_positive_ints, default=[1, 8, 32, 128], help="expansions, e.g. 1,8,32,128")
-    p.add_argument("--naive-max-E", type=int, default=None,
-                   help="time the two-conv form only up to this E (default 8 on CPU, 1 on CUDA: it costs ~E×)")
-    p.add_argument("--rounds", type=int, default=4, help="round-robin rounds (medians over rounds)")
-    p.add_argument("--steps", type=int, default=1, help="steps per configuration per round")
-    p.add_argument("--amp", choices=("none", "bf16"), default=None, help="autocast (default none CPU, bf16 CUDA)")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="channels_last memory format (default: on for CUDA)")
-    p.add_argument("--compile", action="store_true", help="torch.compile every model")
-    p.add_argument("--threads", type=int, default=1,
-                   help="CPU threads for torch on --device cpu (default 1: stable ratios on a shared machine)")
-    p.add_argument("--reuse-freed-memory", action=argparse.BooleanOptionalAction, default=True,
-                   help="CPU: let glibc keep freed memory for reuse, as the CUDA caching allocator does (default on; "
-                        "off: every step page-faults its fresh gradient and activation buffers anew)")
-    p.add_argument("--out", type=Path, default=None,
-                   help="JSON result file (default runs/bench/lc-DEVICE-TIMESTAMP.json; never overwritten)")
+@dataclass(frozen=True)
+class BenchResult:
+    """What :func:`bench` measured, as written to its JSON file.
+
+    Attributes:
+        header: One line: model, batch, input size, device, precision, layout, compilation,
+            allocator setting, optimizer, rounds and steps, torch version, the load average at the end.
+        memory_meaning: What the memory columns count on this device (:data:`MEMORY_MEANING`).
+        settings: The arguments of the call with their defaults filled in, plus ``num_classes``
+            and ``conv_share``.
+        device: The device's name (CPU: processor and torch threads).
+        seconds: Wall time of the benchmark.
+        load_average: The machine's 1, 5 and 15 minute load averages at the end.
+        conv_share: The baseline step's share of operator time in convolutions and matrix
+            products (profiled once), or None where the baseline failed.
+        rows: One dict per configuration, baseline first, with ``name``, ``kind`` (``"train"`` or
+            ``"infer"``), ``E``, ``spatial``, ``impl``, ``layers`` (how many layers use each form)
+            and ``status``. Rows that ran (``status == "ok"``) add the time per step ``step_s``
+            and the process CPU time ``cpu_s`` (each a dict of median, min and max over rounds)
+            and their ratios to the same round's baseline, ``step_ratio`` and ``cpu_ratio``.
+            Training rows add ``mac_ratio``, ``update_s``, the per-round ``times`` and
+            ``update_times``, ``memory_bytes`` (``state``, ``activations``, ``total``),
+            ``memory_ratio``, ``activation_ratio`` and, when the baseline was profiled,
+            ``predicted_macs_only_ratio`` and ``predicted_step_ratio`` (:func:`predicted_ratios`).
+        out: The JSON file the result was written to.
+    """
+
+    header: str
+    memory_meaning: str
+    settings: dict[str, Any]
+    device: str
+    seconds: float
+    load_average: tuple[float, float, float]
+    conv_share: float | None
+    rows: list[dict[str, Any]]
+    out: Path
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON file's content.
+
+        Returns:
+            ``header``, ``memory_meaning``, ``settings``, ``device``, ``torch`` (its version),
+                ``seconds``, ``load_average`` and ``results`` (the rows).
+        """
+        return {"header": self.header, "memory_meaning": self.memory_meaning, "settings": self.settings,
+                "device": self.device, "torch": torch.__version__, "seconds": self.seconds,
+                "load_average": self.load_average, "results": self.rows}
+
+    def summary(self) -> str:
+        """The result as text: the header, what memory means, how predictions are made, the table.
+
+        Returns:
+            The lines ``lcdense bench`` prints, ending with the total time and the JSON file's path.
+        """
+        lines = [self.header, f"memory = {self.memory_meaning}"]
+        if self.conv_share is not None:
+            lines.append(f"MAC-predicted ×base = 1 + (MACs ×base - 1) × {self.conv_share:.2f}, the baseline step's "
+                         "share of operator time in convolutions and matrix products (profiled once): extra MACs at "
+                         "the baseline's time per MAC, its other work unchanged; +update ×base adds the measured "
+                         "growth of the optimizer update (element-wise over the trainable state, which MACs do not "
+                         "count)")
+        lines += [format_table(self.rows), f"total {self.seconds:.0f} s; results: {self.out}"]
+        return "\n".join(lines)
 
 
-def _fill_defaults(args: argparse.Namespace) -> None:
-    cuda = args.device == "cuda"
+def _options(device: str, model: str | None, image_size: int | None, batch_size: int | None, E: Sequence[int],
+             naive_max_E: int | None, rounds: int, steps: int, amp: str | None, channels_last: bool | None,
+             compile: bool, threads: int, reuse_freed_memory: bool, out: str | Path | None) -> _Options:
+    """Check the arguments of :func:`bench` and fill in the device's defaults."""
+    if device not in MEMORY_MEANING:
+        raise unknown_name("device", device, MEMORY_MEANING)
+    if amp not in (None, "none", "bf16"):
+        raise unknown_name("amp", str(amp), ("none", "bf16"))
+    cuda = device == "cuda"
     if cuda and not torch.cuda.is_available():
-        raise LcdenseError("--device cuda but no CUDA GPU is visible to torch; run on a GPU machine or use --device cpu")
-    args.model = args.model or ("timm:resnet18d" if cuda else CIFAR_MODEL)
-    args.image_size = args.image_size or (32 if args.model == CIFAR_MODEL else 224)
-    args.batch_size = args.batch_size or (256 if cuda else 128)
-    args.naive_max_E = args.naive_max_E if args.naive_max_E is not None else (1 if cuda else 8)
-    args.amp = args.amp or ("bf16" if cuda else "none")
-    args.channels_last = cuda if args.channels_last is None else args.channels_last
-    args.num_classes = 10 if args.model == CIFAR_MODEL else 1000
+        raise LcdenseError("device cuda but no CUDA GPU is visible to torch; run on a GPU machine or use device cpu")
+    expansions = sorted(set(E))
+    if not expansions or expansions[0] < 1:
+        raise LcdenseError(f"E must be positive integers such as 1,8,32, got {list(E)}")
+    model = model or ("timm:resnet18d" if cuda else CIFAR_MODEL)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    args.out = args.out or Path("runs/bench") / f"lc-{args.device}-{stamp}.json"
-    if args.out.exists():
-        raise LcdenseError(f"{args.out} already exists; pass a new --out path (results are never overwritten)")
+    opts = _Options(
+        device=device, model=model, image_size=image_size or (32 if model == CIFAR_MODEL else 224),
+        batch_size=batch_size or (256 if cuda else 128), E=expansions,
+        naive_max_E=naive_max_E if naive_max_E is not None else (1 if cuda else 8), rounds=rounds, steps=steps,
+        amp=amp or ("bf16" if cuda else "none"), channels_last=cuda if channels_last is None else channels_last,
+        compile=compile, threads=threads, reuse_freed_memory=reuse_freed_memory,
+        out=Path(out) if out is not None else Path("runs/bench") / f"lc-{device}-{stamp}.json",
+        num_classes=10 if model == CIFAR_MODEL else 1000)
+    if opts.out.exists():
+        raise LcdenseError(f"{opts.out} already exists; pass a new out path (results are never overwritten)")
     for name in ("rounds", "steps", "batch_size", "image_size", "threads"):
-        if getattr(args, name) < 1:
-            raise LcdenseError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+        if getattr(opts, name) < 1:
+            raise LcdenseError(f"{name} must be >= 1, got {getattr(opts, name)}")
+    return opts
 
 
-def run(args: argparse.Namespace) -> int:
-    _fill_defaults(args)
-    if args.device == "cpu":
+def bench(*, device: str = "cpu", model: str | None = None, image_size: int | None = None,
+          batch_size: int | None = None, E: Sequence[int] = (1, 8, 32, 128), naive_max_E: int | None = None,
+          rounds: int = 4, steps: int = 1, amp: str | None = None, channels_last: bool | None = None,
+          compile: bool = False, threads: int = 1, reuse_freed_memory: bool = True,
+          out: str | Path | None = None) -> BenchResult:
+    """Time and measure the memory of a training step of LC-Block forms against the baseline.
+
+    The configurations are the baseline; for each E and spatial bank (frozen, learnable) the
+    ``auto`` form, the ``naive`` two-conv form (up to ``naive_max_E``) and, for frozen banks, the
+    ``preconditioned`` form; and eval-mode inference of the baseline and of the folded learnable
+    LC model at the largest E. Each is built once and timed round-robin in this process. On CPU
+    this sets torch's flush-denormal mode and, with ``reuse_freed_memory``, glibc's malloc
+    thresholds for the rest of the process; torch's thread count is restored at the end.
+
+    Args:
+        device: ``"cpu"`` or ``"cuda"``.
+        model: ``"cifar_resnet20_16"`` or a torchvision/timm name (``"timm:resnet18d"``); default
+            the CIFAR ResNet on CPU, ``"timm:resnet18d"`` on CUDA.
+        image_size: Input side in pixels; default 32 for the CIFAR ResNet, else 224.
+        batch_size: Default 128 on CPU, 256 on CUDA.
+        E: The expansions to benchmark (sorted, duplicates dropped).
+        naive_max_E: The largest E whose ``naive`` form is timed (its cost grows with E);
+            default 8 on CPU, 1 on CUDA.
+        rounds: Round-robin rounds; times are medians over rounds.
+        steps: Steps per configuration per round.
+        amp: ``"none"`` or ``"bf16"`` autocast; default ``"none"`` on CPU, ``"bf16"`` on CUDA.
+        channels_last: channels_last memory format; default on for CUDA.
+        compile: ``torch.compile`` every model.
+        threads: torch's CPU threads on ``device="cpu"`` (one gives the steadiest ratios on a shared machine).
+        reuse_freed_memory: CPU: let glibc keep freed memory for reuse, as the CUDA caching
+            allocator does (off: every step page-faults its fresh buffers anew).
+        out: The JSON result file; default ``runs/bench/lc-DEVICE-TIMESTAMP.json``. Never overwritten.
+
+    Returns:
+        The measurements (:class:`BenchResult`), also written to ``out``.
+
+    Raises:
+        LcdenseError: ``out`` exists, an argument is out of range, or ``device="cuda"`` without a GPU.
+    """
+    opts = _options(device, model, image_size, batch_size, E, naive_max_E, rounds, steps, amp, channels_last,
+                    compile, threads, reuse_freed_memory, out)
+    threads_before = torch.get_num_threads()
+    try:
+        return _bench(opts)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _bench(opts: _Options) -> BenchResult:
+    reuse = opts.reuse_freed_memory
+    if opts.device == "cpu":
         torch.set_flush_denormal(True)
-        torch.set_num_threads(args.threads)
-        args.reuse_freed_memory = args.reuse_freed_memory and keep_freed_memory()
+        torch.set_num_threads(opts.threads)
+        reuse = reuse and keep_freed_memory()
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, generator=gen)
-    y = torch.randint(0, args.num_classes, (args.batch_size,), generator=gen)
-    x, y = x.to(args.device), y.to(args.device)
-    if args.channels_last:
+    x = torch.randn(opts.batch_size, 3, opts.image_size, opts.image_size, generator=gen)
+    y = torch.randint(0, opts.num_classes, (opts.batch_size,), generator=gen)
+    x, y = x.to(opts.device), y.to(opts.device)
+    if opts.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     started = time.perf_counter()
-    configs = _configs(args, (x, y))
-    _measure(configs, args)
-    rows = _results(configs, args.conv_share)
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if not k.startswith("_")}
-    device = torch.cuda.get_device_name() if args.device == "cuda" else f"{platform.processor() or 'cpu'}, {torch.get_num_threads()} threads"
-    header = (f"{args.model}, batch {args.batch_size}, {args.image_size} px, {args.device} ({device}), amp {args.amp}, "
-              f"channels_last {args.channels_last}, compile {args.compile}, reuse freed memory "
-              f"{args.reuse_freed_memory if args.device == 'cpu' else 'n/a'}; fused SGD (momentum 0.9, Nesterov, wd 5e-4); "
-              f"{args.rounds} interleaved rounds × {args.steps} step(s); torch {torch.__version__}")
+    configs = _configs(opts, (x, y))
+    share = _measure(configs, opts)
+    rows = _results(configs, share)
+    settings = {**asdict(opts), "reuse_freed_memory": reuse, "out": str(opts.out), "conv_share": share}
+    device = (torch.cuda.get_device_name() if opts.device == "cuda"
+              else f"{platform.processor() or 'cpu'}, {torch.get_num_threads()} threads")
     load = os.getloadavg()
-    header += f"; load average {load[0]:.1f} at the end"
-    print(header)
-    print(f"memory = {MEMORY_MEANING[args.device]}")
-    if args.conv_share is not None:
-        print(f"MAC-predicted ×base = 1 + (MACs ×base - 1) × {args.conv_share:.2f}, the baseline step's share of "
-              "operator time in convolutions and matrix products (profiled once): extra MACs at the "
-              "baseline's time per MAC, its other work unchanged; +update ×base adds the measured growth of the "
-              "optimizer update (element-wise over the trainable state, which MACs do not count)")
-    print(format_table(rows))
-    elapsed = time.perf_counter() - started
-    print(f"total {elapsed:.0f} s; results: {args.out}")
-    data = {"header": header, "memory_meaning": MEMORY_MEANING[args.device], "settings": settings,
-            "device": device, "torch": torch.__version__, "seconds": elapsed, "load_average": load,
-            "results": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, args.out)
-    return 0
+    header = (f"{opts.model}, batch {opts.batch_size}, {opts.image_size} px, {opts.device} ({device}), amp {opts.amp}, "
+              f"channels_last {opts.channels_last}, compile {opts.compile}, reuse freed memory "
+              f"{reuse if opts.device == 'cpu' else 'n/a'}; fused SGD (momentum 0.9, Nesterov, wd 5e-4); "
+              f"{opts.rounds} interleaved rounds × {opts.steps} step(s); torch {torch.__version__}"
+              f"; load average {load[0]:.1f} at the end")
+    result = BenchResult(header=header, memory_meaning=MEMORY_MEANING[opts.device], settings=settings, device=device,
+                         seconds=time.perf_counter() - started, load_average=load, conv_share=share, rows=rows,
+                         out=opts.out)
+    opts.out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(opts.out, result.to_dict())
+    return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Standalone entry point (``scripts/bench_lc.py``); same as ``lcdense bench``."""
-    import sys
-
-    parser = argparse.ArgumentParser(prog="bench_lc", description=__doc__.strip().splitlines()[0])
-    add_arguments(parser)
-    try:
-        return run(parser.parse_args(argv))
-    except LcdenseError as exc:
-        print(f"bench_lc: error: {exc}", file=sys.stderr)
-        return 2
-
-
-__all__ = ["format_table", "predicted_ratios", "add_arguments", "run", "main", "MEMORY_MEANING"]
+__all__ = ["BenchResult", "MEMORY_MEANING", "bench", "format_table", "predicted_ratios"]

@@ -56,13 +56,24 @@ OPTIMIZER_STATE = {"sgd": "momentum buffer (if momentum > 0)", "adamw": "exp_avg
 class Footprint:
     """How a task trains, as far as memory goes: batch (per rank), input, optimizer, autocast.
 
-    ``grads_during_forward``: the previous step's gradients are still held during the forward
-    (``lcdense.engine.training.train_loop`` zeroes them just before ``backward``); ``model_copies``:
-    extra full copies of the model's parameters and buffers resident while training (e.g. an
-    EMA model and a trainer's own copy). ``eval_batch_size``: the evaluation passes' batch (none
-    if ``None``): a no-grad forward while the optimizer still exists (per-epoch validation), and,
-    with ``eval_input_grad``, an eval-mode forward and backward to the input once the optimizer
-    is gone (e.g. FGSM robustness).
+    Attributes:
+        batch_size: The training batch (per rank).
+        input_size: One sample's shape, e.g. (3, 32, 32).
+        optimizer: ``"sgd"`` or ``"adamw"`` (case-insensitive).
+        lr: The optimizer's learning rate.
+        momentum: SGD's momentum (its buffer is optimizer state when > 0).
+        nesterov: SGD's Nesterov momentum (with momentum > 0).
+        weight_decay: The optimizer's weight decay.
+        amp: bf16 autocast (applies to CUDA targets).
+        channels_last: The model and 4-d inputs in channels_last memory format.
+        grads_during_forward: The previous step's gradients are still held during the forward
+            (:func:`lcdense.train_loop` zeroes them just before ``backward``).
+        model_copies: Extra full copies of the model's parameters and buffers resident while
+            training (e.g. an EMA model and a trainer's own copy).
+        eval_batch_size: The evaluation passes' batch (none if None): a no-grad forward while
+            the optimizer still exists (per-epoch validation), and, with ``eval_input_grad``, an
+            eval-mode forward and backward to the input once the optimizer is gone.
+        eval_input_grad: The evaluation includes a backward to the input (e.g. FGSM robustness).
     """
 
     batch_size: int

@@ -59,7 +59,7 @@ class LCDetectionModel(DetectionModel):
     """
 
     def fuse(self, verbose: bool = True, imgsz: int = 640) -> LCDetectionModel:
-        fold(self)
+        fold(self, inplace=True)
         return super().fuse(verbose=verbose, imgsz=imgsz)
 
 
