@@ -343,7 +343,6 @@ def _submit(task: Task, cfg: dict[str, Any], run_dir: Path, plan: PlanRecord, ce
     from ..engine import executors
 
     run = RunDir(run_dir)
-
     name, _, settings, wait = executor
     if int(settings["gpus_per_job"]) > 1 and task.data_parallel is None:
         raise LcdenseError(f"task '{task.name}' trains on one device; use --gpus-per-job 1")

@@ -17,8 +17,9 @@ from .style import GAP, color, line_style, new_figure, save_figure, variant_orde
 
 def _save(fig: Any, run_dir: Path, name: str) -> str:
     run = RunDir(run_dir)
-    save_figure(fig, run.figure(name))
-    return run.relative(run.figure(name))
+    path = run.figure(name)
+    save_figure(fig, path)
+    return run.relative(path)
 
 
 def _bars(run_dir: Path, summary: SummaryRecord) -> str:
