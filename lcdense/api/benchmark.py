@@ -37,6 +37,7 @@ from ..engine.records import (
     read_plan,
     read_summary,
 )
+from ..engine.rundir import RunDir, cache_folder
 from ..engine.runner import (
     check_before_training,
     check_global_batch,
@@ -114,10 +115,10 @@ def default_callbacks(config: dict[str, Any]) -> list[Any]:
 
 def load(run_dir: str | os.PathLike) -> RunResult:
     """Read a run directory back: config, plan, finished cells and summary (nothing is recomputed)."""
-    run_dir = Path(run_dir)
-    plan = read_plan(run_dir)
-    config = load_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else {}
-    return RunResult(run_dir, config, plan, read_cells(run_dir), read_summary(run_dir))
+    run = RunDir(run_dir)
+    plan = read_plan(run)
+    config = run.read_config() if run.config_yaml.is_file() else {}
+    return RunResult(run.path, config, plan, read_cells(run), read_summary(run))
 
 
 def run(task: str | None = None, *, config: str | os.PathLike | None = None, resume: str | os.PathLike | None = None,
@@ -179,7 +180,7 @@ def report(run_dir: str | os.PathLike, *, analysis: bool = True) -> RunResult:
     from ..reporting.analysis import FilterAnalysis
     from ..reporting.summary import Report
 
-    analyze_too = analysis and any((run_dir / "cells").glob("*/filters.pt"))
+    analyze_too = analysis and any(cell.filters_pt.is_file() for cell in RunDir(run_dir).cell_dirs())
     end = _finish(run_dir, result.config, result.plan, [*([FilterAnalysis()] if analyze_too else []), Report()])
     return RunResult(run_dir, result.config, result.plan, end.records, end.summary, end.table)
 
@@ -196,7 +197,7 @@ def analyze(run_dir: str | os.PathLike) -> str:
 
 def _cache_dir(cfg: dict[str, Any]) -> Path:
     """Where a run's generated datasets are cached: ``run.cache_dir``, or ``OUT/.cache``."""
-    return Path(cfg["run"]["cache_dir"] or Path(cfg["run"]["out"]) / ".cache").resolve()
+    return Path(cfg["run"]["cache_dir"] or cache_folder(cfg["run"]["out"])).resolve()
 
 
 def _finish(run_dir: Path, config: dict[str, Any], plan: PlanRecord, callbacks: Iterable[Any]) -> RunEnd:
@@ -279,16 +280,20 @@ def _launch(task_name: str | None, *, config: Any, resume: Any, axes: dict[str, 
         executor = (name, None, executor_settings(name, config_file, requested), wait)  # bad settings: no run dir
         if run_dir is None:
             run_dir = new_run_dir(cfg["run"]["out"], task.name, cfg["run"]["name"])
-            save_run_config(run_dir, cfg, cells, axis_keys, task)
+            plan = save_run_config(run_dir, cfg, cells, axis_keys, task)
+        else:
+            plan = read_plan(run_dir)
         cache_dir.mkdir(parents=True, exist_ok=True)
-        Events([*default_callbacks(cfg), *callbacks]).emit(RunStart(run_dir=run_dir, config=cfg, plan=read_plan(run_dir)))
-        return _submit(task, cfg, run_dir, cells, cache_dir, executor, callbacks)
+        Events([*default_callbacks(cfg), *callbacks]).emit(RunStart(run_dir=run_dir, config=cfg, plan=plan))
+        return _submit(task, cfg, run_dir, plan, cells, cache_dir, executor, callbacks)
     world, torch_device = setup_world(cfg)
+    plan = PlanRecord.of(task, cells, axis_keys)  # as the other ranks know it
     if run_dir is None:
         run_dir = world.on_main(lambda: new_run_dir(cfg["run"]["out"], task.name, cfg["run"]["name"]))
         if world.is_main:
-            save_run_config(run_dir, cfg, cells, axis_keys, task)
-    plan = read_plan(run_dir) if world.is_main else PlanRecord.of(task, cells, axis_keys)
+            plan = save_run_config(run_dir, cfg, cells, axis_keys, task)
+    elif world.is_main:
+        plan = read_plan(run_dir)
     events = Events([*default_callbacks(cfg), *callbacks])
     if world.is_main:
         cache_dir.mkdir(parents=True, exist_ok=True)
@@ -332,16 +337,17 @@ def _under_torchrun(task: Task, cfg: dict[str, Any], cells: list[CellSpec], axis
     return result
 
 
-def _submit(task: Task, cfg: dict[str, Any], run_dir: Path, cells: list[CellSpec], cache_dir: Path,
+def _submit(task: Task, cfg: dict[str, Any], run_dir: Path, plan: PlanRecord, cells: list[CellSpec], cache_dir: Path,
             executor: tuple[str, Any, dict[str, Any], bool], callbacks: list[Any]) -> RunResult:
     """Hand the unfinished cells to submitit; wait (local, debug, or ``wait``) and report."""
     from ..engine import executors
 
+    run = RunDir(run_dir)
     name, _, settings, wait = executor
     if int(settings["gpus_per_job"]) > 1 and task.data_parallel is None:
         raise LcdenseError(f"task '{task.name}' trains on one device; use --gpus-per-job 1")
     task.prepare_data(cfg, cache_dir)  # the embedded dataset is generated once, before any job starts
-    pending = [c for c in cells if finished_cell(run_dir / "cells" / c.id) is None]
+    pending = [c for c in cells if finished_cell(run.cell(c.id)) is None]
     todo, notes = executors.cells_to_submit(run_dir, pending, name)
     for note in notes:
         print(f"lcdense: {note}")
@@ -351,16 +357,15 @@ def _submit(task: Task, cfg: dict[str, Any], run_dir: Path, cells: list[CellSpec
                                  make_callbacks=default_callbacks, callbacks=callbacks) if todo else []
     print(executors.describe(submitted))
     jobs = {cell_id: str(job.job_id) for job, group in submitted for cell_id in group}
-    plan = read_plan(run_dir)
     if name == "slurm" and not wait:
-        print(f"lcdense: jobs write into {run_dir}/cells; when they finish: lcdense report {run_dir}\n"
+        print(f"lcdense: jobs write into {run.cells}; when they finish: lcdense report {run_dir}\n"
               f"         re-submit missing or failed cells: lcdense sweep --resume {run_dir} --executor slurm")
         return RunResult(run_dir, cfg, plan, read_cells(run_dir), None, jobs=jobs)
     failures = executors.wait(submitted)
     for line in failures:
         print(f"lcdense: job failed: {line}", file=sys.stderr)
     end = None
-    if any(finished_cell(run_dir / "cells" / c.id) for c in cells):
+    if any(finished_cell(run.cell(c.id)) for c in cells):
         end = _finish(run_dir, cfg, plan, [*default_callbacks(cfg), *callbacks])
     if failures:
         raise LcdenseError(f"{len(failures)} job(s) failed; finished cells are kept. Run the missing ones again: "

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 
 from ..api import analyze
+from ..engine.rundir import RunDir
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -18,6 +19,6 @@ def run(args: argparse.Namespace) -> int:
     section = analyze(args.run_dir)
     if not args.quiet:
         print(section)
-    print(f"wrote {args.run_dir}/analysis.json, analysis.csv, analysis.md and figures/ "
+    print(f"wrote {RunDir(args.run_dir).analysis_json}, analysis.csv, analysis.md and figures/ "
           f"({section.count('](figures/')} figures)")
     return 0

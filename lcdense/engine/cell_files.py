@@ -21,6 +21,7 @@ from typing import Any
 
 from ..base.files import write_text
 from .events import Callback, CellEnd, CellStart, EpochEnd, RunStart
+from .rundir import CellDir, RunDir
 
 
 def _csv(header: list[str], rows: list[dict[str, Any]]) -> str:
@@ -68,33 +69,34 @@ class CellFiles(Callback):
     """Writes ``history.csv`` after every epoch and at the cell's end, and the per-unit CSVs."""
 
     def __init__(self) -> None:
-        self.run_dir: Path | None = None
+        self.run: RunDir | None = None
         self.history: dict[str, dict[int, dict[str, Any]]] = {}
 
     def on_run_start(self, event: RunStart) -> None:
-        self.run_dir = event.run_dir
+        self.run = RunDir(event.run_dir)
 
     def on_cell_start(self, event: CellStart) -> None:
-        self.run_dir = event.run_dir  # a cluster job runs cells only: no run start
+        self.run = RunDir(event.run_dir)  # a cluster job runs cells only: no run start
         if not event.skipped:
-            earlier = _read_history(self.run_dir / "cells" / event.cell.id / "history.csv")
+            earlier = _read_history(self.run.cell(event.cell.id).history_csv)
             self.history[event.cell.id] = {int(row["epoch"]): row for row in earlier}
 
     def on_epoch_end(self, event: EpochEnd) -> None:
-        if self.run_dir is None:
+        if self.run is None:
             return
         rows = self.history.setdefault(event.cell_id, {})
         rows[event.epoch] = event.metrics
-        cell_dir = self.run_dir / "cells" / event.cell_id
-        cell_dir.mkdir(parents=True, exist_ok=True)
-        write_text(cell_dir / "history.csv", history_csv([rows[e] for e in sorted(rows) if e <= event.epoch]))
+        cell_dir = self.run.cell(event.cell_id)
+        cell_dir.path.mkdir(parents=True, exist_ok=True)
+        write_text(cell_dir.history_csv, history_csv([rows[e] for e in sorted(rows) if e <= event.epoch]))
 
     def on_cell_end(self, event: CellEnd) -> None:
         record = event.record
         self.history.pop(record.id, None)
-        write_text(event.cell_dir / "history.csv", history_csv(record.history))
+        cell_dir = CellDir(event.cell_dir)
+        write_text(cell_dir.history_csv, history_csv(record.history))
         for unit, results in per_unit_results(record.extra_metrics).items():
-            write_text(event.cell_dir / f"per_{unit}.csv", per_unit_csv(unit, results))
+            write_text(cell_dir.per_unit_csv(unit), per_unit_csv(unit, results))
 
 
 __all__ = ["CellFiles", "history_csv", "per_unit_csv", "per_unit_results"]

@@ -17,6 +17,7 @@ from ..base.files import write_json
 from ..cost.estimate import Estimate, estimate, format_estimates
 from ..cost.memory import parse_bytes
 from .config import cell_config
+from .rundir import dry_run_file
 from .runner import converter
 from .task import Task
 from .variants import CellSpec
@@ -69,7 +70,7 @@ def report(estimates: list[Estimate], out: str | Path, task: str) -> Path:
           f"memory: {first.memory_source or 'unknown'}")
     print(format_estimates(estimates))
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-    path = Path(out) / task / "dry-run" / f"{stamp}.json"
+    path = dry_run_file(out, task, stamp)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, {"task": task, "estimates": [e.to_dict() for e in estimates],
                       "meaning": "bytes of tensor storage; peak = live tensor bytes at their maximum over two "

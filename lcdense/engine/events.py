@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .rundir import RunDir
+
 if TYPE_CHECKING:
     from torch import nn
 
@@ -201,7 +203,7 @@ class ConsoleLog(Callback):
     def on_run_end(self, event: RunEnd) -> None:
         if event.table:
             self._print(event.table)
-            self._print(f"results: {event.run_dir}/summary.md, results.csv, summary.json, figures/; "
+            self._print(f"results: {RunDir(event.run_dir).summary_md}, results.csv, summary.json, figures/; "
                         f"per cell: cells/<id>/history.csv, train.log")
 
 

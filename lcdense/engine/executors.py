@@ -31,6 +31,7 @@ from ..base.errors import LcdenseError, require_extra, unknown_name
 from ..base.files import write_json
 from .config import load_yaml
 from .distributed import visible_gpus
+from .rundir import RunDir
 from .variants import CellSpec
 
 EXECUTORS: tuple[str, ...] = ("local", "slurm", "debug")
@@ -96,20 +97,16 @@ def run_cells_job(run_dir: str, cell_ids: list[str], cache_dir: str,
     return {r.id: r.status for r in records}
 
 
-def _jobs_file(run_dir: Path) -> Path:
-    return run_dir / "jobs.json"
-
-
 def submitted_jobs(run_dir: Path) -> dict[str, dict[str, Any]]:
     """Cell id → the last job submitted for it (``jobs.json``)."""
-    path = _jobs_file(run_dir)
+    path = RunDir(run_dir).jobs_json
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _slurm_state(run_dir: Path, job_id: str) -> str:
     import submitit
 
-    return submitit.SlurmJob(folder=run_dir / "jobs", job_id=job_id).state
+    return submitit.SlurmJob(folder=RunDir(run_dir).jobs, job_id=job_id).state
 
 
 def cells_to_submit(run_dir: Path, pending: list[CellSpec], executor: str) -> tuple[list[CellSpec], list[str]]:
@@ -134,7 +131,7 @@ def _executor(name: str, run_dir: Path, settings: dict[str, Any], gpus: int, tas
     import submitit
 
     try:
-        folder = run_dir / "jobs" / "%j"
+        folder = RunDir(run_dir).job_folder
         executor = submitit.LocalExecutor(folder) if name == "local" else submitit.AutoExecutor(folder, cluster=name)
     except RuntimeError as exc:  # submitit: no srun on this machine
         raise LcdenseError(f"cannot use the {name} executor here ({exc}); submit from a Slurm login node, "
@@ -192,7 +189,7 @@ def submit(run_dir: Path, cells: list[CellSpec], cache_dir: Path, name: str, set
     for job, group in zip(jobs, groups):
         for cell_id in group:
             record[cell_id] = {"job_id": str(job.job_id), "executor": name, "submitted": stamp}
-    write_json(_jobs_file(run_dir), record)
+    write_json(RunDir(run_dir).jobs_json, record)
     return list(zip(jobs, groups))
 
 

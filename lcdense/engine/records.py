@@ -35,6 +35,7 @@ from typing import Any, ClassVar
 
 from ..base.errors import LcdenseError
 from ..base.files import write_json
+from .rundir import CellDir, PathLike, RunDir
 from .variants import CellSpec, Variant
 
 CELL_FORMAT = "lcdense-cell/1"
@@ -173,8 +174,8 @@ class PlanRecord(_Record):
                    cells=[{"kind": c.variant.kind, "E": c.variant.E, "seed": c.seed, "axes": c.axes} for c in cells])
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PlanRecord:
-        _check_format(data, PLAN_FORMAT, "plan.json")
+    def from_dict(cls, data: dict[str, Any], what: str = "plan record") -> PlanRecord:
+        _check_format(data, PLAN_FORMAT, what)
         known, extra = cls._split(data)
         return cls(**known, extra=extra)
 
@@ -199,8 +200,8 @@ class SummaryRecord(_Record):
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SummaryRecord:
-        _check_format(data, SUMMARY_FORMAT, "summary.json")
+    def from_dict(cls, data: dict[str, Any], what: str = "summary record") -> SummaryRecord:
+        _check_format(data, SUMMARY_FORMAT, what)
         known, extra = cls._split(data)
         return cls(**known, extra=extra)
 
@@ -219,14 +220,14 @@ def _read(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
-def write_cell(cell_dir: Path, record: CellRecord) -> None:
-    """Write ``cell_dir/cell.json`` atomically."""
-    write_json(cell_dir / "cell.json", record.to_dict())
+def write_cell(cell_dir: PathLike, record: CellRecord) -> None:
+    """Write the cell's ``cell.json`` atomically."""
+    write_json(CellDir(cell_dir).cell_json, record.to_dict())
 
 
-def read_cell(cell_dir: Path) -> CellRecord | None:
+def read_cell(cell_dir: PathLike) -> CellRecord | None:
     """The record of ``cell_dir`` (done or failed), or None if it has none or a half-written one."""
-    path = cell_dir / "cell.json"
+    path = CellDir(cell_dir).cell_json
     if not path.is_file():
         return None
     try:
@@ -238,38 +239,38 @@ def read_cell(cell_dir: Path) -> CellRecord | None:
     return CellRecord.from_dict(data)
 
 
-def finished_cell(cell_dir: Path) -> CellRecord | None:
+def finished_cell(cell_dir: PathLike) -> CellRecord | None:
     """The record of ``cell_dir`` if the cell finished (status done), else None."""
     record = read_cell(cell_dir)
     return record if record is not None and record.done else None
 
 
-def read_cells(run_dir: Path) -> list[CellRecord]:
+def read_cells(run_dir: PathLike) -> list[CellRecord]:
     """Every finished cell of ``run_dir``, in cell-directory order."""
-    found = (finished_cell(path.parent) for path in sorted((Path(run_dir) / "cells").glob("*/cell.json")))
+    found = (finished_cell(cell) for cell in RunDir(run_dir).cell_dirs())
     return [record for record in found if record is not None]
 
 
-def write_plan(run_dir: Path, plan: PlanRecord) -> None:
-    write_json(run_dir / "plan.json", plan.to_dict())
+def write_plan(run_dir: PathLike, plan: PlanRecord) -> None:
+    write_json(RunDir(run_dir).plan_json, plan.to_dict())
 
 
-def read_plan(run_dir: Path) -> PlanRecord:
+def read_plan(run_dir: PathLike) -> PlanRecord:
     """``plan.json`` of ``run_dir``; a directory without one is not a run directory."""
-    path = Path(run_dir) / "plan.json"
+    path = RunDir(run_dir).plan_json
     if not path.is_file():
         raise LcdenseError(f"{run_dir} is not an lcdense run directory (no plan.json); check the path")
-    return PlanRecord.from_dict(_read(path, "plan file"))
+    return PlanRecord.from_dict(_read(path, "plan file"), what=path.name)
 
 
-def write_summary(run_dir: Path, summary: SummaryRecord) -> None:
-    write_json(run_dir / "summary.json", summary.to_dict())
+def write_summary(run_dir: PathLike, summary: SummaryRecord) -> None:
+    write_json(RunDir(run_dir).summary_json, summary.to_dict())
 
 
-def read_summary(run_dir: Path) -> SummaryRecord | None:
+def read_summary(run_dir: PathLike) -> SummaryRecord | None:
     """``summary.json`` of ``run_dir``, or None before the first report."""
-    path = Path(run_dir) / "summary.json"
-    return SummaryRecord.from_dict(_read(path, "run summary")) if path.is_file() else None
+    path = RunDir(run_dir).summary_json
+    return SummaryRecord.from_dict(_read(path, "run summary"), what=path.name) if path.is_file() else None
 
 
 __all__ = ["CELL_FORMAT", "PLAN_FORMAT", "SUMMARY_FORMAT", "CellRecord", "PlanRecord", "RecordFormatError",

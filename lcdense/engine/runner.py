@@ -34,7 +34,7 @@ from ..core.digest import frozen_digest
 from ..core.inits import check_init
 from ..cost.estimate import check_cell
 from ..cost.memory import PeakMemory
-from .config import cell_config, dump, load_yaml
+from .config import cell_config
 from .distributed import World
 from .events import CellEnd, CellStart, Events
 from .records import (
@@ -45,6 +45,7 @@ from .records import (
     write_cell,
     write_plan,
 )
+from .rundir import RunDir, runs_folder
 from .task import Cell, Task, get_task
 from .trackers import check_loggers
 from .variants import CellSpec, Variant
@@ -174,10 +175,10 @@ def _same_on_every_rank(world: World, digest: str, spec: CellSpec, when: str) ->
                                  f"({', '.join(d[:12] for d in digests)}); its results are not valid")
 
 
-def run_cell(task: Task, data: Any, config: dict[str, Any], spec: CellSpec, cell_dir: Path,
+def run_cell(task: Task, data: Any, config: dict[str, Any], spec: CellSpec, run: RunDir,
              device: torch.device, axis_keys: dict[str, str], quiet: bool, world: World | None = None,
              gpus: tuple[int, ...] = (), events: Events | None = None) -> CellRecord:
-    """Train and evaluate one cell; returns its record, which rank 0 writes. Raises on moved filters.
+    """Train and evaluate one cell of ``run``; returns its record, which rank 0 writes. Raises on moved filters.
 
     Under data parallelism every rank trains; the frozen digests are compared across ranks
     before and after training. Rank 0 emits the cell's epochs and its end to ``events``.
@@ -185,8 +186,9 @@ def run_cell(task: Task, data: Any, config: dict[str, Any], spec: CellSpec, cell
     world = world or World()
     events = events or Events()
     cfg = cell_config(config, spec, axis_keys)
+    cell_dir = run.cell(spec.id)
     if world.is_main:
-        cell_dir.mkdir(parents=True, exist_ok=True)
+        cell_dir.path.mkdir(parents=True, exist_ok=True)
     data_seed = spec.seed + int(cfg["run"]["data_seed_offset"])
     convert_fn = converter(cfg, spec, task)
     torch.manual_seed(spec.seed)
@@ -197,13 +199,13 @@ def run_cell(task: Task, data: Any, config: dict[str, Any], spec: CellSpec, cell
     report = convert_fn(model)
     model = report.model.to(device)
     if world.is_main:
-        write_text(cell_dir / "conversion.txt", str(report) + "\n")
+        write_text(cell_dir.conversion_txt, str(report) + "\n")
     digest_before = frozen_digest(model)
     _same_on_every_rank(world, digest_before, spec, "before training")
     quiet = quiet or not world.is_main
     init = cell_init(cfg, spec.variant)
     cell = Cell(variant=spec.variant.name, seed=spec.seed, init_seed=spec.seed, data_seed=data_seed,
-                dir=cell_dir, device=device, convert=convert_fn, quiet=quiet,
+                dir=cell_dir.path, device=device, convert=convert_fn, quiet=quiet,
                 log=(lambda _msg: None) if quiet else events.print,  # the console, not train.log
                 world=world, gpus=gpus, init=init, id=spec.id, events=events, verbose=bool(cfg["run"].get("verbose")))
     began = time.perf_counter()
@@ -229,7 +231,7 @@ def run_cell(task: Task, data: Any, config: dict[str, Any], spec: CellSpec, cell
     record = make_cell_record(task, spec, data_seed, metrics, history, (digest_before, digest_after), report, costs,
                               _provenance(cell, digest_after), cfg)
     if world.is_main:
-        events.emit(CellEnd(run_dir=cell_dir.parent.parent, cell_dir=cell_dir, record=record, model=model))
+        events.emit(CellEnd(run_dir=run.path, cell_dir=cell_dir.path, record=record, model=model))
         write_cell(cell_dir, record)
         if cell.checkpoint_path.exists():
             cell.checkpoint_path.unlink()
@@ -284,7 +286,7 @@ def _mean(values: list[Any]) -> float | None:
 
 def refuse_existing_run(out: str | Path, task: str, name: str) -> Path:
     """``<out>/<task>/<name>``, or an error if that run directory exists already."""
-    run_dir = Path(out) / task / name
+    run_dir = RunDir.at(out, task, name).path
     if run_dir.exists():
         raise LcdenseError(f"run directory {run_dir} already exists; pick another --name or continue it with --resume {run_dir}")
     return run_dir
@@ -299,7 +301,7 @@ def check_global_batch(config: dict[str, Any], ranks: int) -> None:
 
 def new_run_dir(out: str | Path, task: str, name: str | None) -> Path:
     """A fresh ``<out>/<task>/<name>`` directory; an existing name is refused, never reused."""
-    parent = Path(out) / task
+    parent = runs_folder(out, task)
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -312,7 +314,7 @@ def new_run_dir(out: str | Path, task: str, name: str | None) -> Path:
         return run_dir
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     for suffix in itertools.count(1):
-        run_dir = parent / (stamp if suffix == 1 else f"{stamp}-{suffix}")
+        run_dir = RunDir.at(out, task, stamp if suffix == 1 else f"{stamp}-{suffix}").path
         try:
             run_dir.mkdir()
             return run_dir
@@ -333,6 +335,7 @@ def execute(task: Task, config: dict[str, Any], run_dir: Path, cells: list[CellS
     dataset is generated once), the other ranks then read it.
     """
     world = world or World()
+    run = RunDir(run_dir)
     events = events if world.is_main and events is not None else Events()
     quiet = bool(config["run"].get("quiet"))
     say = print if world.is_main and not quiet else (lambda _m: None)
@@ -350,17 +353,17 @@ def execute(task: Task, config: dict[str, Any], run_dir: Path, cells: list[CellS
     world.on_main(lambda: prepared.append(task.prepare_data(config, cache_dir)))  # errors reach every rank
     data = prepared[0] if prepared else task.prepare_data(config, cache_dir)
     if world.is_main:
-        write_json(run_dir / "environment.json", {**environment(device), "world_size": world.size})
+        write_json(run.environment_json, {**environment(device), "world_size": world.size})
     records, failures = [], []
     for index, spec in enumerate(cells, 1):
-        cell_dir = run_dir / "cells" / spec.id
+        cell_dir = run.cell(spec.id)
         done = finished_cell(cell_dir)
         events.emit(CellStart(run_dir=run_dir, cell=spec, index=index, total=len(cells), skipped=done is not None))
         if done is not None:
             records.append(done)
             continue
         try:
-            record = run_cell(task, data, config, spec, cell_dir, device, axis_keys, quiet, world, gpus, events)
+            record = run_cell(task, data, config, spec, run, device, axis_keys, quiet, world, gpus, events)
         except FrozenFiltersMoved as exc:
             failures.append(str(exc))
             if world.is_main:
@@ -374,18 +377,18 @@ def execute(task: Task, config: dict[str, Any], run_dir: Path, cells: list[CellS
 
 
 def save_run_config(run_dir: Path, config: dict[str, Any], cells: list[CellSpec], axis_keys: dict[str, str],
-                    task: Task) -> None:
-    """Write the resolved config and the cell plan (what --resume and report read back)."""
-    write_text(run_dir / "config.yaml", dump(config))
+                    task: Task) -> PlanRecord:
+    """Write the resolved config and the cell plan (what --resume and report read back); returns the plan."""
+    RunDir(run_dir).write_config(config)
     paper = config["paper"] if config.get("paper", {}).get("experiment") else None
-    write_plan(run_dir, PlanRecord.of(task, cells, axis_keys, paper))
+    plan = PlanRecord.of(task, cells, axis_keys, paper)
+    write_plan(run_dir, plan)
+    return plan
 
 
 def load_run(run_dir: Path) -> tuple[dict[str, Any], Task, list[CellSpec], dict[str, str]]:
     """Config, task, cell plan and sweep-axis keys of an existing run directory."""
-    if not (run_dir / "config.yaml").is_file():
-        raise LcdenseError(f"{run_dir} is not an lcdense run directory (no config.yaml); check the path")
-    config = load_yaml(run_dir / "config.yaml")
+    config = RunDir(run_dir).read_config()
     cells, axis_keys = load_plan(run_dir)
     return config, get_task(config["task"]), cells, axis_keys
 

@@ -28,6 +28,7 @@ from .capture import framework_output
 from .distributed import World
 from .events import EpochEnd, Events
 from .provenance import Provenance
+from .rundir import CellDir
 
 TASKS: Registry[type[Task]] = Registry("task", group="lcdense.tasks")
 
@@ -82,7 +83,7 @@ class Cell:
     @property
     def log_path(self) -> Path:
         """The cell's ``train.log``: the framework output of its training and evaluation."""
-        return self.dir / "train.log"
+        return CellDir(self.dir).train_log
 
     def framework_output(self, main: bool = True) -> contextlib.AbstractContextManager[None]:
         """Inside the block, library output goes to :attr:`log_path` (see :func:`lcdense.framework_output`);
@@ -97,7 +98,8 @@ class Cell:
 
     @property
     def checkpoint_path(self) -> Path:
-        return self.dir / "checkpoint.pt"
+        """The cell's resume point (``checkpoint.pt``)."""
+        return CellDir(self.dir).checkpoint_pt
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         """Atomically write ``state`` (tensors, numbers, strings, lists, dicts) as the resume point."""

@@ -29,6 +29,7 @@ from typing import Any
 
 from ..base.errors import LcdenseError, require_extra
 from .events import Callback, CellEnd, CellStart, EpochEnd, RunEnd, RunStart
+from .rundir import RunDir
 
 #: Logger name → (the extra that installs it, the module it needs).
 LOGGERS: dict[str, tuple[str, str]] = {"tensorboard": ("tensorboard", "tensorboard"),
@@ -115,11 +116,10 @@ class _Tracker(Callback):
         """Remember the run (reading its config and plan where the event does not carry them)."""
         if self.run_dir is not None:
             return
-        from .config import load_yaml
         from .records import read_plan
 
         self.run_dir = run_dir
-        self.config = config if config is not None else load_yaml(run_dir / "config.yaml")
+        self.config = config if config is not None else RunDir(run_dir).read_config()
         self.plan = plan if plan is not None else read_plan(run_dir)
         self.opened()
 
@@ -166,7 +166,7 @@ class TensorBoardLogger(_Tracker):
 
         if name not in self.writers:
             assert self.run_dir is not None
-            self.writers[name] = SummaryWriter(log_dir=str(self.run_dir / "tensorboard" / name))
+            self.writers[name] = SummaryWriter(log_dir=str(RunDir(self.run_dir).tensorboard(name)))
         return self.writers[name]
 
     def cell_started(self, event: CellStart) -> None:
@@ -219,10 +219,10 @@ class MLflowLogger(_Tracker):
         from mlflow.tracking import MlflowClient
 
         remote = os.environ.get("MLFLOW_TRACKING_URI")
-        self.client = MlflowClient(tracking_uri=remote or f"sqlite:///{(self.run_dir / 'mlflow.db').resolve()}")
+        self.client = MlflowClient(tracking_uri=remote or f"sqlite:///{RunDir(self.run_dir).mlflow_db.resolve()}")
         name = f"lcdense-{self.plan.task}"
         found = self.client.get_experiment_by_name(name)
-        local = None if remote else (self.run_dir / "mlartifacts").resolve().as_uri()
+        local = None if remote else RunDir(self.run_dir).mlartifacts.resolve().as_uri()
         self.experiment = found.experiment_id if found else self.client.create_experiment(name, artifact_location=local)
         where = str(self.run_dir.resolve())
         earlier = [r for r in self.client.search_runs([self.experiment], filter_string=f"tags.`lcdense.run_dir` = '{where}'")

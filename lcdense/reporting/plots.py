@@ -11,12 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from ..engine.records import CellRecord, SummaryRecord
+from ..engine.rundir import RunDir
 from .style import GAP, color, line_style, new_figure, save_figure, variant_order
 
 
 def _save(fig: Any, run_dir: Path, name: str) -> str:
-    save_figure(fig, run_dir / "figures" / name)
-    return f"figures/{name}"
+    run = RunDir(run_dir)
+    path = run.figure(name)
+    save_figure(fig, path)
+    return run.relative(path)
 
 
 def _bars(run_dir: Path, summary: SummaryRecord) -> str:

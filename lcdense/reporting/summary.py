@@ -21,6 +21,7 @@ from typing import Any
 from ..base.files import write_text
 from ..engine.events import Callback, RunEnd
 from ..engine.records import CellRecord, SummaryRecord, read_cells, write_summary
+from ..engine.rundir import RunDir
 from ..engine.variants import sweep_point
 from .style import variant_order
 
@@ -255,14 +256,11 @@ def results_csv(records: list[CellRecord]) -> str:
     return buffer.getvalue()
 
 
-def _paper_settings(run_dir: Path) -> dict[str, Any] | None:
+def _paper_settings(run: RunDir) -> dict[str, Any] | None:
     """The ``paper`` section of the run's saved config, if the run reproduces a paper experiment."""
-    path = run_dir / "config.yaml"
-    if not path.is_file():
+    if not run.config_yaml.is_file():
         return None
-    from ..engine.config import load_yaml
-
-    paper = load_yaml(path).get("paper") or {}
+    paper = run.read_config().get("paper") or {}
     return paper if paper.get("experiment") else None
 
 
@@ -272,22 +270,23 @@ def write_report(run_dir: Path, primary: str, higher_is_better: bool,
     summary and its Markdown table (with the paper column where the run reproduces a paper experiment)."""
     from .plots import plot_run
 
-    records = read_cells(run_dir)
+    run = RunDir(run_dir)
+    records = read_cells(run)
     if not records:
         from ..base.errors import LcdenseError
 
         raise LcdenseError(f"{run_dir} has no finished cells yet; run or resume it first")
     summary = summarize(records, primary, higher_is_better)
-    paper = _paper_settings(run_dir)
+    paper = _paper_settings(run)
     if paper:
         from ..paper import compare, get_experiment
 
         summary.paper = compare(summary, get_experiment(paper["experiment"]), paper["scale"], paper["overrides"])
-    write_text(run_dir / "results.csv", results_csv(records))
-    write_summary(run_dir, summary)
+    write_text(run.results_csv, results_csv(records))
+    write_summary(run, summary)
     figures = plot_run(run_dir, records, summary)
     table = markdown_table(summary)
-    title = f"# {records[0].task} run `{run_dir.name}`"
+    title = f"# {records[0].task} run `{run.path.name}`"
     if paper:
         title += f": paper experiment {paper['experiment']}, {paper['scale']} scale"
     parts = [title, "",
@@ -295,7 +294,7 @@ def write_report(run_dir: Path, primary: str, higher_is_better: bool,
              f"Gaps are paired by seed; the interval is a 95% Student-t interval over seeds.", "", table]
     parts += [f"![{Path(f).stem}]({f})" for f in figures]
     parts += ["", *extra_sections]
-    write_text(run_dir / "summary.md", "\n".join(parts) + "\n")
+    write_text(run.summary_md, "\n".join(parts) + "\n")
     return summary, table
 
 

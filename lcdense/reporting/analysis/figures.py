@@ -16,6 +16,7 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from ...engine.rundir import RunDir
 from ..style import color, line_style, save_figure
 
 if TYPE_CHECKING:
@@ -243,14 +244,15 @@ def basis_vs_expansion(variants: dict[str, dict], path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def draw_all(groups: CellGroups, variants: dict[str, dict], figure_dir: Path) -> tuple[list[Path], dict]:
-    """Every figure the run supports: (run-level figures, {variant: {"spatial_variance": path,
-    "filters": [path per sweep point]}}), each only where there was something to draw."""
+def draw_all(groups: CellGroups, variants: dict[str, dict], run: RunDir) -> tuple[list[Path], dict]:
+    """Every figure the run supports, under ``run``'s ``figures/``: (run-level figures, {variant:
+    {"spatial_variance": path, "filters": [path per sweep point]}}), each only where there was
+    something to draw."""
     run_level = [
-        fve_per_layer(groups, figure_dir / "fve_layers.png"),
-        fve_vs_expansion(variants, figure_dir / "fve_vs_E.png"),
-        basis_spectrum(groups, figure_dir / "basis_spectrum.png"),
-        basis_vs_expansion(variants, figure_dir / "basis_vs_E.png"),
+        fve_per_layer(groups, run.figure("fve_layers.png")),
+        fve_vs_expansion(variants, run.figure("fve_vs_E.png")),
+        basis_spectrum(groups, run.figure("basis_spectrum.png")),
+        basis_vs_expansion(variants, run.figure("basis_vs_E.png")),
     ]
     vmax = max((max(map(max, m)) for v in variants.values() for m in v["spatial_variance"].values()), default=1.0)
     per_variant: dict[str, dict] = {}
@@ -258,11 +260,11 @@ def draw_all(groups: CellGroups, variants: dict[str, dict], figure_dir: Path) ->
         drawn = per_variant.setdefault(cells[0].variant, {"panels": [], "filters": []})
         point = f" ({cells[0].point})" if cells[0].point else ""
         drawn["panels"] += [(f"{k}×{k} kernels{point}", m) for k, m in variants[label]["spatial_variance"].items()]
-        grid = filter_grid(label, cells[0].first_layer_weight, figure_dir / f"filters_{slug(label)}.png")
+        grid = filter_grid(label, cells[0].first_layer_weight, run.figure(f"filters_{slug(label)}.png"))
         drawn["filters"] += [grid] if grid else []
     for name, drawn in per_variant.items():
         heatmap = spatial_variance(name, drawn.pop("panels"), vmax or 1.0,
-                                   figure_dir / f"spatial_variance_{slug(name)}.png")
+                                   run.figure(f"spatial_variance_{slug(name)}.png"))
         if heatmap:
             drawn["spatial_variance"] = heatmap
     return [p for p in run_level if p is not None], per_variant

@@ -21,6 +21,7 @@ from ...base.errors import LcdenseError
 from ...base.files import write_text
 from ...engine.events import Callback, CellEnd, RunEnd
 from ...engine.records import CellRecord, read_cell, read_summary
+from ...engine.rundir import CellDir, PathLike, RunDir
 from ..style import variant_order
 from ..summary import paired_gap
 from . import figures
@@ -34,30 +35,30 @@ CSV_COLUMNS = ("variant", "axes", "kind", "E", "mode", "spatial", "seed", "layer
 BASELINE = "learnable"
 
 
-def load_cells(run_dir: Path, notes: list[str], records: list[CellRecord]) -> list[CellAnalysis]:
+def load_cells(run_dir: PathLike, notes: list[str], records: list[CellRecord]) -> list[CellAnalysis]:
     """Analyse every finished cell under ``run_dir/cells`` that has a ``filters.pt`` (their
     records are appended to ``records``, what was skipped and why to ``notes``)."""
-    cells_dir = run_dir / "cells"
-    if not cells_dir.is_dir():
+    run = RunDir(run_dir)
+    if not run.cells.is_dir():
         raise LcdenseError(f"{run_dir} has no cells/ directory; pass the directory of an lcdense run "
                            "(runs/<task>/<name>)")
     cells = []
-    for cell_dir in sorted(p for p in cells_dir.iterdir() if p.is_dir()):
-        if not (cell_dir / "cell.json").is_file():
+    for cell_dir in run.cell_dirs():
+        if not cell_dir.cell_json.is_file():
             notes.append(f"{cell_dir.name}: no cell.json, skipped")
             continue
         cell = read_cell(cell_dir)
         if cell is None:
-            raise LcdenseError(f"cannot read cell file {cell_dir / 'cell.json'}; fix or delete the file")
+            raise LcdenseError(f"cannot read cell file {cell_dir.cell_json}; fix or delete the file")
         if not cell.done:
             notes.append(f"{cell_dir.name}: status '{cell.status}', skipped")
-        elif not (cell_dir / "filters.pt").is_file():
+        elif not cell_dir.filters_pt.is_file():
             notes.append(f"{cell_dir.name}: no filters.pt, skipped")
         else:
-            cells.append(analyze_cell(cell, load_filters(cell_dir / "filters.pt")))
+            cells.append(analyze_cell(cell, load_filters(cell_dir.filters_pt)))
             records.append(cell)
     if not cells:
-        raise LcdenseError(f"no finished cell with a filters.pt under {cells_dir}; run or resume the run first")
+        raise LcdenseError(f"no finished cell with a filters.pt under {run.cells}; run or resume the run first")
     return cells
 
 
@@ -193,7 +194,7 @@ def markdown_section(variants: dict[str, dict], primary: str | None, run_figures
     return "\n".join(lines)
 
 
-def _primary_metric(run_dir: Path, records: list[CellRecord]) -> str | None:
+def _primary_metric(run_dir: PathLike, records: list[CellRecord]) -> str | None:
     named = {r.primary_metric for r in records} - {None}
     if len(named) == 1:
         return named.pop()
@@ -220,14 +221,14 @@ def analyze_run(run_dir: str | os.PathLike) -> str:
     layer), ``analysis.md`` (the section) and PNG figures under ``figures/``, all atomically; the
     primary metric comes from the cells' ``cell.json`` (or ``summary.json``).
     """
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise LcdenseError(f"run directory {run_dir} does not exist; pass the directory of an lcdense run "
+    run = RunDir(run_dir)
+    if not run.path.is_dir():
+        raise LcdenseError(f"run directory {run} does not exist; pass the directory of an lcdense run "
                            "(runs/<task>/<name>)")
     notes: list[str] = []
     records: list[CellRecord] = []
-    cells = load_cells(run_dir, notes, records)
-    primary = _primary_metric(run_dir, records)
+    cells = load_cells(run, notes, records)
+    primary = _primary_metric(run, records)
     grouped = group_cells(cells)
     variants = {label: summarize_variant(group, primary) for label, group in grouped.items()}
     _gaps_vs_baseline(variants, grouped, primary)
@@ -240,13 +241,12 @@ def analyze_run(run_dir: str | os.PathLike) -> str:
     if any(layer["entropy"] is not None and not layer["normalized"] for layer in all_layers):
         notes.append("layers with kernels other than 3×3 report the un-normalised entropy H (analysis.csv: "
                      "normalized = False)")
-    figure_dir = run_dir / "figures"
-    figure_dir.mkdir(exist_ok=True)
-    drawn, per_variant = figures.draw_all(grouped, variants, figure_dir)
-    run_figures = [p.relative_to(run_dir).as_posix() for p in drawn]
+    run.figures.mkdir(exist_ok=True)
+    drawn, per_variant = figures.draw_all(grouped, variants, run)
+    run_figures = [run.relative(p) for p in drawn]
     variant_figures = {
-        name: {"filters": [p.relative_to(run_dir).as_posix() for p in drawn["filters"]],
-               **({"spatial_variance": drawn["spatial_variance"].relative_to(run_dir).as_posix()}
+        name: {"filters": [run.relative(p) for p in drawn["filters"]],
+               **({"spatial_variance": run.relative(drawn["spatial_variance"])}
                   if "spatial_variance" in drawn else {})}
         for name, drawn in per_variant.items()
     }
@@ -259,10 +259,10 @@ def analyze_run(run_dir: str | os.PathLike) -> str:
                   for c in ordered],
         "figures": run_figures, "variant_figures": variant_figures, "notes": notes,
     })
-    write_text(run_dir / "analysis.json", json.dumps(result, indent=1) + "\n")
-    write_text(run_dir / "analysis.csv", _csv_text(ordered))
+    write_text(run.analysis_json, json.dumps(result, indent=1) + "\n")
+    write_text(run.analysis_csv, _csv_text(ordered))
     section = markdown_section(variants, primary, run_figures, variant_figures, notes)
-    write_text(run_dir / "analysis.md", section + "\n")
+    write_text(run.analysis_md, section + "\n")
     return section
 
 
@@ -270,7 +270,7 @@ class SaveFilters(Callback):
     """Saves what the filter analysis needs (``filters.pt``) at the end of every cell."""
 
     def on_cell_end(self, event: CellEnd) -> None:
-        save_filters(event.model, event.cell_dir / "filters.pt")
+        save_filters(event.model, CellDir(event.cell_dir).filters_pt)
 
 
 class FilterAnalysis(Callback):
