@@ -13,7 +13,7 @@ from ..api import SHORT_KEYS, dry_run
 from ..api import run as run_api
 from ..engine.config import parse_assignment
 from ..engine.task import list_tasks
-from ..engine.trackers import logger_names
+from ..engine.trackers import TRACKERS, logger_names
 from .common import positive_int
 
 #: Flags that become settings (their names are the API's short names, :data:`lcdense.api.SHORT_KEYS`).
@@ -47,7 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="per-epoch lines and the task framework's own output (ultralytics, pycocotools), "
                         "which otherwise only goes to cells/<id>/train.log")
     p.add_argument("--logger", action="append", default=[], metavar="NAME",
-                   help="stream to an experiment tracker: tensorboard, mlflow or wandb (repeat or comma-separate; "
+                   help=f"stream to an experiment tracker: {', '.join(TRACKERS.names())} (repeat or comma-separate; "
                         "each needs its extra, e.g. pip install \"lcdense[tensorboard]\"; run.loggers)")
     p.add_argument("--dry-run", action="store_true",
                    help="predict each cell's memory and FLOPs (fake tensors, nothing allocated or trained)")
