@@ -134,7 +134,7 @@ def test_logger_settings_are_one_line_errors_and_parse_from_the_cli(toy_installe
     args = build_parser().parse_args(["run", "--task", "toy", "--logger", "tensorboard,mlflow", "--logger", "wandb", "-v"])
     assert settings(args) == {"run.loggers": ["tensorboard", "mlflow", "wandb"], "run.verbose": True}
     assert main(["run", "--task", "toy", "--logger", "nope", "--out", str(tmp_path)]) == 2
-    assert capsys.readouterr().err.strip() == "lcdense: error: unknown logger 'nope'; use tensorboard, mlflow or wandb"
+    assert capsys.readouterr().err.strip() == "lcdense: error: unknown logger 'nope'; Known: mlflow, tensorboard, wandb"
     monkeypatch.setitem(sys.modules, "wandb", None)  # as if not installed
     assert main(["run", "--task", "toy", "--set", "run.loggers=[wandb]", "--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip() == ('lcdense: error: --logger wandb needs wandb, which is not installed: '
@@ -161,3 +161,22 @@ def test_trackers_and_history_in_cluster_jobs(toy_installed, tmp_path):
     gaps = EventAccumulator(str(result.run_dir / "tensorboard" / "gaps"))
     gaps.Reload()
     assert gaps.Tensors("gap_table/text_summary")[0].tensor_proto.string_val[0].decode() == result.table
+
+
+def test_a_registered_tracker_is_a_logger_without_other_changes(toy_installed, tmp_path, monkeypatch, capsys):
+    from lcdense.engine.trackers import TRACKERS, Tracker
+
+    class Counting(Tracker):
+        extra = "core"
+        modules = ("json",)
+        ends: list[str] = []
+
+        def on_cell_end(self, event):
+            self.ends.append(event.record.id)
+
+    monkeypatch.setitem(TRACKERS._objects, "counting", Counting)
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    assert "experiment tracker: counting, mlflow, tensorboard, wandb" in " ".join(capsys.readouterr().out.split())
+    result = _toy(tmp_path, variants=["frozen"], loggers=["counting"])
+    assert Counting.ends == [c.id for c in result.cells]

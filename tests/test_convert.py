@@ -187,3 +187,36 @@ def test_conv_subclass_with_own_forward_is_skipped_with_reason():
 def test_bad_input_gives_clear_errors(kwargs, message):
     with pytest.raises(LcdenseError, match=message):
         convert(_tiny(), **kwargs)
+
+
+def test_unknown_mode_is_one_line_naming_the_known_ones():
+    with pytest.raises(LcdenseError) as error:
+        convert(_tiny(), "lcc")
+    assert str(error.value) == "unknown mode 'lcc'; did you mean 'lc'? Known: frozen, lc, learnable"
+
+
+def test_a_registered_mode_is_one_entry_for_convert_and_the_variants(monkeypatch):
+    """A new mode (here: the frozen filters at half scale) registered in one place: convert, variant
+    parsing, the runner's conversion and the figures' colours take it, nothing else changes."""
+    from lcdense.core.convert import MODES, ConversionMode, variant_kinds
+    from lcdense.engine.variants import Variant, parse_variants
+    from lcdense.reporting.style import OTHER, color
+
+    def halve(module, name, settings):
+        frozen = MODES.get("frozen").convert_layer(module, name, settings)
+        frozen.weight.mul_(0.5)
+        return frozen
+
+    monkeypatch.setitem(MODES._objects, "half", ConversionMode("half", "halved", halve))
+    assert list(variant_kinds())[-1] == "half"
+    report = convert(_tiny(), "half", seed=3)
+    assert {r.action for r in report.layers} == {"halved"} and report.settings == {"init": "kaiming_uniform", "seed": 3}
+    reference = convert(_tiny(), "frozen", seed=3).model
+    assert torch.equal(report.model[0].weight, reference[0].weight * 0.5)
+    with pytest.raises(LcdenseError, match="E and mid only apply to mode 'lc'"):
+        convert(_tiny(), "half", E=2)
+    assert [v.name for v in parse_variants(["half", "lc-frozen"], [4])] == ["half", "lc-frozen@4"]
+    assert (Variant.parse("half").mode, Variant.parse("half").spatial) == ("half", None)
+    with pytest.raises(LcdenseError, match="variant 'half' takes no expansion"):
+        Variant.parse("half@4")
+    assert color("half") != OTHER

@@ -123,8 +123,7 @@ def _planned(experiment, scale, **kwargs):
     parser = argparse.ArgumentParser()
     sweep_command.add_arguments(parser)
     args = parser.parse_args(sweep_arguments(experiment, scale, **kwargs))
-    axes = {a: sweep_command._values(getattr(args, a), a) for a in sweep_command.AXES if getattr(args, a)}
-    planned = _new_run(args.task, args.config, axes, run_command.settings(args))
+    planned = _new_run(args.task, args.config, sweep_command.axes(args), run_command.settings(args))
     recipe, direct_axes, settings = experiment_settings(experiment, scale, seeds=kwargs.get("seeds"))
     direct = _new_run(None, recipe, direct_axes, settings)
     assert planned[0] == direct[0] and [c.id for c in planned[2]] == [c.id for c in direct[2]]

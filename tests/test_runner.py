@@ -152,6 +152,10 @@ def test_runs_are_never_overwritten(toy_installed, tmp_path, capsys):
     (["run", "--task", "classification", "--dataset", "cifar10"],
      "needs its files: pass --data PATH (nothing is downloaded; fetch it once with: python scripts/fetch_dataset.py"),
     (["sweep", "--task", "toy", "--depth", "8,14"], "task 'toy' cannot sweep 'depth'"),
+    (["sweep", "--task", "toy", "--axis", "hidden=3"],
+     "task 'toy' cannot sweep 'hidden'; it can sweep: E, init, mid, norm_groups, width"),
+    (["sweep", "--task", "toy", "--axis", "width"], "--axis takes NAME=V1,V2"),
+    (["sweep", "--task", "toy", "--width", "4", "--axis", "width=8"], "sweep axis 'width' is given twice"),
     (["run", "--resume", "/nonexistent/run"], "is not an lcdense run directory"),
     (["report", "/nonexistent/run"], "is not an lcdense run directory"),
 ])
@@ -184,6 +188,29 @@ def test_sweep_over_e_and_width_plots_against_the_axis(toy_installed, tmp_path):
     assert set(summary["groups"]) == {"width=4", "width=8"}
     assert {g["gap"] for g in summary["groups"]["width=4"]["gaps"]} == {"lc-frozen@1 - lc-learnable@1",
                                                                        "lc-frozen@4 - lc-learnable@4"}
+
+
+def test_a_plugin_task_sweeps_its_own_axis_from_the_cli(toy_installed, tmp_path):
+    """``norm_groups`` is an axis only the toy plug-in declares: ``--axis`` sweeps it, in the task's
+    axis order whatever the order on the command line."""
+    from lcdense.engine.config import cell_config, load_yaml
+    from lcdense.engine.records import read_plan
+
+    out = tmp_path / "runs"
+    assert main(["sweep", "--task", "toy", "--axis", "norm_groups=1,4", "--width", "4", "--variants", "frozen",
+                 "--seeds", "1", "--epochs", "1", "--out", str(out), "--quiet", "--no-analysis"]) == 0
+    run_dir = _run_dir(out)
+    plan = read_plan(run_dir)
+    assert plan.axis_keys == {"width": "model.width", "norm_groups": "model.norm_groups"}
+    assert [c["axes"] for c in plan.cells] == [{"width": 4, "norm_groups": 1}, {"width": 4, "norm_groups": 4}]
+    cells = {p.parent.name: json.loads(p.read_text()) for p in (run_dir / "cells").glob("*/cell.json")}
+    assert {k: (c["status"], c["axes"]) for k, c in cells.items()} == {
+        "frozen__width=4__norm_groups=1__seed0": ("done", {"width": 4, "norm_groups": 1}),
+        "frozen__width=4__norm_groups=4__seed0": ("done", {"width": 4, "norm_groups": 4})}
+    config = load_yaml(run_dir / "config.yaml")
+    assert [cell_config(config, spec, plan.axis_keys)["model"]["norm_groups"] for spec in plan.specs()] == [1, 4]
+    rows = list(csv.DictReader((run_dir / "results.csv").open()))
+    assert sorted(r["norm_groups"] for r in rows) == ["1", "4"]
 
 
 def test_readme_add_a_task_example_is_the_tested_plugin():

@@ -130,7 +130,7 @@ def test_slurm_settings_become_an_sbatch_array(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     settings = executors.executor_settings("slurm", CONFIGS / "slurm.yaml",
                                            {"partition": "gpu", "gpus_per_job": 4, "timeout_min": 90})
-    executor = executors._executor("slurm", tmp_path, settings, gpus=0)
+    executor = executors.get_executor("slurm").make(tmp_path / "jobs" / "%j", "lcdense-x", settings, task_per_gpu=True)
     script = executor._executor._make_submission_file_text("python -m submitit.core._submit x", "uid")
     for line in ("#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=4", "#SBATCH --ntasks-per-node=4",
                  "#SBATCH --time=90", "#SBATCH --nodes=1"):
@@ -161,10 +161,39 @@ def test_resubmission_skips_cells_whose_slurm_job_is_alive(tmp_path, monkeypatch
         "frozen__seed0": {"job_id": "11_0", "executor": "slurm", "submitted": "x"},
         "learnable__seed0": {"job_id": "11_1", "executor": "slurm", "submitted": "x"}}))
     states = {"11_0": "RUNNING", "11_1": "FAILED"}
-    monkeypatch.setattr(executors, "_slurm_state", lambda run_dir, job_id: states[job_id])
+    monkeypatch.setattr(executors.SlurmExecutor, "state", lambda self, run_dir, job_id: states[job_id])
     todo, notes = executors.cells_to_submit(tmp_path, specs, "slurm")
     assert [c.id for c in todo] == ["learnable__seed0"]
     assert notes == ["frozen__seed0: job 11_0 is running, not submitted again"]
+
+
+def test_unknown_executor_is_one_line_naming_the_known_ones(capsys):
+    assert main(["sweep", "--task", "toy", "--executor", "slrum"]) == 2
+    assert "invalid choice: 'slrum' (choose from 'debug', 'local', 'slurm')" in capsys.readouterr().err
+    with pytest.raises(Exception) as error:
+        executors.get_executor("slrum")
+    assert str(error.value) == "unknown executor 'slrum'; did you mean 'slurm'? Known: debug, local, slurm"
+
+
+def test_a_registered_executor_is_one_class(toy_installed, tmp_path, monkeypatch, capsys):
+    """A new executor (here: local processes, one job per cell) is one registered class: the
+    command line offers it and the sweep submits through it."""
+
+    class PerCell(executors.LocalExecutor):
+        summary = "percell (one local job per cell)"
+
+        def groups(self, cells):
+            return [[c.id] for c in cells]
+
+    monkeypatch.setitem(executors.EXECUTORS._objects, "percell", PerCell)
+    out = tmp_path / "runs"
+    assert main(["sweep", *TOY, "--variants", "learnable,frozen", "--out", str(out), "--name", "each",
+                 "--executor", "percell", "--set", "train.epochs=1"]) == 0
+    run_dir = out / "toy" / "each"
+    assert sorted(_cells(run_dir)) == ["frozen__seed0", "learnable__seed0"]
+    jobs = json.loads((run_dir / "jobs.json").read_text())
+    assert len({j["job_id"] for j in jobs.values()}) == 2 and {j["executor"] for j in jobs.values()} == {"percell"}
+    assert "2 to run on 'percell'" in capsys.readouterr().out
 
 
 def test_a_failed_job_is_explained_in_one_line():

@@ -5,6 +5,7 @@ runs a paper experiment from the registry (:mod:`lcdense.paper`). The top of the
 only the command line (:mod:`lcdense.commands`) sits above it.
 """
 from .benchmark import (
+                        AXIS_FLAGS,
                         SHORT_KEYS,
                         RunResult,
                         analyze,
@@ -18,5 +19,5 @@ from .benchmark import (
 )
 from .paper import experiment_settings, run_experiment, sweep_arguments
 
-__all__ = ["SHORT_KEYS", "RunResult", "analyze", "default_callbacks", "dry_run", "expand_settings", "experiment_settings",
+__all__ = ["AXIS_FLAGS", "SHORT_KEYS", "RunResult", "analyze", "default_callbacks", "dry_run", "expand_settings", "experiment_settings",
            "load", "report", "run", "run_experiment", "sweep", "sweep_arguments"]

@@ -46,6 +46,7 @@ from ..engine.runner import (
     load_run,
     new_run_dir,
     plan_cells,
+    resolve_axes,
     save_run_config,
     setup_world,
 )
@@ -57,6 +58,16 @@ from ..engine.variants import (
     parse_variants,
     sweep_point,
 )
+
+#: The sweep axes with a flag of their own on the command line (``--kernel-size 3,5`` is
+#: ``--axis kernel_size=3,5``; ``--axis`` takes any axis of a task), with the flag's help.
+AXIS_FLAGS: dict[str, str] = {
+    "width": "comma-separated widths (task-dependent, e.g. 16,32,64)",
+    "depth": "comma-separated depths (e.g. 20,56)",
+    "kernel_size": "comma-separated kernel sizes (e.g. 3,5,7)",
+    "init": "comma-separated spatial inits (e.g. kaiming_uniform,orthogonal)",
+    "mid": "comma-separated ops inside the LC-Block: none,relu,bn,bn_relu (appendix C)",
+}
 
 #: The CLI's flags as short setting names → their dotted config keys.
 SHORT_KEYS: dict[str, str] = {
@@ -141,12 +152,14 @@ def sweep(task: str | None = None, *, axes: dict[str, list[Any]] | None = None, 
           executor_config: str | os.PathLike | None = None, executor_settings: dict[str, Any] | None = None,
           wait: bool = False, callbacks: Iterable[Any] = (), **overrides: Any) -> RunResult:
     """A grid as one resumable run: E (an override, e.g. ``E=[1, 8, 64]``) × ``axes`` (e.g.
-    ``{"width": [16, 32]}``, ``{"init": [...]}``: the task's ``sweep_axes``).
+    ``{"width": [16, 32]}``, ``{"init": [...]}``: the task's ``sweep_axes`` and the runner's
+    ``init`` and ``mid``, see :func:`lcdense.engine.runner.sweep_axes`).
 
-    ``executor`` (``slurm``, ``local`` or ``debug``) makes every unfinished cell a submitit job
-    (settings from ``executor_config`` and ``executor_settings``, see :mod:`lcdense.engine.executors`);
-    local and debug jobs are waited for and reported, Slurm jobs only with ``wait=True`` (else
-    the result holds the cells finished so far and the submitted ``jobs``).
+    ``executor`` (``slurm``, ``local``, ``debug`` or a registered one) makes every unfinished cell
+    a submitit job (settings from ``executor_config`` and ``executor_settings``, see
+    :mod:`lcdense.engine.executors`); local and debug jobs are waited for and reported, Slurm jobs
+    (which outlive the command) only with ``wait=True`` (else the result holds the cells finished
+    so far and the submitted ``jobs``).
     """
     return _launch(task, config=config, resume=resume, axes=dict(axes or {}), ddp=ddp,
                    executor=(executor, executor_config, dict(executor_settings or {}), wait) if executor else None,
@@ -206,16 +219,6 @@ def _finish(run_dir: Path, config: dict[str, Any], plan: PlanRecord, callbacks: 
     return end
 
 
-def _axis_keys(task: Task, requested: dict[str, list[Any]]) -> dict[str, str]:
-    known = {"init": "conversion.init", "mid": "conversion.mid", **task.sweep_axes}
-    for axis, values in requested.items():
-        if axis not in known:
-            raise LcdenseError(f"task '{task.name}' cannot sweep '{axis}'; it can sweep: E, {', '.join(sorted(known))}")
-        if not values:
-            raise LcdenseError(f"sweep axis '{axis}' needs at least one value")
-    return {a: known[a] for a in requested}
-
-
 def _new_run(task_name: str | None, config_file: str | os.PathLike | None, axes: dict[str, list[Any]],
              overrides: dict[str, Any]) -> tuple[dict[str, Any], Task, list[CellSpec], dict[str, str]]:
     file_config = load_yaml(config_file) if config_file else {}
@@ -230,8 +233,8 @@ def _new_run(task_name: str | None, config_file: str | os.PathLike | None, axes:
     expansions = parse_expansions(config["run"]["E"])
     variants = parse_variants(config["run"]["variants"], expansions)
     seeds = parse_seeds(config["run"]["seeds"])
-    axis_keys = _axis_keys(task, axes)
-    return config, task, plan_cells(variants, seeds, axes), axis_keys
+    keys = resolve_axes(task, axes)
+    return config, task, plan_cells(variants, seeds, {axis: axes[axis] for axis in keys}), keys
 
 
 def _gpus_requested(device: str, ddp: int | None) -> tuple[int, ...]:
@@ -357,9 +360,9 @@ def _submit(task: Task, cfg: dict[str, Any], run_dir: Path, plan: PlanRecord, ce
                                  make_callbacks=default_callbacks, callbacks=callbacks) if todo else []
     print(executors.describe(submitted))
     jobs = {cell_id: str(job.job_id) for job, group in submitted for cell_id in group}
-    if name == "slurm" and not wait:
+    if executors.get_executor(name).outlives_command and not wait:
         print(f"lcdense: jobs write into {run.cells}; when they finish: lcdense report {run_dir}\n"
-              f"         re-submit missing or failed cells: lcdense sweep --resume {run_dir} --executor slurm")
+              f"         re-submit missing or failed cells: lcdense sweep --resume {run_dir} --executor {name}")
         return RunResult(run_dir, cfg, plan, read_cells(run_dir), None, jobs=jobs)
     failures = executors.wait(submitted)
     for line in failures:
@@ -374,5 +377,5 @@ def _submit(task: Task, cfg: dict[str, Any], run_dir: Path, plan: PlanRecord, ce
                      end.table if end else "", jobs=jobs)
 
 
-__all__ = ["SHORT_KEYS", "Callback", "RunResult", "analyze", "default_callbacks", "expand_settings", "load", "report",
+__all__ = ["AXIS_FLAGS", "SHORT_KEYS", "Callback", "RunResult", "analyze", "default_callbacks", "expand_settings", "load", "report",
            "run", "sweep"]

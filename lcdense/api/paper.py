@@ -26,9 +26,7 @@ import yaml
 from ..base.errors import LcdenseError
 from ..engine.variants import parse_seeds
 from ..paper.registry import SCALES, Experiment, find_recipe, get_experiment
-from .benchmark import RunResult
-
-AXIS_FLAGS = {"width": "--width", "depth": "--depth", "kernel_size": "--kernel-size", "init": "--init", "mid": "--mid"}
+from .benchmark import AXIS_FLAGS, RunResult
 
 
 def _sets(values: dict[str, Any]) -> list[str]:
@@ -40,8 +38,10 @@ def _sets(values: dict[str, Any]) -> list[str]:
     return out
 
 
-def _axis_text(axis: str, values: list[Any]) -> str:
-    return ",".join("none" if v is None and axis == "mid" else str(v) for v in values)
+def _axis_arguments(axis: str, values: list[Any]) -> list[str]:
+    """``lcdense sweep``'s arguments for one axis: its own flag where it has one, else ``--axis``."""
+    text = ",".join("none" if v is None and axis == "mid" else str(v) for v in values)
+    return [f"--{axis.replace('_', '-')}", text] if axis in AXIS_FLAGS else ["--axis", f"{axis}={text}"]
 
 
 def experiment_settings(experiment: Experiment, scale: str = "full", *, data: str | None = None,
@@ -82,7 +82,7 @@ def sweep_arguments(experiment: Experiment, scale: str = "full", *, data: str | 
     settings.pop("data.root", None)
     argv = ["--config", str(recipe), *_sets(settings)]
     for axis, values in axes.items():
-        argv += [AXIS_FLAGS[axis], _axis_text(axis, values)]
+        argv += _axis_arguments(axis, values)
     for flag, value in (("--data", data), ("--out", out), ("--name", run_name), ("--device", device)):
         if value is not None:
             argv += [flag, str(value)]

@@ -9,9 +9,13 @@
 Traceback (most recent call last):
 ...
 lcdense.base.errors.LcdenseError: unknown shape 'sqare'; did you mean 'square'? Known: square
+>>> _ = shapes.register("cube", lambda x: x ** 3)
+>>> [f(2) for f in shapes.values()]
+[4, 8]
 """
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from importlib.metadata import EntryPoint, entry_points
 from typing import Generic, TypeVar
@@ -33,6 +37,7 @@ class Registry(Generic[T]):
     def __init__(self, kind: str, group: str | None = None) -> None:
         self.kind, self.group = kind, group
         self._objects: dict[str, T] = {}
+        self._scanned: tuple[tuple[str, ...], list[EntryPoint]] | None = None
 
     def register(self, name: str, obj: T | None = None) -> Callable[[T], T] | T:
         """Register ``obj`` as ``name``; without ``obj``, return a decorator that registers its argument.
@@ -57,7 +62,9 @@ class Registry(Generic[T]):
     def _entry_points(self) -> dict[str, EntryPoint]:
         if self.group is None:
             return {}
-        return {ep.name: ep for ep in entry_points(group=self.group) if ep.name not in self._objects}
+        if self._scanned is None or self._scanned[0] != tuple(sys.path):  # scanned again when the path changes
+            self._scanned = (tuple(sys.path), list(entry_points(group=self.group)))
+        return {ep.name: ep for ep in self._scanned[1] if ep.name not in self._objects}
 
     def names(self) -> list[str]:
         """All registered names, sorted.
@@ -66,6 +73,12 @@ class Registry(Generic[T]):
             The names registered in code and in the entry-point group.
         """
         return sorted({*self._objects, *self._entry_points()})
+
+    def values(self) -> list[T]:
+        """Every object: those registered in code in the order they were, then the entry points' by name
+        (loading them)."""
+        listed = list(self._objects.values())
+        return listed + [self.get(name) for name in sorted(self._entry_points())]
 
     def get(self, name: str) -> T:
         """The object registered as ``name``, loading its entry point on first use.

@@ -7,7 +7,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..core.convert import MODES, convert
+from ..base.errors import LcdenseError
+from ..core.convert import MODES, block_modes, convert
 from ..core.inits import INITS
 from ..core.models import create_model
 from .common import parse_ints, positive_int
@@ -15,7 +16,7 @@ from .common import parse_ints, positive_int
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="torchvision or timm model name, e.g. resnet18, timm:resnet18d")
-    p.add_argument("--mode", choices=MODES, default="lc")
+    p.add_argument("--mode", choices=[m.name for m in MODES.values()], default="lc")
     p.add_argument("--E", type=positive_int, default=None, help="LC expansion (mode lc; default 1)")
     p.add_argument("--spatial", choices=("frozen", "learnable"), default="frozen", help="LC spatial bank")
     p.add_argument("--init", default="kaiming_uniform", help=f"spatial init: {', '.join(INITS)}")
@@ -28,11 +29,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     model = create_model(args.model, num_classes=args.num_classes)
-    kwargs = {"E": args.E or 1, "mid": args.mid} if args.mode == "lc" else {}
-    if args.mode != "lc" and (args.E is not None or args.mid is not None):
-        from ..base.errors import LcdenseError
-
-        raise LcdenseError(f"--E and --mid only apply to --mode lc (got --mode {args.mode})")
+    blocks = MODES.get(args.mode).blocks
+    kwargs = {"E": args.E or 1, "mid": args.mid} if blocks else {}
+    if not blocks and (args.E is not None or args.mid is not None):
+        raise LcdenseError(f"--E and --mid only apply to --mode {' or '.join(block_modes())} (got --mode {args.mode})")
     report = convert(model, args.mode, spatial=args.spatial, init=args.init, seed=args.seed,
                      input_size=args.input_size, **kwargs)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report)

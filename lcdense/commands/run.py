@@ -11,9 +11,10 @@ from typing import Any
 
 from ..api import SHORT_KEYS, dry_run
 from ..api import run as run_api
+from ..core.convert import variant_kinds
 from ..engine.config import parse_assignment
 from ..engine.task import list_tasks
-from ..engine.trackers import logger_names
+from ..engine.trackers import TRACKERS, logger_names
 from .common import positive_int
 
 #: Flags that become settings (their names are the API's short names, :data:`lcdense.api.SHORT_KEYS`).
@@ -25,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", help=f"task name (built in: {', '.join(list_tasks())})")
     p.add_argument("--config", help="YAML config (e.g. configs/classification/cifar10_resnet_lc_20_16.yaml)")
     p.add_argument("--E", help="LC expansion(s), e.g. 8 or 1,8,64")
-    p.add_argument("--variants", help="subset of learnable,frozen,lc-learnable,lc-frozen (or lc-frozen@E)")
+    p.add_argument("--variants", help=f"subset of {','.join(variant_kinds())} (or lc-frozen@E)")
     p.add_argument("--seeds", help="seeds, e.g. 0,1,2, or a count such as 3")
     p.add_argument("--epochs", type=positive_int)
     p.add_argument("--batch-size", type=positive_int)
@@ -47,7 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="per-epoch lines and the task framework's own output (ultralytics, pycocotools), "
                         "which otherwise only goes to cells/<id>/train.log")
     p.add_argument("--logger", action="append", default=[], metavar="NAME",
-                   help="stream to an experiment tracker: tensorboard, mlflow or wandb (repeat or comma-separate; "
+                   help=f"stream to an experiment tracker: {', '.join(TRACKERS.names())} (repeat or comma-separate; "
                         "each needs its extra, e.g. pip install \"lcdense[tensorboard]\"; run.loggers)")
     p.add_argument("--dry-run", action="store_true",
                    help="predict each cell's memory and FLOPs (fake tensors, nothing allocated or trained)")

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import argparse
 
+from ..engine.runner import sweep_axes
 from ..engine.task import get_task, list_tasks
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--verbose", "-v", action="store_true", help="also load each task and show its primary metric")
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="also load each task and show its primary metric and sweep axes")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -15,7 +17,8 @@ def run(args: argparse.Namespace) -> int:
         if args.verbose:
             task = get_task(name)
             direction = "higher" if task.higher_is_better else "lower"
-            print(f"{name:16s} primary metric: {task.primary_metric} ({direction} is better)")
+            print(f"{name:16s} primary metric: {task.primary_metric} ({direction} is better); "
+                  f"sweep axes: E, {', '.join(sweep_axes(task))}")
         else:
             print(name)
     return 0

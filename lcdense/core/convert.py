@@ -5,25 +5,34 @@
 >>> report = convert(model, "lc", E=4, spatial="frozen", input_size=(3, 32, 32))
 >>> report.counts()["lc"]
 17
+
+The conversion modes are one table, :data:`MODES` (a :class:`ConversionMode` each): what a mode
+does to a conv, the settings it takes, and the variant kinds it gives a run (``lc`` gives
+``lc-learnable`` and ``lc-frozen``, one per spatial bank). A new mode is one
+:func:`register_mode` call, or an entry of the ``lcdense.modes`` entry-point group
+(``[project.entry-points."lcdense.modes"] mymode = "mypkg:MY_MODE"``, a :class:`ConversionMode`);
+``convert``, the variants of a run and ``lcdense convert --mode`` read it.
+
+>>> [m.name for m in MODES.values()], list(variant_kinds())
+(['learnable', 'frozen', 'lc'], ['learnable', 'frozen', 'lc-learnable', 'lc-frozen'])
 """
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from ..base.errors import LcdenseError
+from ..base.registry import Registry
 from .accounting import count_parameters, trace_layers
 from .blocks import IMPLS, MIDS, LCConv, prefold
 from .inits import check_init, seeded_filters
 from .precondition import PreconditionedConv
 
-Mode = Literal["learnable", "frozen", "lc"]
-MODES: tuple[str, ...] = ("learnable", "frozen", "lc")
 HEAD_PATTERNS: tuple[str, ...] = ("head*", "*.head*", "classifier*", "*.classifier*", "segmentation_head*", "fc", "*.fc")
 _PLAIN_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 CONVERT_IMPLS: tuple[str, ...] = (*IMPLS, "preconditioned")
@@ -185,9 +194,114 @@ def _lc_block(module: nn.Module, name: str, *, E: int, spatial: str, init: str, 
     return block
 
 
-def _check_args(mode: str, E: int, spatial: str, init: str, mid: str | None, impl: str) -> None:
-    if mode not in MODES:
-        raise LcdenseError(f"unknown mode '{mode}'; use one of: {', '.join(MODES)}")
+#: The keyword settings of :func:`convert` a mode can take (the report lists those of its mode).
+Settings = dict[str, Any]
+
+
+def _always_supported(module: nn.Module) -> str:
+    return ""
+
+
+@dataclass(frozen=True)
+class ConversionMode:
+    """One conversion mode: what :func:`convert` does to each spatial conv it converts.
+
+    ``convert_layer(conv, name, settings)`` returns the conv's replacement (the conv itself,
+    changed in place, or a new module); ``action`` is what the report says it did. ``settings``
+    are the :func:`convert` keywords the mode reports, in that order. ``blocks``: it builds
+    LC-Blocks, so it takes ``E`` and ``mid`` and its variants carry an expansion (``lc-frozen@8``).
+    ``banks``: the spatial banks it trains, one variant kind ``<name>-<bank>`` each; none: one
+    variant kind, the mode's name. ``baseline``: the unchanged model the others are compared
+    with (an init sweep leaves its filters alone). ``unsupported(conv)`` says why a conv cannot
+    take the mode ('' if it can).
+    """
+
+    name: str
+    action: str
+    convert_layer: Callable[[nn.Module, str, Settings], nn.Module]
+    settings: tuple[str, ...] = ("init", "seed")
+    blocks: bool = False
+    banks: tuple[str, ...] = ()
+    baseline: bool = False
+    unsupported: Callable[[nn.Module], str] = _always_supported
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        """The settings only this mode takes (besides the init, seed and batch every mode gets)."""
+        return tuple(k for k in self.settings if k not in ("init", "seed", "batch_size"))
+
+
+MODES: Registry[ConversionMode] = Registry("mode", group="lcdense.modes")
+
+
+def register_mode(mode: ConversionMode) -> ConversionMode:
+    """Add ``mode`` to :data:`MODES` under its name; returns it.
+
+    Args:
+        mode: the new mode.
+
+    Returns:
+        ``mode``.
+    """
+    return MODES.register(mode.name, mode)
+
+
+def variant_kinds() -> dict[str, tuple[str, str | None]]:
+    """Every variant kind a run can train: kind → (its mode, its spatial bank or None), in the
+    order of :data:`MODES`.
+
+    Returns:
+        e.g. ``{"learnable": ("learnable", None), ..., "lc-frozen": ("lc", "frozen")}``.
+    """
+    kinds: dict[str, tuple[str, str | None]] = {}
+    for mode in MODES.values():
+        kinds.update({f"{mode.name}-{bank}": (mode.name, bank) for bank in mode.banks} if mode.banks
+                     else {mode.name: (mode.name, None)})
+    return kinds
+
+
+def _seeded_like(module: nn.Module, name: str, settings: Settings) -> torch.Tensor:
+    return seeded_filters(settings["init"], tuple(module.weight.shape), name=name, seed=settings["seed"],
+                          dtype=module.weight.dtype, device=module.weight.device)
+
+
+def _redraw(module: nn.Module, name: str, settings: Settings) -> nn.Module:
+    _replace_weight(module, _seeded_like(module, name, settings), frozen=False)
+    return module
+
+
+def _freeze(module: nn.Module, name: str, settings: Settings) -> nn.Module:
+    _replace_weight(module, _seeded_like(module, name, settings), frozen=True)
+    return module
+
+
+def _to_lc(module: nn.Module, name: str, settings: Settings) -> nn.Module:
+    impl = settings["impl"]
+    block = _lc_block(module, name, E=settings["E"], spatial=settings["spatial"], init=settings["init"],
+                      seed=settings["seed"], mid=settings["mid"], impl="fold" if impl == "preconditioned" else impl)
+    return PreconditionedConv.from_lc(block) if impl == "preconditioned" else block
+
+
+register_mode(ConversionMode("learnable", "reinit", _redraw, baseline=True))
+register_mode(ConversionMode("frozen", "frozen", _freeze))
+register_mode(ConversionMode("lc", "lc", _to_lc, ("E", "spatial", "init", "seed", "mid", "impl", "batch_size"),
+                             blocks=True, banks=("learnable", "frozen"), unsupported=_lc_unsupported))
+
+
+def block_modes() -> list[str]:
+    """The names of the modes that build LC-Blocks.
+
+    Returns:
+        e.g. ``["lc"]``.
+    """
+    return [m.name for m in MODES.values() if m.blocks]
+
+
+def _quoted(names: list[str]) -> str:
+    return " or ".join(f"'{n}'" for n in names)
+
+
+def _check_args(spec: ConversionMode, E: int, spatial: str, init: str, mid: str | None, impl: str) -> None:
     if isinstance(E, bool) or not isinstance(E, int) or E < 1:
         raise LcdenseError(f"E must be a positive integer, got {E!r}")
     if spatial not in ("frozen", "learnable"):
@@ -197,18 +311,18 @@ def _check_args(mode: str, E: int, spatial: str, init: str, mid: str | None, imp
         raise LcdenseError(f"unknown mid op '{mid}'; use one of: none, {', '.join(MIDS)}")
     if impl not in CONVERT_IMPLS:
         raise LcdenseError(f"unknown impl '{impl}'; use one of: {', '.join(CONVERT_IMPLS)}")
-    if impl == "preconditioned" and (mode != "lc" or spatial != "frozen" or mid is not None):
+    if impl == "preconditioned" and (not spec.blocks or spatial != "frozen" or mid is not None):
         raise LcdenseError(
-            "impl 'preconditioned' needs mode 'lc', spatial 'frozen' and no mid op "
-            f"(got mode '{mode}', spatial '{spatial}', mid {mid}); use impl 'auto' otherwise"
+            f"impl 'preconditioned' needs mode {_quoted(block_modes())}, spatial 'frozen' and no mid op "
+            f"(got mode '{spec.name}', spatial '{spatial}', mid {mid}); use impl 'auto' otherwise"
         )
-    if mode != "lc" and (E != 1 or mid is not None):
-        raise LcdenseError(f"E and mid only apply to mode 'lc' (got mode '{mode}')")
+    if not spec.blocks and (E != 1 or mid is not None):
+        raise LcdenseError(f"E and mid only apply to mode {_quoted(block_modes())} (got mode '{spec.name}')")
 
 
 def convert(
     model: nn.Module,
-    mode: Mode,
+    mode: str,
     *,
     E: int = 1,
     spatial: Literal["frozen", "learnable"] = "frozen",
@@ -228,6 +342,7 @@ def convert(
     """Convert every spatial conv of ``model`` in place and report what changed.
 
     Every touched conv gets seeded filters from ``init``, so the variants of a model share them.
+More modes can be registered (:data:`MODES`, :func:`register_mode`).
     The converted model is ``report.model`` (the same object unless ``model`` is itself a conv);
     with LC-Blocks, it carries :func:`lcdense.core.blocks.prefold` as a forward pre-hook.
 
@@ -265,12 +380,12 @@ def convert(
         LcdenseError: An unknown ``mode``, ``init``, ``mid`` or ``impl``, ``E`` < 1, or ``E``,
             ``mid`` or ``impl="preconditioned"`` where they do not apply.
     """
-    _check_args(mode, E, spatial, init, mid, impl)
+    spec = MODES.get(mode)
+    _check_args(spec, E, spatial, init, mid, impl)
+    given = {"E": E, "spatial": spatial, "init": init, "seed": seed, "mid": mid, "impl": impl, "batch_size": batch_size}
     report = ConversionReport(
         mode=mode,
-        settings={"E": E, "spatial": spatial, "init": init, "seed": seed, "mid": mid, "impl": impl,
-                  "batch_size": batch_size}
-        if mode == "lc" else {"init": init, "seed": seed},
+        settings={key: given[key] for key in spec.settings},
         params_before=count_parameters(model),
         input_size=tuple(input_size) if input_size else None,
     )
@@ -289,24 +404,17 @@ def convert(
             record.reason = "stem excluded (stem=False)"
         elif not head and _matches(name, head_patterns):
             record.reason = "head excluded (head=False)"
-        elif mode == "lc" and (why := _lc_unsupported(module)):
+        elif why := spec.unsupported(module):
             record.reason = why
-        elif mode == "lc":
-            block = _lc_block(module, name, E=E, spatial=spatial, init=init, seed=seed, mid=mid,
-                              impl="fold" if impl == "preconditioned" else impl)
-            if impl == "preconditioned":
-                block = PreconditionedConv.from_lc(block)
-                record.impl = impl
-            if name:
-                _set_module(model, name, block)
-            else:
-                model = block
-            record.action = "lc"
         else:
-            weight = seeded_filters(init, shape, name=name, seed=seed, dtype=module.weight.dtype,
-                                    device=module.weight.device)
-            _replace_weight(module, weight, frozen=mode == "frozen")
-            record.action = "reinit" if mode == "learnable" else "frozen"
+            new = spec.convert_layer(module, name, given)
+            if isinstance(new, PreconditionedConv):
+                record.impl = "preconditioned"
+            if new is not module and name:
+                _set_module(model, name, new)
+            elif new is not module:
+                model = new
+            record.action = spec.action
     has_lc = any(isinstance(m, LCConv) for m in model.modules())
     if has_lc and prefold not in model._forward_pre_hooks.values():
         model.register_forward_pre_hook(prefold)
@@ -321,4 +429,5 @@ def convert(
     return report
 
 
-__all__ = ["convert", "ConversionReport", "LayerRecord", "is_spatial_conv", "MODES", "HEAD_PATTERNS"]
+__all__ = ["MODES", "ConversionMode", "ConversionReport", "HEAD_PATTERNS", "LayerRecord", "block_modes", "convert",
+           "is_spatial_conv", "register_mode", "variant_kinds"]

@@ -13,6 +13,12 @@ queued or running already. ``lcdense report RUN_DIR`` assembles whatever has fin
   turn; on a CPU-only machine one job runs them all.
 - ``debug``: submitit's in-process executor (what the tests use).
 
+Each is an :class:`Executor` subclass in :data:`EXECUTORS`, which says how its jobs are made,
+how cells are grouped into jobs, whether jobs outlive the command, and its default settings.
+Another package adds one through the ``lcdense.executors`` entry-point group
+(``[project.entry-points."lcdense.executors"] mine = "mypkg:MyExecutor"``); ``--executor mine``
+then submits to it.
+
 >>> settings = executor_settings("slurm", None, {"partition": "gpu", "gpus_per_job": 4})
 >>> settings["partition"], settings["gpus_per_job"], settings["timeout_min"]
 ('gpu', 4, 720)
@@ -25,16 +31,16 @@ import re
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from ..base.errors import LcdenseError, require_extra, unknown_name
+from ..base.errors import LcdenseError, require_extra
 from ..base.files import write_json
+from ..base.registry import Registry
 from .config import load_yaml
 from .distributed import visible_gpus
 from .rundir import RunDir
 from .variants import CellSpec
 
-EXECUTORS: tuple[str, ...] = ("local", "slurm", "debug")
 #: Every setting an executor config may hold, with its default.
 DEFAULTS: dict[str, Any] = {
     "timeout_min": 720,          # per job (one cell)
@@ -51,15 +57,171 @@ DEFAULTS: dict[str, Any] = {
 LIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED"}
 
 
+class Executor:
+    """Base class of an executor: how the cells of a run become submitit jobs.
+
+    By default one job per cell, submitted as one array, and waited for by the command.
+    """
+
+    #: What ``--executor NAME`` does, for the command's help.
+    summary: ClassVar[str]
+    #: Settings that differ from :data:`DEFAULTS` for this executor.
+    defaults: ClassVar[dict[str, Any]] = {}
+    #: Whether its jobs may still run when the command returns (then they are not waited for,
+    #: and a resubmission skips the cells of live jobs).
+    outlives_command: ClassVar[bool] = False
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def make(self, folder: Path, job_name: str, settings: dict[str, Any], task_per_gpu: bool) -> Any:
+        """The submitit executor writing its logs into ``folder``.
+
+        Args:
+            folder: the jobs' log folder (``RUN_DIR/jobs/%j``).
+            job_name: the name of the jobs.
+            settings: the executor settings (:func:`executor_settings`).
+            task_per_gpu: one task (rank) per GPU of a job, or one task that launches its own workers.
+
+        Returns:
+            A configured ``submitit.Executor``.
+        """
+        raise NotImplementedError
+
+    def groups(self, cells: list[CellSpec]) -> list[list[str]]:
+        """The cell ids each job runs: one job per cell.
+
+        Args:
+            cells: the cells to run.
+
+        Returns:
+            One list of cell ids per job.
+        """
+        return [[c.id] for c in cells]
+
+    def launch(self, executor: Any, groups: list[list[str]], job_args: Callable[[list[str]], tuple]) -> list[Any]:
+        """Submit one job per group, each calling :func:`run_cells_job` with ``job_args(group)``: a job array.
+
+        Args:
+            executor: what :meth:`make` built.
+            groups: what :meth:`groups` returned.
+            job_args: the arguments of the job of a group.
+
+        Returns:
+            The submitit jobs, one per group.
+        """
+        return executor.map_array(run_cells_job, *zip(*(job_args(group) for group in groups)))
+
+    def state(self, run_dir: Path, job_id: str) -> str:
+        """The scheduler's state of a job (one of :data:`LIVE_STATES` while it lives); '' if unknown."""
+        return ""
+
+
+EXECUTORS: Registry[type[Executor]] = Registry("executor", group="lcdense.executors")
+
+
+def get_executor(name: str) -> Executor:
+    """The executor registered as ``name``; an unknown name is one line listing the known ones.
+
+    Args:
+        name: e.g. ``slurm``.
+
+    Returns:
+        An instance of its :class:`Executor` class.
+    """
+    return EXECUTORS.get(name)(name)
+
+
+@EXECUTORS.register("slurm")
+class SlurmExecutor(Executor):
+    """One job per cell, as one Slurm job array; several GPUs per job train the cell data-parallel."""
+
+    summary = "slurm (a job array)"
+    outlives_command = True
+
+    def make(self, folder: Path, job_name: str, settings: dict[str, Any], task_per_gpu: bool) -> Any:
+        import submitit
+
+        executor = submitit.AutoExecutor(folder, cluster="slurm")
+        per_job = int(settings["gpus_per_job"])
+        tasks = per_job if task_per_gpu else 1  # one rank per GPU, or one process that launches its own workers
+        params: dict[str, Any] = dict(
+            timeout_min=int(settings["timeout_min"]), name=job_name, gpus_per_node=per_job, tasks_per_node=tasks,
+            nodes=1, cpus_per_task=int(settings["cpus_per_gpu"]) * per_job // tasks,
+            mem_gb=float(settings["mem_gb_per_gpu"]) * per_job,
+            slurm_array_parallelism=int(settings["array_parallelism"]), slurm_setup=list(settings["setup"]),
+            slurm_srun_args=["--kill-on-bad-exit=1"])  # one failing rank ends the job, no hang
+        for key in ("partition", "account", "qos", "constraint"):
+            if settings[key]:
+                params[f"slurm_{key}"] = settings[key]
+        executor.update_parameters(**params)
+        return executor
+
+    def state(self, run_dir: Path, job_id: str) -> str:
+        import submitit
+
+        return submitit.SlurmJob(folder=RunDir(run_dir).jobs, job_id=job_id).state
+
+
+@EXECUTORS.register("local")
+class LocalExecutor(Executor):
+    """Jobs on this machine: one per visible GPU (one on CPU), each running every n-th cell in turn."""
+
+    summary = "local (one job per visible GPU; one on CPU)"
+    defaults = {"timeout_min": 10080}  # a local job runs all its cells in turn: a week
+
+    def make(self, folder: Path, job_name: str, settings: dict[str, Any], task_per_gpu: bool) -> Any:
+        import submitit
+
+        executor = submitit.LocalExecutor(folder)  # it takes no job name
+        executor.update_parameters(timeout_min=int(settings["timeout_min"]), gpus_per_node=min(visible_gpus(), 1),
+                                   tasks_per_node=1)
+        return executor
+
+    def groups(self, cells: list[CellSpec]) -> list[list[str]]:
+        slots = min(max(visible_gpus(), 1), len(cells))
+        return [[c.id for c in cells[k::slots]] for k in range(slots)]
+
+    def launch(self, executor: Any, groups: list[list[str]], job_args: Callable[[list[str]], tuple]) -> list[Any]:
+        if not visible_gpus():
+            return super().launch(executor, groups, job_args)
+        jobs = []
+        for k, group in enumerate(groups):  # job k sees GPU k only
+            executor.update_parameters(visible_gpus=(k,))
+            jobs.append(executor.submit(run_cells_job, *job_args(group)))
+        return jobs
+
+
+@EXECUTORS.register("debug")
+class DebugExecutor(Executor):
+    """submitit's in-process executor: one job per cell, run by this process (what the tests use)."""
+
+    summary = "debug (in-process)"
+
+    def make(self, folder: Path, job_name: str, settings: dict[str, Any], task_per_gpu: bool) -> Any:
+        import submitit
+
+        executor = submitit.AutoExecutor(folder, cluster="debug")
+        executor.update_parameters(timeout_min=int(settings["timeout_min"]), name=job_name)
+        return executor
+
+
 def executor_settings(name: str, config_file: str | Path | None, overrides: dict[str, Any]) -> dict[str, Any]:
-    """Settings of executor ``name``: :data:`DEFAULTS` ← ``config_file`` (YAML) ← ``overrides`` (not None)."""
-    if name not in EXECUTORS:
-        raise unknown_name("executor", name, EXECUTORS)
+    """Settings of executor ``name``: :data:`DEFAULTS` ← its own defaults ← ``config_file`` (YAML) ←
+    ``overrides`` (not None).
+
+    Args:
+        name: a registered executor.
+        config_file: a YAML file of settings, or None.
+        overrides: settings from the command line (None: not given).
+
+    Returns:
+        Every setting of :data:`DEFAULTS`, resolved.
+    """
+    kind = get_executor(name)
     require_extra("cluster", "submitit", what=f"--executor {name}")
     file_settings = load_yaml(config_file) if config_file else {}
-    settings = dict(DEFAULTS)
-    if name == "local":
-        settings["timeout_min"] = 10080  # a local job runs all its cells in turn: a week
+    settings = {**DEFAULTS, **kind.defaults}
     for key, value in {**file_settings, **{k: v for k, v in overrides.items() if v is not None}}.items():
         if key not in DEFAULTS:
             raise LcdenseError(f"unknown executor setting '{key}' in {config_file}; known: {', '.join(sorted(DEFAULTS))}")
@@ -103,57 +265,32 @@ def submitted_jobs(run_dir: Path) -> dict[str, dict[str, Any]]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _slurm_state(run_dir: Path, job_id: str) -> str:
-    import submitit
-
-    return submitit.SlurmJob(folder=RunDir(run_dir).jobs, job_id=job_id).state
-
-
 def cells_to_submit(run_dir: Path, pending: list[CellSpec], executor: str) -> tuple[list[CellSpec], list[str]]:
     """The unfinished cells without a live job, and a note for each cell skipped as queued/running.
 
-    Only Slurm jobs can outlive the submitting command; local and debug jobs are waited for.
+    Only the jobs of an executor that :attr:`~Executor.outlives_command` (Slurm) can still be
+    live; the others' jobs were waited for.
+
+    Args:
+        run_dir: the run directory.
+        pending: its unfinished cells.
+        executor: the executor's name.
+
+    Returns:
+        The cells to submit, and the notes.
     """
-    if executor != "slurm":
+    kind = get_executor(executor)
+    if not kind.outlives_command:
         return pending, []
     jobs, todo, notes = submitted_jobs(run_dir), [], []
     for spec in pending:
         job = jobs.get(spec.id)
-        state = _slurm_state(run_dir, job["job_id"]) if job and job["executor"] == "slurm" else ""
+        state = kind.state(run_dir, job["job_id"]) if job and job["executor"] == executor else ""
         if state in LIVE_STATES:
             notes.append(f"{spec.id}: job {job['job_id']} is {state.lower()}, not submitted again")
         else:
             todo.append(spec)
     return todo, notes
-
-
-def _executor(name: str, run_dir: Path, settings: dict[str, Any], gpus: int, task_per_gpu: bool = True):
-    import submitit
-
-    try:
-        folder = RunDir(run_dir).job_folder
-        executor = submitit.LocalExecutor(folder) if name == "local" else submitit.AutoExecutor(folder, cluster=name)
-    except RuntimeError as exc:  # submitit: no srun on this machine
-        raise LcdenseError(f"cannot use the {name} executor here ({exc}); submit from a Slurm login node, "
-                           "or use --executor local") from None
-    per_job = int(settings["gpus_per_job"]) if name == "slurm" else min(gpus, 1)
-    params: dict[str, Any] = {"timeout_min": int(settings["timeout_min"])}
-    if name != "local":  # submitit's LocalExecutor takes no job name
-        params["name"] = f"lcdense-{run_dir.name}"
-    if name == "slurm":
-        tasks = per_job if task_per_gpu else 1  # one rank per GPU, or one process that launches its own workers
-        params.update(gpus_per_node=per_job, tasks_per_node=tasks, nodes=1,
-                      cpus_per_task=int(settings["cpus_per_gpu"]) * per_job // tasks,
-                      mem_gb=float(settings["mem_gb_per_gpu"]) * per_job,
-                      slurm_array_parallelism=int(settings["array_parallelism"]), slurm_setup=list(settings["setup"]),
-                      slurm_srun_args=["--kill-on-bad-exit=1"])  # one failing rank ends the job, no hang
-        for key in ("partition", "account", "qos", "constraint"):
-            if settings[key]:
-                params[f"slurm_{key}"] = settings[key]
-    elif name == "local":
-        params.update(gpus_per_node=per_job, tasks_per_node=1)
-    executor.update_parameters(**params)
-    return executor
 
 
 def submit(run_dir: Path, cells: list[CellSpec], cache_dir: Path, name: str, settings: dict[str, Any],
@@ -163,27 +300,23 @@ def submit(run_dir: Path, cells: list[CellSpec], cache_dir: Path, name: str, set
     Each job builds its callbacks with ``make_callbacks(config)`` (a module-level function, pickled
     by reference) and adds ``callbacks``.
 
-    Slurm: one job per cell (a job array); with several GPUs per job, one task (rank) per GPU, or
-    one task if the task launches its own workers (``task_per_gpu=False``). Local: one job per
-    visible GPU (one on CPU), each running its share of the cells in turn. Debug: one in-process
-    job per cell.
+    The executor groups the cells into jobs (:meth:`Executor.groups`): Slurm one job per cell (a
+    job array), with several GPUs per job one task (rank) per GPU, or one task if the task
+    launches its own workers (``task_per_gpu=False``); local one job per visible GPU (one on CPU),
+    each running its share of the cells in turn; debug one in-process job per cell.
+
+    Returns:
+        (job, its cell ids) per job.
     """
-    gpus = visible_gpus() if name == "local" else 0
-    if name == "local":  # one job per GPU (one on CPU), each taking every n-th cell
-        slots = min(max(gpus, 1), len(cells))
-        groups = [[c.id for c in cells[k::slots]] for k in range(slots)]
-    else:
-        groups = [[c.id] for c in cells]
-    executor = _executor(name, run_dir, settings, gpus, task_per_gpu)
+    kind = get_executor(name)
+    groups = kind.groups(cells)
+    try:
+        executor = kind.make(RunDir(run_dir).job_folder, f"lcdense-{run_dir.name}", settings, task_per_gpu)
+    except RuntimeError as exc:  # submitit: no srun on this machine
+        raise LcdenseError(f"cannot use the {name} executor here ({exc}); submit from a Slurm login node, "
+                           "or use --executor local") from None
     run_arg, cache_arg = str(run_dir.resolve()), str(cache_dir.resolve())
-    if name == "local" and gpus:
-        jobs = []
-        for k, group in enumerate(groups):
-            executor.update_parameters(visible_gpus=(k,))
-            jobs.append(executor.submit(run_cells_job, run_arg, group, cache_arg, make_callbacks, list(callbacks)))
-    else:
-        jobs = executor.map_array(run_cells_job, [run_arg] * len(groups), groups, [cache_arg] * len(groups),
-                                  [make_callbacks] * len(groups), [list(callbacks)] * len(groups))
+    jobs = kind.launch(executor, groups, lambda group: (run_arg, group, cache_arg, make_callbacks, list(callbacks)))
     stamp = datetime.now().isoformat(timespec="seconds")
     record = submitted_jobs(run_dir)
     for job, group in zip(jobs, groups):
@@ -225,6 +358,6 @@ def describe(submitted: list[Any]) -> str:
     return "\n".join(f"  job {job.job_id}: {', '.join(group)}" for job, group in submitted) or "  (none)"
 
 
-__all__ = ["EXECUTORS", "cells_to_submit", "describe", "executor_settings", "run_cells_job", "submit",
-           "submitted_jobs", "wait"]
+__all__ = ["EXECUTORS", "DebugExecutor", "Executor", "LocalExecutor", "SlurmExecutor", "cells_to_submit", "describe",
+           "executor_settings", "get_executor", "run_cells_job", "submit", "submitted_jobs", "wait"]
 

@@ -65,6 +65,46 @@ def plan_cells(variants: list[Variant], seeds: list[int], axes: dict[str, list[A
     return [CellSpec(v, seed, point) for seed in seeds for point in points for v in variants]
 
 
+#: The sweep axes of every task, the runner's own: axis → the config key it sets.
+RUNNER_AXES: dict[str, str] = {"init": "conversion.init", "mid": "conversion.mid"}
+
+
+def sweep_axes(task: Task) -> dict[str, str]:
+    """Every axis ``task`` can be swept along besides E: its own ``sweep_axes``, then the runner's.
+
+    >>> list(sweep_axes(get_task("classification")))
+    ['width', 'depth', 'kernel_size', 'init', 'mid']
+
+    Args:
+        task: the task.
+
+    Returns:
+        Axis name → the dotted config key a value of it sets.
+    """
+    return {**task.sweep_axes, **RUNNER_AXES}
+
+
+def resolve_axes(task: Task, requested: dict[str, list[Any]]) -> dict[str, str]:
+    """The config key of each requested axis, in the order of :func:`sweep_axes` (so a grid's cell
+    ids do not depend on the order its axes were given in). An axis the task cannot sweep, or one
+    without values, is a one-line error naming the task's axes.
+
+    Args:
+        task: the task.
+        requested: axis → its values.
+
+    Returns:
+        Axis → dotted config key, for the requested axes.
+    """
+    known = sweep_axes(task)
+    for axis, values in requested.items():
+        if axis not in known:
+            raise LcdenseError(f"task '{task.name}' cannot sweep '{axis}'; it can sweep: E, {', '.join(sorted(known))}")
+        if not values:
+            raise LcdenseError(f"sweep axis '{axis}' needs at least one value")
+    return {axis: key for axis, key in known.items() if axis in requested}
+
+
 def gpu_list(name: str) -> tuple[int, ...]:
     """The GPUs of a device list such as ``0,1,2,3`` (empty for a single device)."""
     parts = [p.strip() for p in name.split(",") if p.strip()]
@@ -130,13 +170,14 @@ def cell_init(cfg: dict[str, Any], variant: Variant) -> str:
     >>> cell_init(cfg, Variant("learnable")), cell_init(cfg, Variant("frozen"))
     ('kaiming_uniform', 'orthogonal')
     """
-    if variant.mode == "learnable":
+    if variant.spec.baseline:
         return cfg["run"].get("baseline_init", "kaiming_uniform")  # runs made before the key existed
     return cfg["conversion"]["init"]
 
 
 def converter(cfg: dict[str, Any], spec: CellSpec, task: Task) -> Callable[[torch.nn.Module], ConversionReport]:
-    """The conversion of ``spec``'s variant, seeded with the cell's init seed."""
+    """The conversion of ``spec``'s variant, seeded with the cell's init seed. The settings only
+    its mode takes come from the variant (``E``, ``spatial``) or else from ``conversion.<setting>``."""
     conv = cfg["conversion"]
     variant = spec.variant
     kwargs: dict[str, Any] = {
@@ -144,8 +185,8 @@ def converter(cfg: dict[str, Any], spec: CellSpec, task: Task) -> Callable[[torc
         "stem": conv["stem"], "head": conv["head"],
         "input_size": task.input_size(cfg), "batch_size": int(cfg["train"].get("batch_size", 1)),
     }
-    if variant.mode == "lc":
-        kwargs.update(E=variant.E, spatial=variant.spatial, mid=conv["mid"], impl=conv["impl"])
+    from_variant = {"E": variant.E, "spatial": variant.spatial}
+    kwargs.update({key: from_variant[key] if key in from_variant else conv[key] for key in variant.spec.options})
     return lambda model: convert(model, variant.mode, **kwargs)
 
 
@@ -158,10 +199,10 @@ def check_before_training(task: Task, config: dict[str, Any], cells: list[CellSp
     if config["run"].get("quiet") and config["run"].get("verbose"):
         raise LcdenseError("--quiet and --verbose contradict each other; pick one")
     preconditioned = config["conversion"]["impl"] == "preconditioned"
-    if preconditioned and (config["conversion"]["mid"] or any(c.variant.kind == "lc-learnable" for c in cells)):
+    if preconditioned and (config["conversion"]["mid"] or any(c.variant.spatial == "learnable" for c in cells)):
         raise LcdenseError("conversion.impl 'preconditioned' needs a frozen bank and no mid op: it cannot train "
                            "lc-learnable cells or conversion.mid; run those with conversion.impl=auto")
-    if preconditioned and any(c.variant.kind == "lc-frozen" for c in cells):
+    if preconditioned and any(c.variant.spatial == "frozen" for c in cells):
         reason = task.preconditioned_inexact(config)
         if reason:
             raise LcdenseError(f"conversion.impl 'preconditioned' is exact only under plain SGD without gradient "
@@ -193,7 +234,7 @@ def run_cell(task: Task, data: Any, config: dict[str, Any], spec: CellSpec, run:
     convert_fn = converter(cfg, spec, task)
     torch.manual_seed(spec.seed)
     model = task.build_model(cfg, data)
-    lc = spec.variant.mode == "lc"  # refused here, before the conversion builds the banks:
+    lc = spec.variant.spec.blocks  # refused here, before the conversion builds the banks:
     predicted = check_cell(model, task.footprint(cfg), cfg, convert_fn, device, name=spec.id, expansion=spec.variant.E if lc else None,
                            spatial=spec.variant.spatial if lc else None, ranks=max(world.size, len(gpus) or 1))
     report = convert_fn(model)

@@ -14,10 +14,15 @@ configured a remote:
 - ``wandb``: offline runs in ``RUN_DIR/wandb/`` (``wandb sync`` uploads them later), unless
   ``WANDB_MODE`` says otherwise; project ``WANDB_PROJECT`` (default ``lcdense``), group = the run.
 
+Every tracker is a class in :data:`TRACKERS` that names the extra installing it and the modules
+it needs. Another package adds one through the ``lcdense.trackers`` entry-point group
+(``[project.entry-points."lcdense.trackers"] mine = "mypkg:MyTracker"``, a :class:`Tracker`
+subclass); ``--logger mine`` then turns it on.
+
 >>> check_loggers("nope")
 Traceback (most recent call last):
 ...
-lcdense.base.errors.LcdenseError: unknown logger 'nope'; use tensorboard, mlflow or wandb
+lcdense.base.errors.LcdenseError: unknown logger 'nope'; Known: mlflow, tensorboard, wandb
 >>> flat({"train": {"lr": 0.1, "epochs": 2}, "run": {"E": [8]}})
 {'train.lr': 0.1, 'train.epochs': 2, 'run.E': '[8]'}
 """
@@ -27,13 +32,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..base.errors import LcdenseError, require_extra
+from typing import ClassVar
+
+from ..base.errors import require_extra
+from ..base.registry import Registry
 from .events import Callback, CellEnd, CellStart, EpochEnd, RunEnd, RunStart
 from .rundir import RunDir
 
-#: Logger name → (the extra that installs it, the module it needs).
-LOGGERS: dict[str, tuple[str, str]] = {"tensorboard": ("tensorboard", "tensorboard"),
-                                       "mlflow": ("mlflow", "mlflow"), "wandb": ("wandb", "wandb")}
+#: Tracker name (``--logger NAME``) → its :class:`Tracker` class.
+TRACKERS: Registry[type[Tracker]] = Registry("logger", group="lcdense.trackers")
 
 
 def logger_names(value: Any) -> list[str]:
@@ -43,20 +50,31 @@ def logger_names(value: Any) -> list[str]:
 
 
 def check_loggers(value: Any) -> list[str]:
-    """The requested loggers, refused (one line) if unknown or if their extra is missing."""
+    """The requested loggers, refused (one line) if unknown or if their extra is missing.
+
+    Args:
+        value: ``run.loggers`` (a list of names or a comma-separated string).
+
+    Returns:
+        The names, in order.
+    """
     names = logger_names(value)
     for name in names:
-        if name not in LOGGERS:
-            raise LcdenseError(f"unknown logger '{name}'; use {', '.join(list(LOGGERS)[:-1])} or {list(LOGGERS)[-1]}")
-        extra, module = LOGGERS[name]
-        require_extra(extra, module, what=f"--logger {name}")
+        tracker = TRACKERS.get(name)
+        require_extra(tracker.extra, *tracker.modules, what=f"--logger {name}")
     return names
 
 
 def make_loggers(config: dict[str, Any]) -> list[Callback]:
-    """The tracker callbacks that ``config["run"]["loggers"]`` asks for."""
-    kinds = {"tensorboard": TensorBoardLogger, "mlflow": MLflowLogger, "wandb": WandbLogger}
-    return [kinds[name]() for name in check_loggers(config["run"].get("loggers"))]
+    """The tracker callbacks that ``config["run"]["loggers"]`` asks for.
+
+    Args:
+        config: the run's config.
+
+    Returns:
+        One new tracker per name in ``run.loggers``.
+    """
+    return [TRACKERS.get(name)() for name in check_loggers(config["run"].get("loggers"))]
 
 
 def flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -102,10 +120,14 @@ def epoch_numbers(event: EpochEnd) -> dict[str, float]:
     return {k: v for k, v in numbers(event.metrics).items() if k != "epoch"}
 
 
-class _Tracker(Callback):
-    """Shared state: the run directory, its config and plan. A tracker attaches to the run at its
-    first event (run start; in a cluster job, which runs cells only, its first cell's start; the
-    report of finished jobs, at run end)."""
+class Tracker(Callback):
+    """Base class of a tracker: the run directory, its config and plan. A tracker attaches to the
+    run at its first event (run start; in a cluster job, which runs cells only, its first cell's
+    start; the report of finished jobs, at run end). ``extra`` and ``modules``: the extra that
+    installs what it needs, and the modules checked before a run starts."""
+
+    extra: ClassVar[str]
+    modules: ClassVar[tuple[str, ...]]
 
     def __init__(self) -> None:
         self.run_dir: Path | None = None
@@ -154,8 +176,12 @@ class _Tracker(Callback):
                 "cell.seed": event.cell.seed}
 
 
-class TensorBoardLogger(_Tracker):
+@TRACKERS.register("tensorboard")
+class TensorBoardLogger(Tracker):
     """``--logger tensorboard``: one event-file directory per cell, and one for the gap table."""
+
+    extra = "tensorboard"
+    modules = ("tensorboard",)
 
     def __init__(self) -> None:
         super().__init__()
@@ -203,8 +229,12 @@ class TensorBoardLogger(_Tracker):
         self.writers.pop("gaps")
 
 
-class MLflowLogger(_Tracker):
+@TRACKERS.register("mlflow")
+class MLflowLogger(Tracker):
     """``--logger mlflow``: a parent MLflow run per run directory, a child run per cell."""
+
+    extra = "mlflow"
+    modules = ("mlflow",)
 
     def __init__(self) -> None:
         super().__init__()
@@ -274,9 +304,13 @@ def _millis() -> int:
     return int(time.time() * 1000)
 
 
-class WandbLogger(_Tracker):
+@TRACKERS.register("wandb")
+class WandbLogger(Tracker):
     """``--logger wandb``: one W&B run per cell (offline unless ``WANDB_MODE`` is set), grouped by
     run directory, and one ``gaps`` run with the gap table."""
+
+    extra = "wandb"
+    modules = ("wandb",)
 
     def __init__(self) -> None:
         super().__init__()
@@ -316,5 +350,5 @@ class WandbLogger(_Tracker):
         run.finish()
 
 
-__all__ = ["LOGGERS", "MLflowLogger", "TensorBoardLogger", "WandbLogger", "check_loggers", "logger_names",
+__all__ = ["TRACKERS", "MLflowLogger", "TensorBoardLogger", "Tracker", "WandbLogger", "check_loggers", "logger_names",
            "make_loggers"]

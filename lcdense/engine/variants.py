@@ -1,7 +1,8 @@
 """Variants and cells: what a run trains.
 
 A variant is one of ``learnable`` (the unchanged baseline), ``frozen`` (spatial convs frozen
-random), ``lc-learnable@E`` and ``lc-frozen@E``. A cell is a variant at one seed and one point of
+random), ``lc-learnable@E`` and ``lc-frozen@E``: a variant kind of a conversion mode
+(:func:`lcdense.core.convert.variant_kinds`), with an expansion E if the mode builds LC-Blocks. A cell is a variant at one seed and one point of
 a sweep grid.
 
 >>> [v.name for v in parse_variants(["learnable", "lc-frozen"], [8, 32])]
@@ -14,14 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..base.errors import LcdenseError
-
-KINDS: dict[str, tuple[str, str | None]] = {
-    "learnable": ("learnable", None),
-    "frozen": ("frozen", None),
-    "lc-learnable": ("lc", "learnable"),
-    "lc-frozen": ("lc", "frozen"),
-}
+from ..base.errors import LcdenseError, unknown_name
+from ..core.convert import MODES, ConversionMode, variant_kinds
 
 
 @dataclass(frozen=True)
@@ -37,21 +32,27 @@ class Variant:
 
     @property
     def mode(self) -> str:
-        return KINDS[self.kind][0]
+        """The conversion mode (``lc`` for ``lc-frozen``)."""
+        return variant_kinds()[self.kind][0]
 
     @property
     def spatial(self) -> str | None:
-        return KINDS[self.kind][1]
+        """The spatial bank of an LC variant (``frozen`` for ``lc-frozen``), else None."""
+        return variant_kinds()[self.kind][1]
+
+    @property
+    def spec(self) -> ConversionMode:
+        """The conversion mode's entry in :data:`lcdense.core.convert.MODES`."""
+        return MODES.get(self.mode)
 
     @classmethod
     def parse(cls, text: str, default_E: int | None = None) -> Variant:
         """``lc-frozen@8`` → Variant("lc-frozen", 8); ``lc-frozen`` takes ``default_E``."""
         kind, _, e_text = text.strip().partition("@")
-        if kind not in KINDS:
-            from ..base.errors import unknown_name
-
-            raise unknown_name("variant", kind, KINDS)
-        if KINDS[kind][0] != "lc":
+        kinds = variant_kinds()
+        if kind not in kinds:
+            raise unknown_name("variant", kind, kinds)
+        if not MODES.get(kinds[kind][0]).blocks:
             if e_text:
                 raise LcdenseError(f"variant '{kind}' takes no expansion (got '{text}')")
             return cls(kind)
@@ -100,9 +101,10 @@ def parse_variants(names: list[str] | str, expansions: list[int]) -> list[Varian
     """Variant names (``lc-frozen`` expands over every E) in a stable order, without repeats."""
     if isinstance(names, str):
         names = [n for n in names.split(",") if n.strip()]
+    kinds = variant_kinds()
     out: list[Variant] = []
     for name in names:
-        bare = "@" not in name and KINDS.get(name.strip(), ("",))[0] == "lc"
+        bare = "@" not in name and name.strip() in kinds and MODES.get(kinds[name.strip()][0]).blocks
         for E in expansions if bare else [None]:
             variant = Variant.parse(name, E)
             if variant not in out:

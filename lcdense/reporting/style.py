@@ -1,8 +1,9 @@
 """The one figure style of every report (the summary's figures and the filter analysis'):
 one palette keyed by variant family, one variant order, one way to save a figure.
 
-A variant's family is its kind (``learnable``, ``frozen``, ``lc-learnable``, ``lc-frozen``), so
-``lc-frozen@8`` has the same colour in every figure; variants of one family (several E, several
+A variant's family is its kind (``learnable``, ``frozen``, ``lc-learnable``, ``lc-frozen``: the
+variant kinds of the conversion modes, :func:`lcdense.core.convert.variant_kinds`, whose order
+gives the families' colours and reading order), so ``lc-frozen@8`` has the same colour in every figure; variants of one family (several E, several
 sweep points) are told apart by :func:`line_style`.
 
 >>> family("lc-frozen@8"), color("lc-frozen@8") == color("lc-frozen")
@@ -17,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from ..base.files import write_bytes
+from ..core.convert import variant_kinds
 
-FAMILIES: tuple[str, ...] = ("learnable", "frozen", "lc-learnable", "lc-frozen")
-PALETTE: dict[str, str] = {"learnable": "#1f77b4", "frozen": "#ff7f0e", "lc-learnable": "#2ca02c",
-                           "lc-frozen": "#d62728"}
-OTHER = "#7f7f7f"   # a family lcdense does not know (a third-party variant)
+#: The families' colours, in the order of the variant kinds (matplotlib's tab10 less GAP and OTHER).
+COLORS: tuple[str, ...] = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#8c564b", "#e377c2", "#bcbd22", "#17becf")
+OTHER = "#7f7f7f"   # a family of no registered conversion mode (e.g. records of an uninstalled plug-in)
 GAP = "#9467bd"     # gap curves
 DPI = 110
 LINE_STYLES: tuple[str, ...] = ("-", "--", "-.", ":")
@@ -33,9 +34,18 @@ def family(variant: str) -> str:
     return variant.split(" [")[0].split("@")[0]
 
 
+def palette() -> dict[str, str]:
+    """Family → its colour, for every variant kind.
+
+    Returns:
+        e.g. ``{"learnable": "#1f77b4", ..., "lc-frozen": "#d62728"}``.
+    """
+    return {kind: COLORS[i % len(COLORS)] for i, kind in enumerate(variant_kinds())}
+
+
 def color(variant: str) -> str:
     """The colour of a variant (or family) in every figure."""
-    return PALETTE.get(family(variant), OTHER)
+    return palette().get(family(variant), OTHER)
 
 
 def line_style(index: int) -> dict[str, str]:
@@ -48,7 +58,8 @@ def variant_order(variant: str) -> tuple[int, int, int, str]:
     before lc-frozen at each E); other families last."""
     name = variant.split(" [")[0]
     kind, _, e_text = name.partition("@")
-    rank = FAMILIES.index(kind) if kind in FAMILIES else len(FAMILIES)
+    families = list(variant_kinds())
+    rank = families.index(kind) if kind in families else len(families)
     return (0 if not e_text else 1, int(e_text) if e_text.isdigit() else 0, rank, variant)
 
 
@@ -68,4 +79,4 @@ def save_figure(fig: Any, path: Path) -> Path:
     return path
 
 
-__all__ = ["FAMILIES", "PALETTE", "color", "family", "line_style", "new_figure", "save_figure", "variant_order"]
+__all__ = ["COLORS", "color", "family", "line_style", "new_figure", "palette", "save_figure", "variant_order"]

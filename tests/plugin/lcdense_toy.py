@@ -12,11 +12,11 @@ from lcdense import Task, TrainSettings, epoch_generator, train_loop
 class ToyTask(Task):
     name = "toy"
     primary_metric = "accuracy"
-    sweep_axes = {"width": "model.width"}
+    sweep_axes = {"width": "model.width", "norm_groups": "model.norm_groups"}  # lcdense sweep --axis norm_groups=1,4
     data_parallel = "torchrun"  # fit trains on this rank's share of each batch, so `--ddp N` works
 
     def default_config(self):
-        return {"data": {"samples": 512}, "model": {"width": 8},
+        return {"data": {"samples": 512}, "model": {"width": 8, "norm_groups": 2},
                 "train": {"epochs": 3, "batch_size": 32, "lr": 0.02, "optimizer": "sgd"}}
 
     def prepare_data(self, config, cache_dir):
@@ -30,9 +30,9 @@ class ToyTask(Task):
         return {"train": (x[: n * 3 // 4], y[: n * 3 // 4]), "val": (x[n * 3 // 4:], y[n * 3 // 4:])}
 
     def build_model(self, config, data):
-        w = config["model"]["width"]
-        return nn.Sequential(nn.Conv2d(1, w, 3, padding=1), nn.GroupNorm(2, w), nn.ReLU(),
-                             nn.Conv2d(w, w, 3, padding=1), nn.GroupNorm(2, w), nn.ReLU(), nn.AdaptiveAvgPool2d((1, 2)),
+        w, g = config["model"]["width"], config["model"]["norm_groups"]
+        return nn.Sequential(nn.Conv2d(1, w, 3, padding=1), nn.GroupNorm(g, w), nn.ReLU(),
+                             nn.Conv2d(w, w, 3, padding=1), nn.GroupNorm(g, w), nn.ReLU(), nn.AdaptiveAvgPool2d((1, 2)),
                              nn.Flatten(), nn.Linear(2 * w, 2))
 
     def input_size(self, config):
