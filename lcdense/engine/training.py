@@ -118,7 +118,7 @@ def autocast(device: torch.device, amp: bool):
                           enabled=autocast_precision(amp, device) == "bf16")
 
 
-def seed_epoch(seed: int) -> None:
+def _seed_rngs(seed: int) -> None:
     """Seed torch, numpy and Python's ``random`` (timm's transforms and Mixup draw from the latter two)."""
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
@@ -194,7 +194,8 @@ class LoopRecipe(Recipe):
 
     def setup(self, model: nn.Module) -> None:
         settings = self.settings
-        if any(isinstance(m, PreconditionedConv) for m in model.modules()) and (why := preconditioned_inexact(settings)):
+        preconditioned = any(isinstance(m, PreconditionedConv) for m in model.modules())
+        if preconditioned and (why := preconditioned_inexact(settings)):
             raise LcdenseError(f"conversion.impl 'preconditioned' would not train exactly here: {why}; use impl 'auto'")
         self.model, self.optimizer = model, make_optimizer(model, settings)
         total_steps = settings.epochs * self.steps_per_epoch
@@ -277,7 +278,7 @@ def train_loop(
         cell.provenance.trained_in(autocast_precision(settings.amp, cell.device))
     net = world.data_parallel(model, cell.device)
     for epoch in range(start, recipe.epochs):
-        seed_epoch(epoch_seed(cell.data_seed + world.rank, epoch))
+        _seed_rngs(epoch_seed(cell.data_seed + world.rank, epoch))
         model.train()
         total, count, waited = torch.zeros((), device=cell.device), 0, 0.0  # summed on the device: no sync per step
         began = tick = time.perf_counter()
@@ -296,7 +297,8 @@ def train_loop(
         world.average_running_stats(model)
         elapsed = time.perf_counter() - began
         record = {"epoch": epoch + 1, "train_loss": world.mean(float(total) / count),
-                  "lr": recipe.optimizer.param_groups[0]["lr"], "epoch_time_s": elapsed, "data_wait_share": waited / elapsed}
+                  "lr": recipe.optimizer.param_groups[0]["lr"], "epoch_time_s": elapsed,
+                  "data_wait_share": waited / elapsed}
         if evaluate is not None and ((epoch + 1) % settings.eval_every == 0 or epoch + 1 == recipe.epochs):
             record.update(evaluate(model))
         recipe.after_epoch(record)
