@@ -12,7 +12,7 @@ The conversion core:
 The benchmark: :func:`run`, :func:`sweep`, :func:`report`, :func:`analyze` and :func:`load`
 (:mod:`lcdense.api`), their records (:mod:`lcdense.engine.records`) and events (:mod:`lcdense.engine.events`).
 What a task adapter builds on is exported here too: :class:`Task`, :class:`Cell`,
-:func:`train_loop` with :class:`TrainSettings`, :func:`epoch_seed` / :func:`epoch_generator`,
+:func:`train_loop` with :class:`TrainSettings` / :class:`Recipe`, :func:`epoch_seed` / :func:`epoch_generator`,
 :func:`autocast` / :func:`autocast_precision` and :class:`Provenance` (what a cell records of its
 precision and resumes), :func:`preconditioned_inexact`, :class:`Footprint` (how a task trains, for the memory estimate),
 :class:`World` (``world.shard``, ``world.data_parallel``), :func:`create_model` / :func:`cifar_resnet`,
@@ -38,6 +38,7 @@ from .engine.provenance import Provenance, autocast_precision
 from .engine.records import CellRecord, PlanRecord, RecordFormatError, SummaryRecord
 from .engine.task import Cell, Task, get_task, list_tasks, register_task
 from .engine.training import (
+    Recipe,
     TrainSettings,
     autocast,
     epoch_generator,
@@ -54,7 +55,7 @@ __all__ = [
     "frozen_tensors", "LcdenseError", "MissingExtra", "require_extra", "unknown_name", "combined_weight", "fold",
     "fold_block", "INITS", "seeded_filters", "Registry", "Cell", "Task", "get_task", "list_tasks",
     "register_task", "count_parameters", "forward_macs", "PreconditionedConv", "check_preconditioned_optimizer",
-    "World", "cifar_resnet", "create_model", "TrainSettings", "epoch_generator", "epoch_seed", "train_loop",
+    "World", "cifar_resnet", "create_model", "TrainSettings", "Recipe", "epoch_generator", "epoch_seed", "train_loop",
     "dry_run", "autocast", "autocast_precision", "preconditioned_inexact", "Provenance", "Footprint", "bench", "run",
     "sweep", "report", "analyze", "load", "RunResult", "CellRecord", "PlanRecord", "SummaryRecord",
     "RecordFormatError", "Callback", "RunStart", "CellStart", "EpochEnd", "CellEnd", "RunEnd", "__version__",

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 from lcdense_tasks.classification import ClassificationTask
-from lcdense_tasks.classification.timm_recipe import loss_for, optimizer_and_schedule
+from lcdense_tasks.classification.timm_recipe import TimmRecipe, loss_for
 
 from lcdense import convert, frozen_digest
 from lcdense.engine.config import load_yaml, resolve
@@ -43,7 +43,8 @@ def measure(variant: Variant, config: dict, args: argparse.Namespace, device: to
     model = convert(model, variant.mode, seed=0, input_size=(3, args.size, args.size), batch_size=args.batch,
                     **kwargs).model.to(device).to(memory_format=torch.channels_last)
     digest = frozen_digest(model)
-    optimizer, scheduler, _ = optimizer_and_schedule(model, train, steps=args.steps)
+    recipe = TimmRecipe(train, steps=args.steps)  # timm's optimizer, schedule (and EMA), as in training
+    recipe.setup(model)
     mixup = Mixup(mixup_alpha=opts["mixup"], cutmix_alpha=opts["cutmix"], label_smoothing=0.0, num_classes=classes)
     loss_fn = loss_for(opts, float(train["label_smoothing"]))
     gen = torch.Generator(device=device).manual_seed(0)
@@ -62,10 +63,9 @@ def measure(variant: Variant, config: dict, args: argparse.Namespace, device: to
         inputs, targets = mixup(x.clone(), y)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             loss = loss_fn(model(inputs), targets)
-        optimizer.zero_grad(set_to_none=True)
+        recipe.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
-        scheduler.step_update(num_updates=step + 1)
+        recipe.update(step + 1)
     if amp:
         torch.cuda.synchronize(device)
     elapsed = time.perf_counter() - began

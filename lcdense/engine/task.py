@@ -11,7 +11,6 @@ entry-point group (``[project.entry-points."lcdense.tasks"] mytask = "mypkg:MyTa
 from __future__ import annotations
 
 import contextlib
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ..base.files import atomic_writer
 from ..base.registry import Registry
 from ..core.convert import ConversionReport
 from ..cost.estimate import Footprint
@@ -103,9 +103,8 @@ class Cell:
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         """Atomically write ``state`` (tensors, numbers, strings, lists, dicts) as the resume point."""
-        tmp = self.checkpoint_path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.checkpoint_path)
+        with atomic_writer(self.checkpoint_path) as f:
+            torch.save(state, f)
 
     def load_checkpoint(self) -> dict[str, Any] | None:
         """The last resume point of this cell, or None (loaded with ``weights_only=True``)."""

@@ -2,7 +2,9 @@
 bf16 autocast on GPU, per-epoch resume points, data-wait accounting and reproducible epochs.
 
 A task supplies ``batches(epoch)`` (an iterable of batches, ordered by :func:`epoch_generator`) and
-``loss(model, batch)``; the loop does the rest.
+``loss(model, batch)``; the loop does the rest: resume, sync-BN, the per-epoch record, the
+checkpoint and :meth:`Cell.epoch_end <lcdense.Cell.epoch_end>`. A task with a training stack of
+its own (timm's optimizer, schedule and EMA) hands it in as a :class:`Recipe`.
 
 >>> import torch
 >>> from torch import nn
@@ -15,11 +17,14 @@ A task supplies ``batches(epoch)`` (an iterable of batches, ordered by :func:`ep
 from __future__ import annotations
 
 import math
+import random
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -113,6 +118,105 @@ def autocast(device: torch.device, amp: bool):
                           enabled=autocast_precision(amp, device) == "bf16")
 
 
+def _seed_rngs(seed: int) -> None:
+    """Seed torch, numpy and Python's ``random`` (timm's transforms and Mixup draw from the latter two)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+class Recipe(ABC):
+    """How :func:`train_loop` updates the model: its optimizer, what each update and each epoch end
+    do, and what a checkpoint keeps of them. :class:`LoopRecipe` is the loop's own; a task with a
+    training stack of its own (timm's optimizer, schedule and EMA) subclasses this.
+
+    The loop calls :meth:`setup` once the model is ready (sync-BN converted), :meth:`update` after
+    every backward, :meth:`after_epoch` with every epoch's complete record, and saves
+    :meth:`state`'s entries in the checkpoint beside the model, which :meth:`restore` reads back.
+    """
+
+    optimizer: torch.optim.Optimizer
+    epochs: int  # how many epochs the schedule runs
+
+    @abstractmethod
+    def setup(self, model: nn.Module) -> None:
+        """Build the optimizer (and whatever else follows ``model``) and set :attr:`epochs`.
+
+        Args:
+            model: the model as the loop trains it (not wrapped in DDP).
+        """
+
+    @abstractmethod
+    def update(self, updates: int) -> None:
+        """Step the optimizer on the gradients of one batch (and what follows each update).
+
+        Args:
+            updates: the number of updates since training began, this one included.
+        """
+
+    def after_epoch(self, record: dict[str, Any]) -> None:
+        """Called with each epoch's history entry, evaluation included, before the checkpoint (nothing here).
+
+        Args:
+            record: the epoch's metrics; ``epoch`` counts from 1.
+        """
+
+    def state(self) -> dict[str, Any]:
+        """What the checkpoint keeps of the recipe besides the model.
+
+        Returns:
+            Checkpoint entries by name (the optimizer's state under ``optimizer``).
+        """
+        return {"optimizer": self.optimizer.state_dict()}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Take back what :meth:`state` saved, on resume.
+
+        Args:
+            state: the whole checkpoint (``epoch`` is the last finished epoch, from 0; ``history`` its records).
+        """
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+class LoopRecipe(Recipe):
+    """The loop's own recipe: :func:`make_optimizer`, the per-update :func:`lr_factor` schedule and
+    gradient clipping (``train.grad_clip``). It refuses preconditioned LC layers unless they train
+    exactly (:func:`preconditioned_inexact`).
+
+    >>> recipe = LoopRecipe(TrainSettings(epochs=2, lr=0.1), steps_per_epoch=3)
+    >>> recipe.setup(nn.Linear(4, 1))
+    >>> recipe.epochs, type(recipe.optimizer).__name__, sorted(recipe.state())
+    (2, 'SGD', ['optimizer', 'scheduler'])
+    """
+
+    def __init__(self, settings: TrainSettings, steps_per_epoch: int) -> None:
+        self.settings, self.steps_per_epoch, self.epochs = settings, steps_per_epoch, settings.epochs
+
+    def setup(self, model: nn.Module) -> None:
+        settings = self.settings
+        preconditioned = any(isinstance(m, PreconditionedConv) for m in model.modules())
+        if preconditioned and (why := preconditioned_inexact(settings)):
+            raise LcdenseError(f"conversion.impl 'preconditioned' would not train exactly here: {why}; use impl 'auto'")
+        self.model, self.optimizer = model, make_optimizer(model, settings)
+        total_steps = settings.epochs * self.steps_per_epoch
+        warmup = int(settings.warmup_epochs * self.steps_per_epoch)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, total_steps, warmup, settings.schedule))
+
+    def update(self, updates: int) -> None:
+        if self.settings.grad_clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+
+    def state(self) -> dict[str, Any]:
+        return {**super().state(), "scheduler": self.scheduler.state_dict()}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        super().restore(state)
+        self.scheduler.load_state_dict(state["scheduler"])
+
+
 def train_loop(
     model: nn.Module,
     *,
@@ -122,78 +226,86 @@ def train_loop(
     settings: TrainSettings,
     cell: Cell,
     evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
+    recipe: Recipe | None = None,
 ) -> list[dict[str, float]]:
-    """Train ``model`` for ``settings.epochs`` epochs; returns one metrics dict per epoch.
+    """Train ``model`` for the recipe's epochs, reporting each to ``cell.epoch_end``.
 
-    Each epoch reseeds torch from (data_seed, epoch), so an epoch resumed from the cell's
-    checkpoint replays exactly; the checkpoint holds model, optimizer, schedule and history.
-    Preconditioned LC layers are refused unless the optimizer is SGD without gradient clipping
-    (the only setting in which they are exact). The training precision and any resume (an exact
-    ``fp32_state`` one, data order replayed) go to ``cell.provenance``; the checkpoint keeps them.
+    Each epoch reseeds torch, numpy and ``random`` from (data_seed + rank, epoch), so an epoch
+    resumed from the cell's checkpoint replays exactly; the checkpoint holds the model, the
+    recipe's state (optimizer, schedule, EMA) and the history, in fp32. The training precision
+    and any resume (an exact ``fp32_state`` one, data order replayed) go to ``cell.provenance``;
+    the checkpoint keeps them. An optimizer outside the SGD family is refused for preconditioned
+    LC layers (:func:`lcdense.check_preconditioned_optimizer`).
 
     Data-parallel (``cell.world`` of several ranks): ``batches`` yields this rank's shard, the
     model is wrapped in DDP (``sync_bn`` turns BatchNorm into SyncBatchNorm, CUDA only), random
     augmentation and dropout are seeded with ``data_seed + rank``, normalisation statistics are
     averaged over the ranks after every epoch, the logged loss is the mean over ranks, and only
     rank 0 writes the checkpoint.
+
+    Args:
+        model: the converted model, on ``cell.device``.
+        batches: ``batches(epoch)`` iterates over this rank's batches of ``epoch`` (from 0).
+        steps_per_epoch: batches per epoch (the schedule's unit; updates are counted with it).
+        loss: ``loss(net, batch)``, the training loss of a batch (run under :func:`autocast`).
+        settings: the ``train`` section (``amp``, ``sync_bn``, ``eval_every``; and :class:`LoopRecipe`'s).
+        cell: the cell trained (device, world, checkpoint, provenance, callbacks).
+        evaluate: metrics of the model after an epoch (every ``eval_every`` epochs and the last).
+        recipe: how to update the model; None: ``LoopRecipe(settings, steps_per_epoch)``.
+
+    Returns:
+        One record per epoch: ``epoch`` (from 1), ``train_loss``, ``lr``, ``epoch_time_s``,
+        ``data_wait_share`` and what ``evaluate`` returned.
     """
     world = cell.world
     if settings.sync_bn and world.active:
         if cell.device.type != "cuda":
             raise LcdenseError("train.sync_bn needs CUDA (torch's SyncBatchNorm); set train.sync_bn=false on CPU")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    optimizer = make_optimizer(model, settings)
-    check_preconditioned_optimizer(optimizer, model)
-    if any(isinstance(m, PreconditionedConv) for m in model.modules()) and (why := preconditioned_inexact(settings)):
-        raise LcdenseError(f"conversion.impl 'preconditioned' would not train exactly here: {why}; use impl 'auto'")
-    total_steps = settings.epochs * steps_per_epoch
-    warmup = int(settings.warmup_epochs * steps_per_epoch)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, total_steps, warmup, settings.schedule)
-    )
+    recipe = recipe or LoopRecipe(settings, steps_per_epoch)
+    recipe.setup(model)
+    check_preconditioned_optimizer(recipe.optimizer, model)
     history: list[dict[str, float]] = []
     start = 0
     if (state := cell.load_checkpoint()) is not None:
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        recipe.restore(state)
         history, start = list(state["history"]), int(state["epoch"]) + 1
         cell.provenance.restore(state.get("provenance", {}))
         cell.provenance.resumed(after_epoch=start, source="fp32_state", data_order="replayed")
         cell.log(f"resumed {cell.variant} seed {cell.seed} after epoch {start}")
-    if start < settings.epochs:
+    if start < recipe.epochs:
         cell.provenance.trained_in(autocast_precision(settings.amp, cell.device))
     net = world.data_parallel(model, cell.device)
-    for epoch in range(start, settings.epochs):
-        torch.manual_seed(epoch_seed(cell.data_seed + world.rank, epoch))
+    for epoch in range(start, recipe.epochs):
+        _seed_rngs(epoch_seed(cell.data_seed + world.rank, epoch))
         model.train()
-        total, count, waited = 0.0, 0, 0.0
+        # summed on the device in float64: no sync per step, and the same additions as a Python float sum
+        total, count, waited = torch.zeros((), dtype=torch.float64, device=cell.device), 0, 0.0
         began = tick = time.perf_counter()
         for batch in batches(epoch):
             waited += time.perf_counter() - tick
             with autocast(cell.device, settings.amp):
                 value = loss(net, batch)
-            optimizer.zero_grad(set_to_none=True)
+            recipe.optimizer.zero_grad(set_to_none=True)
             value.backward()
-            if settings.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            total += float(value.detach())
             count += 1
+            recipe.update(epoch * steps_per_epoch + count)
+            total += value.detach().double()
             tick = time.perf_counter()
         if count == 0:
             raise LcdenseError("the training set yields no batch; lower train.batch_size or add data")
         world.average_running_stats(model)
         elapsed = time.perf_counter() - began
-        record = {"epoch": epoch + 1, "train_loss": world.mean(total / count), "lr": scheduler.get_last_lr()[0],
-                  "epoch_time_s": elapsed, "data_wait_share": waited / elapsed}
-        if evaluate is not None and ((epoch + 1) % settings.eval_every == 0 or epoch + 1 == settings.epochs):
+        record = {"epoch": epoch + 1, "train_loss": world.mean(float(total) / count),
+                  "lr": recipe.optimizer.param_groups[0]["lr"], "epoch_time_s": elapsed,
+                  "data_wait_share": waited / elapsed}
+        if evaluate is not None and ((epoch + 1) % settings.eval_every == 0 or epoch + 1 == recipe.epochs):
             record.update(evaluate(model))
+        recipe.after_epoch(record)
         history.append(record)
         if world.is_main:
-            cell.save_checkpoint({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                  "scheduler": scheduler.state_dict(), "history": history,
+            cell.save_checkpoint({"epoch": epoch, "model": model.state_dict(), **recipe.state(), "history": history,
                                   "provenance": cell.provenance.state()})
-        cell.epoch_end(record, settings.epochs)
+        cell.epoch_end(record, recipe.epochs)
     return history

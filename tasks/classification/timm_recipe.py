@@ -6,7 +6,9 @@ its distributed and repeated-augmentation samplers), ``FastCollateMixup`` (Mixup
 ``create_optimizer_v2`` (LAMB; no weight decay on biases and norms), ``create_scheduler_v2``
 (cosine with warmup, stepped per update and per epoch as timm steps it), ``BinaryCrossEntropy`` /
 ``SoftTargetCrossEntropy`` / ``LabelSmoothingCrossEntropy`` and ``ModelEmaV3``. lcdense keeps
-what is its own: conversion, frozen digests (of the EMA too), per-epoch resume points, records.
+what is its own: conversion, frozen digests (of the EMA too), and the shared training loop
+(:func:`lcdense.train_loop`: resume points, the per-epoch record and its events), into which timm's
+optimizer, scheduler and EMA plug as a :class:`TimmRecipe`.
 
 Per epoch the model (and the EMA) is evaluated; the cell reports the **best** epoch's top-1 as
 ``top1`` (primary: the paper reports the best top-1 of Table 2, as timm's ``model_best`` does)
@@ -19,16 +21,15 @@ and the last epoch's as ``top1_last``; ``per_class`` top-1 is that same best epo
 """
 from __future__ import annotations
 
-import random
-import time
+import math
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from lcdense import Cell, LcdenseError, autocast, autocast_precision, check_preconditioned_optimizer, epoch_seed, frozen_digest
+from lcdense import (Cell, LcdenseError, Recipe, TrainSettings, autocast, autocast_precision, epoch_seed, frozen_digest,
+                     train_loop)
 
 from .scoring import SUMS, batch_sums, class_hits, fgsm, metrics_from_sums, per_class_top1
 
@@ -79,19 +80,11 @@ def optimizer_and_schedule(model: nn.Module, train: dict[str, Any], steps: int) 
     extra = {"eps": float(opts["opt_eps"])} if opts["opt_eps"] is not None else {}
     optimizer = create_optimizer_v2(model, opt=opts["opt"], lr=float(train["lr"]),
                                     weight_decay=float(train["weight_decay"]), **extra)
-    check_preconditioned_optimizer(optimizer, model)
     scheduler, epochs = create_scheduler_v2(
         optimizer, sched=opts["sched"], num_epochs=int(train["epochs"]), warmup_epochs=int(train["warmup_epochs"]),
         warmup_lr=float(opts["warmup_lr"]), min_lr=float(opts["min_lr"]), cooldown_epochs=int(opts["cooldown_epochs"]),
         updates_per_epoch=steps)
     return optimizer, scheduler, epochs
-
-
-def _seed_everything(seed: int) -> None:
-    """torch, numpy and python ``random`` (timm's transforms and Mixup draw from the latter two)."""
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
 
 
 def _data_config(config: dict[str, Any], model: nn.Module) -> dict[str, Any]:
@@ -131,8 +124,6 @@ def _train_loader(data: dict[str, Any], config: dict[str, Any], data_config: dic
         num_aug_repeats=int(opts["aug_repeats"]) if world.active else 0, collate_fn=collate,
         persistent_workers=False,  # workers restart each epoch from its seed, so a resumed epoch replays
         **_common(config, data_config, cell))
-    if len(loader) == 0:
-        raise LcdenseError("the training set yields no batch; lower train.batch_size or add data")
     return loader
 
 
@@ -186,107 +177,121 @@ def _scores(model: nn.Module, loader: Any, pixels: _Pixels, cell: Cell, amp: boo
     return metrics, per_class_top1(sum(cell.world.gather(hits)), classes)
 
 
-def fit(model: nn.Module, data: dict[str, Any], config: dict[str, Any], cell: Cell) -> tuple[nn.Module, Fitted]:
-    """Train ``model`` with the timm recipe of ``config['train']``; resumes from the cell's checkpoint."""
-    import timm
-    from timm.utils import ModelEmaV3
+class TimmRecipe(Recipe):
+    """timm's side of :func:`lcdense.train_loop`: its optimizer and scheduler (stepped per update and
+    per epoch, as timm's train.py steps them), its EMA (updated after every optimizer step; the
+    checkpoint keeps it) and the per-class top-1 of the best epoch so far (kept too)."""
 
-    train, opts, world = config["train"], config["train"]["timm"], cell.world
+    def __init__(self, train: dict[str, Any], steps: int) -> None:
+        self.train, self.steps = train, steps
+        self.per_class: dict[str, dict[str, float]] = {}
+        self.best_top1 = -math.inf
+
+    def setup(self, model: nn.Module) -> None:
+        from timm.utils import ModelEmaV3
+
+        opts = self.train["timm"]
+        self.model = model
+        self.optimizer, self.scheduler, self.epochs = optimizer_and_schedule(model, self.train, self.steps)
+        self.ema = ModelEmaV3(model, decay=float(opts["ema_decay"]), use_warmup=bool(opts["ema_warmup"])) \
+            if opts["ema"] else None
+
+    def update(self, updates: int) -> None:
+        self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(self.model, step=updates)
+        if self.scheduler is not None:
+            self.scheduler.step_update(num_updates=updates)
+
+    def after_epoch(self, record: dict[str, Any]) -> None:
+        if self.scheduler is not None:
+            self.scheduler.step(record["epoch"], record.get("top1"))
+
+    def note_scores(self, top1: float, per_class: dict[str, dict[str, float]]) -> None:
+        """Keep ``per_class`` if ``top1`` beats every earlier epoch's (the first of equal maxima, as timm keeps it)."""
+        if top1 > self.best_top1:
+            self.best_top1, self.per_class = top1, per_class
+
+    def state(self) -> dict[str, Any]:
+        return {**super().state(), "ema": self.ema.module.state_dict() if self.ema is not None else None,
+                "per_class": self.per_class}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        super().restore(state)
+        if self.ema is not None:
+            self.ema.module.load_state_dict(state["ema"])
+        self.per_class = dict(state["per_class"])
+        self.best_top1 = max((h["top1"] for h in state["history"] if "top1" in h), default=-math.inf)
+        if self.scheduler is not None:
+            self.scheduler.step(int(state["epoch"]) + 1)  # timm's schedules are functions of the epoch: the lr again
+
+
+def fit(model: nn.Module, data: dict[str, Any], config: dict[str, Any], cell: Cell) -> tuple[nn.Module, Fitted]:
+    """Train ``model`` with the timm recipe of ``config['train']`` in :func:`lcdense.train_loop`
+    (which resumes from the cell's checkpoint and reports every epoch).
+
+    Args:
+        model: the converted model, on ``cell.device``.
+        data: the image folders (``train``, ``val``, ``classes``).
+        config: the cell's config.
+        cell: the cell trained.
+
+    Returns:
+        The trained model and what :func:`summarize` needs of the training.
+    """
+    import timm
+
+    train, opts = config["train"], config["train"]["timm"]
     amp, channels_last = bool(train["amp"]), bool(opts["channels_last"])
-    if train.get("sync_bn") and world.active:
-        if cell.device.type != "cuda":
-            raise LcdenseError("train.sync_bn needs CUDA (torch's SyncBatchNorm); set train.sync_bn=false on CPU")
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     data_config = _data_config(config, model)
     train_loader, val_loader = _train_loader(data, config, data_config, cell), _val_loader(data, config, data_config, cell)
-    steps = len(train_loader)
     loss_fn = loss_for(opts, float(train["label_smoothing"]))
-    optimizer, scheduler, epochs = optimizer_and_schedule(model, train, steps)
-    ema = ModelEmaV3(model, decay=float(opts["ema_decay"]), use_warmup=bool(opts["ema_warmup"])) if opts["ema"] else None
-    history: list[dict[str, float]] = []
-    per_class: dict[str, dict[str, float]] = {}  # the best epoch's
-    start = 0
-    if (state := cell.load_checkpoint()) is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if ema is not None:
-            ema.module.load_state_dict(state["ema"])
-        history, start, per_class = list(state["history"]), int(state["epoch"]) + 1, dict(state.get("per_class", {}))
-        cell.provenance.restore(state.get("provenance", {}))
-        cell.provenance.resumed(after_epoch=start, source="fp32_state", data_order="replayed")
-        cell.log(f"resumed {cell.variant} seed {cell.seed} after epoch {start}")
-    precision = autocast_precision(amp, cell.device)
-    if start < epochs:
-        cell.provenance.trained_in(precision)
-    cell.provenance.eval_precision = precision  # top-1/top-5 are scored under the same autocast
-    if scheduler is not None and start > 0:
-        scheduler.step(start)  # timm's schedules are functions of the epoch: this restores the lr
     pixels = _Pixels(data_config, cell.device, channels_last)
     classes = list(data["classes"])
-    net = world.data_parallel(model, cell.device)
-    for epoch in range(start, epochs):
-        _seed_everything(epoch_seed(cell.data_seed + world.rank, epoch))
+    recipe = TimmRecipe(train, len(train_loader))
+    cell.provenance.eval_precision = autocast_precision(amp, cell.device)  # top-1/top-5: the training's autocast
+
+    def batches(epoch: int) -> Any:
         if hasattr(train_loader.sampler, "set_epoch"):  # one shared order for all ranks, from the data seed
             train_loader.sampler.set_epoch(epoch_seed(cell.data_seed, epoch))
-        model.train()
-        updates = epoch * steps
-        total, count, waited = torch.zeros((), device=cell.device), 0, 0.0  # summed on the device: no sync per step
-        began = tick = time.perf_counter()
-        for x, y in train_loader:
-            waited += time.perf_counter() - tick
-            with autocast(cell.device, amp):
-                loss = loss_fn(net(pixels(x)), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            updates += 1
-            if ema is not None:
-                ema.update(model, step=updates)
-            if scheduler is not None:
-                scheduler.step_update(num_updates=updates)
-            total += loss.detach()
-            count += 1
-            tick = time.perf_counter()
-        world.average_running_stats(model)
-        elapsed = time.perf_counter() - began
-        record = {"epoch": epoch + 1, "train_loss": world.mean(float(total) / count),
-                  "lr": optimizer.param_groups[0]["lr"], "epoch_time_s": elapsed, "data_wait_share": waited / elapsed}
-        if (epoch + 1) % int(train["eval_every"]) == 0 or epoch + 1 == epochs:
-            scores, epoch_per_class = _scores(model, val_loader, pixels, cell, amp, classes)
-            if all(scores["top1"] > h["top1"] for h in history if "top1" in h):  # the first of equal maxima
-                per_class = epoch_per_class
-            record.update(scores)
-            if ema is not None:
-                ema_scores, _ = _scores(ema.module, val_loader, pixels, cell, amp, classes)
-                record.update({f"ema_{k}": v for k, v in ema_scores.items()})
-        if scheduler is not None:
-            scheduler.step(epoch + 1, record.get("top1"))
-        history.append(record)
-        if world.is_main:
-            cell.save_checkpoint({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                  "ema": ema.module.state_dict() if ema is not None else None, "history": history,
-                                  "per_class": per_class, "provenance": cell.provenance.state()})
-        if not cell.quiet:
-            shown = ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "epoch")
-            cell.log(f"  {cell.variant} s{cell.seed} epoch {epoch + 1}/{epochs}: {shown}")
+        return train_loader
+
+    def loss(net: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x, y = batch
+        return loss_fn(net(pixels(x)), y)
+
+    def evaluate(trained: nn.Module) -> dict[str, float]:
+        scores, per_class = _scores(trained, val_loader, pixels, cell, amp, classes)
+        recipe.note_scores(scores["top1"], per_class)
+        if recipe.ema is not None:
+            ema_scores, _ = _scores(recipe.ema.module, val_loader, pixels, cell, amp, classes)
+            scores.update({f"ema_{k}": v for k, v in ema_scores.items()})
+        return scores
+
+    settings = TrainSettings.from_config({k: train[k] for k in ("epochs", "lr", "amp", "sync_bn", "eval_every")})
+    history = train_loop(model, batches=batches, steps_per_epoch=len(train_loader), loss=loss, settings=settings,
+                         cell=cell, evaluate=evaluate, recipe=recipe)
+    ema, world = recipe.ema, cell.world
     facts = {
-        "recipe": "timm", "timm": timm.__version__, "channels_last": channels_last, "optimizer": type(optimizer).__name__,
-        "scheduler": type(scheduler).__name__ if scheduler is not None else None, "loss": type(loss_fn).__name__,
+        "recipe": "timm", "timm": timm.__version__, "channels_last": channels_last,
+        "optimizer": type(recipe.optimizer).__name__,
+        "scheduler": type(recipe.scheduler).__name__ if recipe.scheduler is not None else None,
+        "loss": type(loss_fn).__name__,
         "mixup": {"mixup": opts["mixup"], "cutmix": opts["cutmix"]} if opts["mixup"] > 0 or opts["cutmix"] > 0 else None,
         "auto_augment": opts["auto_augment"],
         "aug_repeats": int(opts["aug_repeats"]) if world.active else 0,  # timm repeats across ranks only
         "ema": {"decay": float(opts["ema_decay"]), "warmup": bool(opts["ema_warmup"])} if ema is not None else None,
         "global_batch": int(train["batch_size"]), "batch_per_rank": int(train["batch_size"]) // world.size,
-        "updates_per_epoch": steps, "epochs": epochs,
+        "updates_per_epoch": recipe.steps, "epochs": recipe.epochs,
         "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()},
         "primary": "top1 is the best epoch's top-1 (the paper reports the best, as timm's model_best); "
                    "top1_last is the last epoch's",
     }
     if ema is not None:  # the runner fails the cell unless this equals the trained model's digest
         cell.provenance.frozen_digests["ema"] = frozen_digest(ema.module)
-    return model, Fitted(history, ema.module if ema is not None else None, facts, per_class)
+    return model, Fitted(history, ema.module if ema is not None else None, facts, recipe.per_class)
 
 
 def summarize(fitted: Fitted, model: nn.Module, data: dict[str, Any], config: dict[str, Any],
