@@ -26,7 +26,7 @@ import yaml
 from ..base.errors import LcdenseError
 from ..engine.variants import parse_seeds
 from ..paper.registry import SCALES, Experiment, find_recipe, get_experiment
-from .benchmark import AXIS_FLAGS, RunResult
+from .benchmark import AXIS_FLAGS, RunResult, sweep
 
 
 def _sets(values: dict[str, Any]) -> list[str]:
@@ -109,8 +109,6 @@ def run_experiment(name: str, *, scale: str = "full", data: str | Path | None = 
     The run is named ``<name>-<scale>-<timestamp>`` unless ``run_name`` is given; it goes to
     ``<out>/<task>/<run name>`` (``out`` defaults to ``runs``).
     """
-    from .benchmark import sweep
-
     experiment = get_experiment(name)
     run_name = run_name or f"{name}-{scale}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     data = None if data is None else str(data)

@@ -41,7 +41,7 @@ from ..base.files import write_json
 from ..core.accounting import step_macs
 from ..core.convert import convert
 from ..core.fold import fold
-from ..core.models import cifar_resnet
+from ..core.models import cifar_resnet, create_model
 from ..core.precondition import check_preconditioned_optimizer
 from .memory import storage_bytes
 
@@ -145,8 +145,6 @@ def _build(opts: _Options) -> nn.Module:
     torch.manual_seed(0)
     if opts.model == CIFAR_MODEL:
         return cifar_resnet(20, 16, num_classes=opts.num_classes)
-    from ..core.models import create_model
-
     return create_model(opts.model, num_classes=opts.num_classes)
 
 

@@ -18,7 +18,7 @@ from ..cost.estimate import Estimate, estimate, format_estimates
 from ..cost.memory import parse_bytes
 from .config import cell_config
 from .rundir import dry_run_file
-from .runner import converter
+from .runner import converter, gpu_list, pick_device
 from .task import Task
 from .variants import CellSpec
 
@@ -26,8 +26,6 @@ from .variants import CellSpec
 def target_device(name: str) -> torch.device:
     """The device a run would use; a CUDA target is kept even without a GPU here (fake tensors
     need none), so a laptop can plan a GPU run."""
-    from .runner import gpu_list, pick_device
-
     if gpus := gpu_list(name):
         name = str(gpus[0])
     if name.isdigit() or name.startswith("cuda"):

@@ -38,7 +38,9 @@ from ..base.files import write_json
 from ..base.registry import Registry
 from .config import load_yaml
 from .distributed import visible_gpus
+from .events import Events
 from .rundir import RunDir
+from .runner import execute, load_run, setup_world
 from .variants import CellSpec
 
 #: Every setting an executor config may hold, with its default.
@@ -241,9 +243,6 @@ def run_cells_job(run_dir: str, cell_ids: list[str], cache_dir: str,
 
     Returns {cell id: "done"}; a failing cell raises, which fails the job (re-submit to retry).
     """
-    from .events import Events
-    from .runner import execute, load_run, setup_world
-
     if "SLURM_JOB_ID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
         import submitit
 

@@ -56,8 +56,8 @@ def cache_folder(out: PathLike) -> Path:
 
 
 @dataclass(frozen=True)
-class CellDir:
-    """``cells/<cell id>/`` of a run: one cell's files (``path`` may be any path-like)."""
+class _Folder:
+    """A folder given as any path-like (or another folder object), usable wherever a path is."""
 
     path: Path
 
@@ -69,6 +69,11 @@ class CellDir:
 
     def __str__(self) -> str:
         return str(self.path)
+
+
+@dataclass(frozen=True)
+class CellDir(_Folder):
+    """``cells/<cell id>/`` of a run: one cell's files (``path`` may be any path-like)."""
 
     @property
     def name(self) -> str:
@@ -109,20 +114,9 @@ class CellDir:
 
 
 @dataclass(frozen=True)
-class RunDir:
+class RunDir(_Folder):
     """A run directory (``path`` may be any path-like): the paths of its files and cells, and its
     ``config.yaml``, read and written here only."""
-
-    path: Path
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "path", Path(self.path))
-
-    def __fspath__(self) -> str:
-        return os.fspath(self.path)
-
-    def __str__(self) -> str:
-        return str(self.path)
 
     @classmethod
     def at(cls, out: PathLike, task: str, name: str) -> RunDir:

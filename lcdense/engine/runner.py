@@ -35,7 +35,7 @@ from ..core.inits import check_init
 from ..cost.estimate import check_cell
 from ..cost.memory import PeakMemory
 from .config import cell_config
-from .distributed import World
+from .distributed import World, join
 from .events import CellEnd, CellStart, Events
 from .records import (
     CellRecord,
@@ -135,8 +135,6 @@ def pick_device(name: str) -> torch.device:
 
 def setup_world(config: dict[str, Any]) -> tuple[World, torch.device]:
     """This process's rank (joining torchrun's process group, if launched by it) and device."""
-    from .distributed import join
-
     return join(pick_device(str(config["run"]["device"])))
 
 

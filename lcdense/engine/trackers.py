@@ -30,13 +30,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
-
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from ..base.errors import require_extra
 from ..base.registry import Registry
+from .cell_files import per_unit_results
+from .config import cell_config
 from .events import Callback, CellEnd, CellStart, EpochEnd, RunEnd, RunStart
+from .records import read_plan
 from .rundir import RunDir
 
 #: Tracker name (``--logger NAME``) → its :class:`Tracker` class.
@@ -99,8 +100,6 @@ def cell_finals(event: CellEnd) -> dict[str, float]:
     record = event.record
     out = {f"final/{k}": v for k, v in numbers(record.metrics).items()}
     out.update({f"cost/{k}": v for k, v in numbers(record.costs).items()})
-    from .cell_files import per_unit_results
-
     for unit, results in per_unit_results(record.extra_metrics).items():
         for name, values in results.items():
             out.update({f"per_{unit}/{name}/{k}": v for k, v in numbers(values).items()})
@@ -138,8 +137,6 @@ class Tracker(Callback):
         """Remember the run (reading its config and plan where the event does not carry them)."""
         if self.run_dir is not None:
             return
-        from .records import read_plan
-
         self.run_dir = run_dir
         self.config = config if config is not None else RunDir(run_dir).read_config()
         self.plan = plan if plan is not None else read_plan(run_dir)
@@ -169,8 +166,6 @@ class Tracker(Callback):
 
     def cell_config(self, event: CellStart) -> dict[str, Any]:
         """The config the cell trains with (its sweep point applied), with its variant and seed."""
-        from .config import cell_config
-
         cfg = cell_config(self.config, event.cell, self.plan.axis_keys)
         return {**flat(cfg), "cell.id": event.cell.id, "cell.variant": event.cell.variant.name,
                 "cell.seed": event.cell.seed}

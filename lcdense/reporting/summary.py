@@ -18,11 +18,13 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from ..base.errors import LcdenseError
 from ..base.files import write_text
 from ..engine.events import Callback, RunEnd
 from ..engine.records import CellRecord, SummaryRecord, read_cells, write_summary
 from ..engine.rundir import RunDir
 from ..engine.variants import sweep_point
+from ..paper import compare, get_experiment
 from .style import variant_order
 
 # (name of the gap, minuend kind, subtrahend kind)
@@ -273,14 +275,10 @@ def write_report(run_dir: Path, primary: str, higher_is_better: bool,
     run = RunDir(run_dir)
     records = read_cells(run)
     if not records:
-        from ..base.errors import LcdenseError
-
         raise LcdenseError(f"{run_dir} has no finished cells yet; run or resume it first")
     summary = summarize(records, primary, higher_is_better)
     paper = _paper_settings(run)
     if paper:
-        from ..paper import compare, get_experiment
-
         summary.paper = compare(summary, get_experiment(paper["experiment"]), paper["scale"], paper["overrides"])
     write_text(run.results_csv, results_csv(records))
     write_summary(run, summary)
