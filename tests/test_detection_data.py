@@ -5,16 +5,20 @@ import json
 from pathlib import Path
 
 import pytest
-from lcdense_tasks.detection import scope_include
-from lcdense_tasks.detection.shapes import SHAPE_CLASSES, generate_shapes_voc
-from lcdense_tasks.detection.voc import (
+
+pytest.importorskip("ultralytics", reason='needs the detection extra: pip install "lcdense[detection]"')
+pytest.importorskip("pycocotools", reason='needs the detection extra: pip install "lcdense[detection]"')
+
+from lcdense_tasks.detection import scope_include  # noqa: E402
+from lcdense_tasks.detection.shapes import SHAPE_CLASSES, generate_shapes_voc  # noqa: E402
+from lcdense_tasks.detection.voc import (  # noqa: E402
     VOC_CLASSES,
     build_yolo_dataset,
     parse_annotation,
     yolo_row,
 )
 
-from lcdense import LcdenseError
+from lcdense import LcdenseError  # noqa: E402
 
 XML = """<annotation>
   <filename>000001.jpg</filename>

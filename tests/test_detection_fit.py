@@ -10,10 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from lcdense_tasks.detection import DetectionTask
 
-import lcdense
-from lcdense import Cell
+pytest.importorskip("ultralytics", reason='needs the detection extra: pip install "lcdense[detection]"')
+pytest.importorskip("pycocotools", reason='needs the detection extra: pip install "lcdense[detection]"')
+
+from lcdense_tasks.detection import DetectionTask  # noqa: E402
+
+import lcdense  # noqa: E402
+from lcdense import Cell  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,10 +6,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from lcdense_tasks.detection.offline import load_ultralytics
 
-import lcdense
-from lcdense import LcdenseError
+pytest.importorskip("ultralytics", reason='needs the detection extra: pip install "lcdense[detection]"')
+pytest.importorskip("pycocotools", reason='needs the detection extra: pip install "lcdense[detection]"')
+
+from lcdense_tasks.detection.offline import load_ultralytics  # noqa: E402
+
+import lcdense  # noqa: E402
+from lcdense import LcdenseError  # noqa: E402
 
 NAMES = {0: "circle", 1: "square", 2: "triangle"}
 

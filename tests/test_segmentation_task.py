@@ -5,13 +5,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from lcdense_tasks.segmentation import PROFILES, SegmentationTask
-from lcdense_tasks.segmentation.embedded import generate_carvana, generate_lgg
-from lcdense_tasks.segmentation.metrics import ConfusionCounts
-from lcdense_tasks.segmentation.model import SCOPES, init_sources
 
-import lcdense
-from lcdense import Cell, LcdenseError
+pytest.importorskip("segmentation_models_pytorch", reason='needs the segmentation extra: pip install "lcdense[segmentation]"')
+pytest.importorskip("albumentations", reason='needs the segmentation extra: pip install "lcdense[segmentation]"')
+pytest.importorskip("timm", reason='needs the segmentation extra: pip install "lcdense[segmentation]"')
+
+from lcdense_tasks.segmentation import PROFILES, SegmentationTask  # noqa: E402
+from lcdense_tasks.segmentation.embedded import generate_carvana, generate_lgg  # noqa: E402
+from lcdense_tasks.segmentation.metrics import ConfusionCounts  # noqa: E402
+from lcdense_tasks.segmentation.model import SCOPES, init_sources  # noqa: E402
+
+import lcdense  # noqa: E402
+from lcdense import Cell, LcdenseError  # noqa: E402
 
 
 def _tiny_config(root: Path, dataset: str = "carvana", epochs: int = 2) -> dict:
