@@ -10,6 +10,25 @@ from lcdense.engine.task import TASKS
 
 PLUGIN_DIR = Path(__file__).parent / "plugin"
 
+#: pyproject's extras and the modules they install: a test marked ``@pytest.mark.extra(NAME)`` is
+#: skipped, naming the ``pip install``, when one of them is missing
+EXTRAS = {
+    "detection": ("ultralytics", "pycocotools"),
+    "segmentation": ("segmentation_models_pytorch", "albumentations", "timm"),
+    "timm": ("timm",),
+    "cluster": ("submitit",),
+    "tensorboard": ("tensorboard",),
+    "mlflow": ("mlflow", "sqlalchemy"),
+    "wandb": ("wandb",),
+}
+
+
+def pytest_runtest_setup(item):
+    for mark in item.iter_markers("extra"):
+        for extra in mark.args:
+            for module in EXTRAS[extra]:
+                pytest.importorskip(module, reason=f'needs the {extra} extra: pip install "lcdense[{extra}]"')
+
 
 @pytest.fixture
 def toy_installed(tmp_path, monkeypatch):
