@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import json
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
 
-pytest.importorskip("ultralytics", reason='needs the detection extra: pip install "lcdense[detection]"')
-pytest.importorskip("pycocotools", reason='needs the detection extra: pip install "lcdense[detection]"')
+# found, not imported: lcdense_tasks.detection must load before ultralytics (it switches it offline)
+if any(find_spec(m) is None for m in ("ultralytics", "pycocotools")):
+    pytest.skip('needs the detection extra: pip install "lcdense[detection]"', allow_module_level=True)
 
 from lcdense_tasks.detection import scope_include  # noqa: E402
 from lcdense_tasks.detection.shapes import SHAPE_CLASSES, generate_shapes_voc  # noqa: E402

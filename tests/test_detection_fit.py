@@ -6,13 +6,15 @@ import os
 import subprocess
 import sys
 import textwrap
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
 import torch
 
-pytest.importorskip("ultralytics", reason='needs the detection extra: pip install "lcdense[detection]"')
-pytest.importorskip("pycocotools", reason='needs the detection extra: pip install "lcdense[detection]"')
+# found, not imported: lcdense_tasks.detection must load before ultralytics (it switches it offline)
+if any(find_spec(m) is None for m in ("ultralytics", "pycocotools")):
+    pytest.skip('needs the detection extra: pip install "lcdense[detection]"', allow_module_level=True)
 
 from lcdense_tasks.detection import DetectionTask  # noqa: E402
 

@@ -2,15 +2,15 @@
 from __future__ import annotations
 
 import shutil
+from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("segmentation_models_pytorch", reason='needs the segmentation extra: pip install "lcdense[segmentation]"')
-pytest.importorskip("albumentations", reason='needs the segmentation extra: pip install "lcdense[segmentation]"')
-pytest.importorskip("timm", reason='needs the segmentation extra: pip install "lcdense[segmentation]"')
+if any(find_spec(m) is None for m in ("segmentation_models_pytorch", "albumentations", "timm")):
+    pytest.skip('needs the segmentation extra: pip install "lcdense[segmentation]"', allow_module_level=True)
 
 from lcdense_tasks.segmentation.data import (  # noqa: E402
     MEAN,

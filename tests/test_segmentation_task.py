@@ -1,14 +1,14 @@
 """Segmentation task: config profiles, metrics, init sources, and a tiny fit/evaluate/resume."""
 from __future__ import annotations
 
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
 import torch
 
-pytest.importorskip("segmentation_models_pytorch", reason='needs the segmentation extra: pip install "lcdense[segmentation]"')
-pytest.importorskip("albumentations", reason='needs the segmentation extra: pip install "lcdense[segmentation]"')
-pytest.importorskip("timm", reason='needs the segmentation extra: pip install "lcdense[segmentation]"')
+if any(find_spec(m) is None for m in ("segmentation_models_pytorch", "albumentations", "timm")):
+    pytest.skip('needs the segmentation extra: pip install "lcdense[segmentation]"', allow_module_level=True)
 
 from lcdense_tasks.segmentation import PROFILES, SegmentationTask  # noqa: E402
 from lcdense_tasks.segmentation.embedded import generate_carvana, generate_lgg  # noqa: E402
