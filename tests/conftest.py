@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,31 @@ import pytest
 from lcdense.engine.task import TASKS
 
 PLUGIN_DIR = Path(__file__).parent / "plugin"
+
+#: pyproject's extras and the modules they install: a test marked ``@pytest.mark.extra(NAME)`` is
+#: skipped, naming the ``pip install``, when one of them is missing
+EXTRAS = {
+    "detection": ("ultralytics", "pycocotools"),
+    "segmentation": ("segmentation_models_pytorch", "albumentations", "timm"),
+    "timm": ("timm",),
+    "cluster": ("submitit",),
+    "tensorboard": ("tensorboard",),
+    "mlflow": ("mlflow", "sqlalchemy"),
+    "wandb": ("wandb",),
+}
+
+
+def skip_without_extra(extra: str) -> None:
+    """Skip the calling test if a module of ``extra`` is missing. The modules are looked up, not
+    imported: ultralytics must be imported only after lcdense_tasks.detection switched it offline."""
+    if any(find_spec(module) is None for module in EXTRAS[extra]):
+        pytest.skip(f'needs the {extra} extra: pip install "lcdense[{extra}]"')
+
+
+def pytest_runtest_setup(item):
+    for mark in item.iter_markers("extra"):
+        for extra in mark.args:
+            skip_without_extra(extra)
 
 
 @pytest.fixture
@@ -25,3 +51,12 @@ def toy_installed(tmp_path, monkeypatch):
     TASKS._objects.pop("toy", None)
     yield site
     TASKS._objects.pop("toy", None)
+
+
+def pytest_configure(config):
+    """The root conftest sets OMP_NUM_THREADS before torch loads; should torch have been imported
+    earlier (a plugin), apply it here too."""
+    torch = __import__("sys").modules.get("torch")
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    if torch is not None and threads.isdigit() and int(threads) > 0:
+        torch.set_num_threads(int(threads))

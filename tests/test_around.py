@@ -19,7 +19,7 @@ def _toy(tmp_path, **settings):
 
 
 def test_tensorboard_event_files_hold_epochs_finals_digests_and_the_gap_table(toy_installed, tmp_path, capsys):
-    pytest.importorskip("tensorboard")
+    pytest.importorskip("tensorboard", reason='needs the tensorboard extra: pip install "lcdense[tensorboard]"')
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     result = _toy(tmp_path, loggers=["tensorboard"])
@@ -49,8 +49,8 @@ def test_tensorboard_event_files_hold_epochs_finals_digests_and_the_gap_table(to
 
 
 def test_mlflow_store_in_the_run_directory_holds_cells_and_gaps(toy_installed, tmp_path, monkeypatch):
-    pytest.importorskip("mlflow")
-    pytest.importorskip("sqlalchemy")
+    pytest.importorskip("mlflow", reason='needs the mlflow extra: pip install "lcdense[mlflow]"')
+    pytest.importorskip("sqlalchemy", reason='needs the mlflow extra: pip install "lcdense[mlflow]"')
     from mlflow.tracking import MlflowClient
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -75,7 +75,7 @@ def test_mlflow_store_in_the_run_directory_holds_cells_and_gaps(toy_installed, t
 
 
 def test_wandb_runs_offline_in_the_run_directory(toy_installed, tmp_path, monkeypatch):
-    pytest.importorskip("wandb")
+    pytest.importorskip("wandb", reason='needs the wandb extra: pip install "lcdense[wandb]"')
     import json
 
     for variable in ("WANDB_MODE", "WANDB_PROJECT", "WANDB_API_KEY"):
@@ -146,8 +146,8 @@ def test_logger_settings_are_one_line_errors_and_parse_from_the_cli(toy_installe
 
 def test_trackers_and_history_in_cluster_jobs(toy_installed, tmp_path):
     """A job runs cells only (no run start in its process): the tracker attaches at the first cell."""
-    pytest.importorskip("submitit")
-    pytest.importorskip("tensorboard")
+    pytest.importorskip("submitit", reason='needs the cluster extra: pip install "lcdense[cluster]"')
+    pytest.importorskip("tensorboard", reason='needs the tensorboard extra: pip install "lcdense[tensorboard]"')
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     result = lcdense.sweep("toy", executor="debug", out=str(tmp_path), **{**TOY, "epochs": 1, "loggers": ["tensorboard"]})

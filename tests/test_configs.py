@@ -1,6 +1,7 @@
 """Every shipped config names its task and resolves against that task's defaults (no unknown key)."""
 from __future__ import annotations
 
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,15 @@ from lcdense.engine.variants import parse_expansions, parse_seeds, parse_variant
 
 ROOT = Path(__file__).parents[1] / "configs"
 CONFIGS = sorted(p for p in ROOT.glob("*/*.yaml") if p.parent.name != "executors")
+#: the modules each built-in task's extra installs (the classification task needs none)
+TASK_EXTRAS = {"detection": ("ultralytics", "pycocotools"),
+               "segmentation": ("segmentation_models_pytorch", "albumentations", "timm")}
+
+
+def _needs_extra(extra: str, modules) -> None:
+    """Skip unless ``modules`` are installed (looked up, not imported: see tests/conftest.py)."""
+    if any(find_spec(module) is None for module in modules):
+        pytest.skip(f'needs the {extra} extra: pip install "lcdense[{extra}]"')
 
 
 def test_every_task_has_configs():
@@ -21,6 +31,7 @@ def test_every_task_has_configs():
 def test_executor_configs_load(path):
     from lcdense.engine.executors import executor_settings
 
+    _needs_extra("cluster", ["submitit"])  # the executors are submitit's
     settings = executor_settings(path.stem, path, {})
     assert int(settings["timeout_min"]) >= 60
 
@@ -29,6 +40,7 @@ def test_executor_configs_load(path):
 def test_config_resolves(path):
     data = load_yaml(path)
     assert data["task"] == path.parent.name
+    _needs_extra(data["task"], TASK_EXTRAS.get(data["task"], ()))
     task = get_task(data["task"])
     config = resolve(task.default_config(), data, {}, where=str(path))
     assert parse_variants(config["run"]["variants"], parse_expansions(config["run"]["E"]))

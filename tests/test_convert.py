@@ -163,6 +163,7 @@ def test_include_exclude_stem_head():
 
 
 def test_conv_subclass_with_own_forward_is_skipped_with_reason():
+    pytest.importorskip("timm", reason='needs the timm extra: pip install "lcdense[timm]"')
     import timm.layers
 
     model = nn.Sequential(timm.layers.Conv2dSame(3, 4, 3, stride=2), nn.Conv2d(4, 4, 3))

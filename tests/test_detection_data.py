@@ -2,19 +2,25 @@
 from __future__ import annotations
 
 import json
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
-from lcdense_tasks.detection import scope_include
-from lcdense_tasks.detection.shapes import SHAPE_CLASSES, generate_shapes_voc
-from lcdense_tasks.detection.voc import (
+
+# found, not imported: lcdense_tasks.detection must load before ultralytics (it switches it offline)
+if any(find_spec(m) is None for m in ("ultralytics", "pycocotools")):
+    pytest.skip('needs the detection extra: pip install "lcdense[detection]"', allow_module_level=True)
+
+from lcdense_tasks.detection import scope_include  # noqa: E402
+from lcdense_tasks.detection.shapes import SHAPE_CLASSES, generate_shapes_voc  # noqa: E402
+from lcdense_tasks.detection.voc import (  # noqa: E402
     VOC_CLASSES,
     build_yolo_dataset,
     parse_annotation,
     yolo_row,
 )
 
-from lcdense import LcdenseError
+from lcdense import LcdenseError  # noqa: E402
 
 XML = """<annotation>
   <filename>000001.jpg</filename>

@@ -6,14 +6,20 @@ import os
 import subprocess
 import sys
 import textwrap
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
 import torch
-from lcdense_tasks.detection import DetectionTask
 
-import lcdense
-from lcdense import Cell
+# found, not imported: lcdense_tasks.detection must load before ultralytics (it switches it offline)
+if any(find_spec(m) is None for m in ("ultralytics", "pycocotools")):
+    pytest.skip('needs the detection extra: pip install "lcdense[detection]"', allow_module_level=True)
+
+from lcdense_tasks.detection import DetectionTask  # noqa: E402
+
+import lcdense  # noqa: E402
+from lcdense import Cell  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,15 +1,21 @@
 """LC-Blocks inside ultralytics YOLO models: BN fusion, model names, and the AP cross-check."""
 from __future__ import annotations
 
+from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from lcdense_tasks.detection.offline import load_ultralytics
 
-import lcdense
-from lcdense import LcdenseError
+# found, not imported: lcdense_tasks.detection must load before ultralytics (it switches it offline)
+if any(find_spec(m) is None for m in ("ultralytics", "pycocotools")):
+    pytest.skip('needs the detection extra: pip install "lcdense[detection]"', allow_module_level=True)
+
+from lcdense_tasks.detection.offline import load_ultralytics  # noqa: E402
+
+import lcdense  # noqa: E402
+from lcdense import LcdenseError  # noqa: E402
 
 NAMES = {0: "circle", 1: "square", 2: "triangle"}
 

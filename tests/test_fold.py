@@ -1,13 +1,15 @@
-"""Folding an LC-Block gives exactly the unfolded block (float64), over a grid of conv settings."""
+"""Folding an LC-Block gives exactly the unfolded block (float64), over an all-pairs design of conv settings
+(every two settings meet in some case; the full grid runs under ``-m slow``)."""
 from __future__ import annotations
 
 import itertools
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from lcdense import LCConv, LcdenseError, PreconditionedConv, combine_filters, convert, fold, fold_block
+from lcdense import LCConv, LcdenseError, PreconditionedConv, convert, fold, fold_block
 
 
 @pytest.fixture(autouse=True)
@@ -35,16 +37,91 @@ def _block(E: int, k, stride, dilation, padding, groups, bias, padding_mode, dim
     return block
 
 
-GRID = list(itertools.product(
-    [2, 3, 5, 7, (3, 5)],            # kernel (incl. non-square)
-    [1, 2],                          # stride
-    [1, 2],                          # dilation
-    ["int", "tuple", "same"],        # padding
-    [1, 2, 4],                       # groups (4 = depthwise: c_in = 4)
-    [True, False],                   # bias
-    ["zeros", "reflect"],            # padding_mode
-    [1, 2, 8],                       # E
-))
+#: The conv settings the fold must reproduce: kernel (incl. non-square), stride, dilation, padding,
+#: groups (4 = depthwise: c_in = 4), bias, padding_mode and E.
+PARAMS = {
+    "k": [2, 3, 5, 7, (3, 5)],
+    "stride": [1, 2],
+    "dilation": [1, 2],
+    "pad": ["int", "tuple", "same"],
+    "groups": [1, 2, 4],
+    "bias": [True, False],
+    "mode": ["zeros", "reflect"],
+    "E": [1, 2, 8],
+}
+
+
+def _valid(case: dict) -> bool:
+    """PyTorch refuses padding='same' with a stride; every other combination is a legal conv."""
+    return not (case.get("pad") == "same" and case.get("stride") == 2)
+
+
+def all_pairs(params: dict[str, list], valid=lambda case: True) -> list[tuple]:
+    """A small set of cases (tuples in ``params``' order) in which every valid pair of values of
+    every two parameters occurs at least once (a pairwise covering design), built greedily and
+    deterministically: each new case starts from the first pair still uncovered, then takes for
+    each other parameter the first value that covers the most uncovered pairs. ``valid`` judges a
+    partial case (a dict of the parameters set so far); pairs it rejects need not be covered."""
+    names = list(params)
+    uncovered = set()
+    for a, b in itertools.combinations(range(len(names)), 2):
+        for va, vb in itertools.product(range(len(params[names[a]])), range(len(params[names[b]]))):
+            if valid({names[a]: params[names[a]][va], names[b]: params[names[b]][vb]}):
+                uncovered.add((a, va, b, vb))
+    cases = []
+    while uncovered:
+        a, va, b, vb = min(uncovered)
+        chosen = {a: va, b: vb}
+        for i in range(len(names)):
+            if i in chosen:
+                continue
+            best, best_gain = None, -1
+            for v in range(len(params[names[i]])):
+                trial = {**chosen, i: v}
+                if not valid({names[j]: params[names[j]][trial[j]] for j in trial}):
+                    continue
+                gain = sum((min(i, j), trial[min(i, j)], max(i, j), trial[max(i, j)]) in uncovered for j in chosen)
+                if gain > best_gain:
+                    best, best_gain = v, gain
+            if best is None:
+                raise ValueError(f"no valid value of {names[i]!r} completes {chosen}")
+            chosen[i] = best
+        uncovered -= {(i, chosen[i], j, chosen[j]) for i, j in itertools.combinations(range(len(names)), 2)}
+        cases.append(tuple(params[names[i]][chosen[i]] for i in range(len(names))))
+    return cases
+
+
+PAIRWISE = all_pairs(PARAMS, _valid)
+#: The full Cartesian grid (1,800 valid cases) runs under ``-m slow``.
+FULL_GRID = [g for g in itertools.product(*PARAMS.values()) if _valid(dict(zip(PARAMS, g)))]
+
+
+def _pairs(case: tuple) -> set:
+    return {(a, case[a], b, case[b]) for a, b in itertools.combinations(range(len(case)), 2)}
+
+
+def test_all_pairs_covers_every_valid_pair_of_every_two_parameters():
+    covered = set().union(*map(_pairs, PAIRWISE))
+    names = list(PARAMS)
+    for a, b in itertools.combinations(range(len(names)), 2):
+        for va, vb in itertools.product(PARAMS[names[a]], PARAMS[names[b]]):
+            if _valid({names[a]: va, names[b]: vb}):
+                assert (a, va, b, vb) in covered, f"{names[a]}={va!r} with {names[b]}={vb!r} is never tested"
+    assert all(_valid(dict(zip(names, case))) for case in PAIRWISE)
+    assert len(set(PAIRWISE)) == len(PAIRWISE) and len(PAIRWISE) <= 30  # vs 1,800 grid cases
+    assert all_pairs(PARAMS, _valid) == PAIRWISE  # deterministic: the same cases on every run
+
+
+def test_all_pairs_of_small_designs():
+    # three binary parameters: 4 cases cover all 12 pairs (the grid has 8)
+    three = all_pairs({"a": [0, 1], "b": [0, 1], "c": [0, 1]})
+    assert len(three) == 4 and set().union(*map(_pairs, three)) == set().union(*map(_pairs, itertools.product([0, 1], repeat=3)))
+    # two parameters: the design is the grid itself
+    assert sorted(all_pairs({"a": [0, 1, 2], "b": "xy"})) == sorted(itertools.product([0, 1, 2], "xy"))
+    # an excluded pair is never generated, but each of its values still meets every other value
+    cases = all_pairs({"a": [0, 1], "b": [0, 1], "c": [0, 1]}, lambda c: not (c.get("a") == 1 and c.get("b") == 1))
+    assert (1, 1) not in {case[:2] for case in cases}
+    assert {(case[0], case[2]) for case in cases} == {(0, 0), (0, 1), (1, 0), (1, 1)}
 
 
 def _padding(kind: str, k) -> int | tuple | str:
@@ -56,7 +133,8 @@ def _padding(kind: str, k) -> int | tuple | str:
     return "same"
 
 
-@pytest.mark.parametrize("k,stride,dilation,pad,groups,bias,mode,E", [g for g in GRID if not (g[3] == "same" and g[1] == 2)])
+@pytest.mark.parametrize("k,stride,dilation,pad,groups,bias,mode,E", PAIRWISE + [
+    pytest.param(*case, marks=pytest.mark.slow) for case in FULL_GRID if case not in PAIRWISE])
 def test_fold_matches_two_conv_block(k, stride, dilation, pad, groups, bias, mode, E):
     block = _block(E, k, stride, dilation, _padding(pad, k), groups, bias, mode)
     x = torch.randn(2, 4, 17, 19)
@@ -94,14 +172,20 @@ def test_weight_is_the_combined_filter_and_differentiable():
     assert w.shape == (8, 4, 3, 3) and w.requires_grad
     expected = block.combine_weight @ block.spatial_weight.reshape(16, -1)
     assert torch.allclose(w.reshape(8, -1), expected, atol=1e-14)
-    assert torch.equal(combine_filters(block.spatial_weight, block.combine_weight), w)
+    # it is the filter of the block: one conv with it computes the two-conv block, and the gradient
+    # that reaches P through it is the one the two-conv block gives P
+    x = torch.randn(2, 4, 9, 9)
+    assert _rel_err(F.conv2d(x, w, padding=1), block.naive_forward(x)) < 1e-10
+    (through_weight,) = torch.autograd.grad(F.conv2d(x, w, padding=1).square().sum(), block.combine_weight)
+    (through_block,) = torch.autograd.grad(block.naive_forward(x).square().sum(), block.combine_weight)
+    assert through_weight.abs().max() > 0 and _rel_err(through_weight, through_block) < 1e-10
 
 
 def test_auto_picks_the_cheaper_form():
     block = _block(8, 3, 1, 1, 1, 1, False, "zeros")
     fold_cost, naive_cost = block.step_macs((256, 4, 32, 32))
     assert fold_cost < naive_cost and block.choose_impl((256, 4, 32, 32)) == "fold"
-    wide = LCConv(512, 512, 3, expansion=128, padding=1)
+    wide = LCConv(512, 512, 3, expansion=128, padding=1, device="meta")  # the choice reads shapes only
     assert wide.choose_impl((1, 512, 1, 1)) == "naive"  # fold of 512·65536·4608 MACs vs one pixel
     assert wide.choose_impl((256, 512, 7, 7)) == "fold"
 
@@ -123,7 +207,7 @@ def test_fold_whole_models_float64(name):
     model = torchvision.models.get_model(name, weights=None, num_classes=10).double()
     convert(model, "lc", E=2, spatial="frozen", seed=3)
     model.eval()
-    x = torch.randn(2, 3, 64, 64)
+    x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         before = model(x)
         after = fold(model, inplace=True)(x)
@@ -137,12 +221,12 @@ def test_timm_reparameterize_model_folds_exactly_as_fold(impl):
     timm = pytest.importorskip("timm")
     from timm.utils import reparameterize_model
 
-    model = timm.create_model("resnet18d", num_classes=10).double()
+    model = timm.create_model("test_resnet", num_classes=10).double()  # timm's small ResNet, deep 3x3 stem
     convert(model, "lc", E=2, spatial="frozen", seed=1, impl=impl, input_size=(3, 32, 32))
     model.eval()
     kind = PreconditionedConv if impl == "preconditioned" else LCConv
     blocks = sum(isinstance(m, kind) for m in model.modules())
-    assert blocks > 10
+    assert blocks >= 8
     folded = fold(model)
     by_timm = reparameterize_model(model)  # a deep copy, folded
     assert sum(isinstance(m, kind) for m in model.modules()) == blocks  # the original is untouched

@@ -97,10 +97,14 @@ def test_baseline_init_asks_for_another_baseline_init(toy_installed, tmp_path, c
 
 @pytest.mark.parametrize("argv,reason", [
     (["--task", "classification", "--set", "train.optimizer=adamw"], "train.optimizer 'adamw'"),
-    (["--task", "segmentation"], "train.optimizer 'adamw'"),  # segmentation trains with AdamW
-    (["--task", "segmentation", "--set", "train.optimizer=sgd", "--set", "train.grad_clip=5"], "train.grad_clip 5"),
-    (["--task", "detection", "--set", "train.optimizer=SGD"], "ultralytics' trainer clips gradients (max norm 10)"),
-    (["--task", "detection"], "clips gradients (max norm 10) and train.optimizer is AdamW"),
+    pytest.param(["--task", "segmentation"], "train.optimizer 'adamw'",  # segmentation trains with AdamW
+                 marks=pytest.mark.extra("segmentation")),
+    pytest.param(["--task", "segmentation", "--set", "train.optimizer=sgd", "--set", "train.grad_clip=5"],
+                 "train.grad_clip 5", marks=pytest.mark.extra("segmentation")),
+    pytest.param(["--task", "detection", "--set", "train.optimizer=SGD"], "ultralytics' trainer clips gradients (max norm 10)",
+                 marks=pytest.mark.extra("detection")),
+    pytest.param(["--task", "detection"], "clips gradients (max norm 10) and train.optimizer is AdamW",
+                 marks=pytest.mark.extra("detection")),
     (["--task", "toy"], "task 'toy' does not verify"),
 ])
 def test_inexact_preconditioned_form_is_refused_before_any_training(toy_installed, tmp_path, capsys, argv, reason):

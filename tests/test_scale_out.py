@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,9 @@ from lcdense.engine import executors
 from lcdense.engine.variants import CellSpec, Variant
 
 CONFIGS = Path(__file__).parents[1] / "configs" / "executors"
+#: the sweep executors (debug, local, slurm) are submitit's
+needs_submitit = pytest.mark.skipif(find_spec("submitit") is None,
+                                    reason='needs the cluster extra: pip install "lcdense[cluster]"')
 TOY = ["--task", "toy", "--E", "4", "--seeds", "1", "--quiet", "--no-analysis", "--device", "cpu",
        "--set", "run.threads=1"]
 
@@ -50,13 +54,18 @@ def test_two_gloo_ranks_train_the_same_cell_as_one_process(toy_installed, tmp_pa
     assert environment["world_size"] == 2
 
 
+@pytest.mark.extra("detection")
+def test_detection_refuses_data_parallel_without_gpus(tmp_path, capsys):
+    assert main(["run", "--task", "detection", "--ddp", "2", "--device", "cpu", "--out", str(tmp_path / "runs")]) == 2
+    assert "task 'detection' trains data-parallel through its framework's own launcher, which needs CUDA GPUs" \
+        in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("cell.json"))
+
+
 def test_data_parallel_refusals_are_one_line(toy_installed, tmp_path, monkeypatch, capsys):
     import lcdense_toy
 
     out = ["--out", str(tmp_path / "runs")]
-    assert main(["run", "--task", "detection", "--ddp", "2", "--device", "cpu", *out]) == 2
-    assert "task 'detection' trains data-parallel through its framework's own launcher, which needs CUDA GPUs" \
-        in capsys.readouterr().err
     assert main(["run", *TOY, "--ddp", "3", *out]) == 2  # the toy's global batch is 32
     assert "train.batch_size 32 (the global batch) must be a multiple of the 3 ranks" in capsys.readouterr().err
     assert main(["run", "--task", "toy", "--device", "0,gpu1", *out]) == 2
@@ -70,6 +79,7 @@ def test_data_parallel_refusals_are_one_line(toy_installed, tmp_path, monkeypatc
     assert [p.name for p in (tmp_path / "runs" / "toy").iterdir()] == ["taken"]
 
 
+@needs_submitit
 def test_failed_cell_job_is_rerun_by_resubmission(toy_installed, tmp_path, monkeypatch, capsys):
     import lcdense_toy
 
@@ -108,6 +118,7 @@ def test_failed_cell_job_is_rerun_by_resubmission(toy_installed, tmp_path, monke
     assert (run_dir / "results.csv").read_text().count("\n") == 5
 
 
+@needs_submitit
 def test_local_executor_runs_the_cells_in_a_job_process(toy_installed, tmp_path, capsys):
     out = tmp_path / "runs"
     assert main(["sweep", *TOY, "--variants", "lc-frozen", "--width", "4,8", "--out", str(out), "--name", "local",
@@ -122,6 +133,7 @@ def test_local_executor_runs_the_cells_in_a_job_process(toy_installed, tmp_path,
     assert "2 cell(s), 2 finished, 0 to run" in capsys.readouterr().out
 
 
+@needs_submitit
 def test_slurm_settings_become_an_sbatch_array(tmp_path, monkeypatch):
     bin_dir = tmp_path / "bin"  # submitit checks that srun exists; nothing is submitted here
     bin_dir.mkdir()
@@ -138,12 +150,14 @@ def test_slurm_settings_become_an_sbatch_array(tmp_path, monkeypatch):
     assert executors.executor_settings("local", CONFIGS / "local.yaml", {})["gpus_per_job"] == 1
 
 
+@needs_submitit
 def test_slurm_without_slurm_is_a_one_line_error(toy_installed, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PATH", str(tmp_path))  # no srun
     assert main(["sweep", *TOY, "--out", str(tmp_path / "runs"), "--executor", "slurm"]) == 2
     assert "cannot use the slurm executor here" in capsys.readouterr().err
 
 
+@needs_submitit
 def test_executor_settings_errors(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("partitions: gpu\n")
@@ -175,6 +189,7 @@ def test_unknown_executor_is_one_line_naming_the_known_ones(capsys):
     assert str(error.value) == "unknown executor 'slrum'; did you mean 'slurm'? Known: debug, local, slurm"
 
 
+@needs_submitit
 def test_a_registered_executor_is_one_class(toy_installed, tmp_path, monkeypatch, capsys):
     """A new executor (here: local processes, one job per cell) is one registered class: the
     command line offers it and the sweep submits through it."""
@@ -196,6 +211,7 @@ def test_a_registered_executor_is_one_class(toy_installed, tmp_path, monkeypatch
     assert "2 to run on 'percell'" in capsys.readouterr().out
 
 
+@needs_submitit
 def test_a_failed_job_is_explained_in_one_line():
     from submitit.core.utils import FailedJobError, UncompletedJobError
 

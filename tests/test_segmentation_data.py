@@ -2,36 +2,41 @@
 from __future__ import annotations
 
 import shutil
+from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from lcdense_tasks.segmentation.data import (
+
+if any(find_spec(m) is None for m in ("segmentation_models_pytorch", "albumentations", "timm")):
+    pytest.skip('needs the segmentation extra: pip install "lcdense[segmentation]"', allow_module_level=True)
+
+from lcdense_tasks.segmentation.data import (  # noqa: E402
     MEAN,
     STD,
     PairDataset,
     read_pair,
     train_batches,
 )
-from lcdense_tasks.segmentation.embedded import (
+from lcdense_tasks.segmentation.embedded import (  # noqa: E402
     embedded_root,
     ensure_embedded,
     generate_carvana,
     generate_lgg,
     rle_encode,
 )
-from lcdense_tasks.segmentation.layouts import (
+from lcdense_tasks.segmentation.layouts import (  # noqa: E402
     carvana_samples,
     check_sizes,
     lgg_samples,
     rle_decode,
     split_by_group,
 )
-from PIL import Image
+from PIL import Image  # noqa: E402
 
-from lcdense import LcdenseError
-from lcdense.engine.training import epoch_generator
+from lcdense import LcdenseError  # noqa: E402
+from lcdense.engine.training import epoch_generator  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -1,17 +1,22 @@
 """Segmentation task: config profiles, metrics, init sources, and a tiny fit/evaluate/resume."""
 from __future__ import annotations
 
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
 import torch
-from lcdense_tasks.segmentation import PROFILES, SegmentationTask
-from lcdense_tasks.segmentation.embedded import generate_carvana, generate_lgg
-from lcdense_tasks.segmentation.metrics import ConfusionCounts
-from lcdense_tasks.segmentation.model import SCOPES, init_sources
 
-import lcdense
-from lcdense import Cell, LcdenseError
+if any(find_spec(m) is None for m in ("segmentation_models_pytorch", "albumentations", "timm")):
+    pytest.skip('needs the segmentation extra: pip install "lcdense[segmentation]"', allow_module_level=True)
+
+from lcdense_tasks.segmentation import PROFILES, SegmentationTask  # noqa: E402
+from lcdense_tasks.segmentation.embedded import generate_carvana, generate_lgg  # noqa: E402
+from lcdense_tasks.segmentation.metrics import ConfusionCounts  # noqa: E402
+from lcdense_tasks.segmentation.model import SCOPES, init_sources  # noqa: E402
+
+import lcdense  # noqa: E402
+from lcdense import Cell, LcdenseError  # noqa: E402
 
 
 def _tiny_config(root: Path, dataset: str = "carvana", epochs: int = 2) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -19,6 +20,10 @@ from lcdense_tasks.classification.timm_recipe import loss_for, optimizer_and_sch
 from lcdense import convert, frozen_digest, frozen_tensors
 from lcdense.cli import main
 from lcdense.core.models import create_model
+
+# every test here trains or builds timm models (timm is imported lazily, so the imports above work without it)
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("timm") is None,
+                                reason='needs the timm extra: pip install "lcdense[timm]"')
 
 A2 = str(Path(__file__).parents[1] / "configs" / "classification" / "imagenet_resnet18d_rsb_a2.yaml")
 # the A2 config at CI size: timm's small test ResNet (deep 3x3 stem like resnet18d), 32 px, 2 epochs
