@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 import lcdense
 
@@ -70,15 +69,6 @@ def _segmentation(tmp: Path) -> dict[str, Any]:
     return {"task": "segmentation", "variants": "lc-frozen", "data": str(tmp / "carvana"),
             "data.image_size": [32, 48], "data.val_fraction": 0.25, "model.name": "resnet18",
             "model.encoder_depth": 3, "model.decoder_channels": [16, 8, 4], "batch_size": 8, "train.lr": 3e-3}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and far faster when other work shares the cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("settings", [_classification, _timm, _detection, _segmentation],

@@ -64,15 +64,6 @@ def _train(task, config, data, cell):
     return model, history, task.evaluate(model, data, config, cell)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and far faster when other work shares the cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def carvana_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("carvana")
