@@ -169,6 +169,7 @@ def run(task: str | None = None, *, config: str | os.PathLike | None = None, res
         resume: The directory of a run to continue.
         ddp: Train each cell data-parallel on this many GPUs.
         callbacks: Callbacks of the run's events.
+        **overrides: Settings over the config's (see the module docstring).
 
     Returns:
         The finished run (on a rank other than 0 under torchrun: no cells, no summary).
@@ -206,6 +207,7 @@ def sweep(task: str | None = None, *, axes: dict[str, list[Any]] | None = None, 
         executor_settings: Executor settings, over ``executor_config``'s.
         wait: Wait for Slurm jobs and report them.
         callbacks: Callbacks of the run's events.
+        **overrides: Settings over the config's (see the module docstring).
 
     Returns:
         The run: finished, or with the cells finished so far and the submitted ``jobs``.
@@ -230,6 +232,7 @@ def dry_run(task: str | None = None, *, config: str | os.PathLike | None = None,
         config: A YAML config file.
         axes: Sweep axis → values, as for :func:`sweep`.
         ddp: The number of data-parallel ranks each cell would train on.
+        **overrides: Settings over the config's (see the module docstring).
 
     Returns:
         The estimates (:class:`lcdense.cost.estimate.Estimate`), one per distinct variant and sweep point.
