@@ -80,7 +80,17 @@ SHORT_KEYS: dict[str, str] = {
 
 @dataclass
 class RunResult:
-    """A run directory read back: its config, plan, finished cell records and summary."""
+    """A run directory read back: its config, plan, finished cell records and summary.
+
+    Attributes:
+        run_dir: The run directory.
+        config: The run's resolved config (empty if ``config.yaml`` is missing).
+        plan: The run's plan (``plan.json``).
+        cells: The records of the finished cells.
+        summary: The summary (``summary.json``), or None if not written.
+        table: The summary's Markdown table, when this call rendered the report (else empty).
+        jobs: Cell id → job id, for cells handed to an executor by this call.
+    """
 
     run_dir: Path
     config: dict[str, Any]
@@ -125,7 +135,17 @@ def default_callbacks(config: dict[str, Any]) -> list[Any]:
 
 
 def load(run_dir: str | os.PathLike) -> RunResult:
-    """Read a run directory back: config, plan, finished cells and summary (nothing is recomputed)."""
+    """Read a run directory back: config, plan, finished cells and summary (nothing is recomputed).
+
+    Args:
+        run_dir: The run directory.
+
+    Returns:
+        The run as its files hold it.
+
+    Raises:
+        LcdenseError: ``run_dir`` has no ``plan.json`` or a record file cannot be read.
+    """
     run = RunDir(run_dir)
     plan = read_plan(run)
     config = run.read_config() if run.config_yaml.is_file() else {}
@@ -142,6 +162,21 @@ def run(task: str | None = None, *, config: str | os.PathLike | None = None, res
     such as ``device="0,1"``) trains each cell data-parallel: torchrun's ranks for most tasks,
     the task framework's own launcher for detection. ``callbacks`` receive the run's events
     (:mod:`lcdense.engine.events`) after the built-in ones.
+
+    Args:
+        task: The task's name; None to take it from ``config``.
+        config: A YAML config file.
+        resume: The directory of a run to continue.
+        ddp: Train each cell data-parallel on this many GPUs.
+        callbacks: Callbacks of the run's events.
+        **overrides: Settings over the config's (see the module docstring).
+
+    Returns:
+        The finished run (on a rank other than 0 under torchrun: no cells, no summary).
+
+    Raises:
+        LcdenseError: No or an unknown task, a bad setting, or a data-parallel request the task or
+            machine cannot serve.
     """
     return _launch(task, config=config, resume=resume, axes={}, ddp=ddp, executor=None, callbacks=callbacks,
                    overrides=overrides)
@@ -160,6 +195,25 @@ def sweep(task: str | None = None, *, axes: dict[str, list[Any]] | None = None, 
     :mod:`lcdense.engine.executors`); local and debug jobs are waited for and reported, Slurm jobs
     (which outlive the command) only with ``wait=True`` (else the result holds the cells finished
     so far and the submitted ``jobs``).
+
+    Args:
+        task: The task's name; None to take it from ``config``.
+        axes: Sweep axis → values.
+        config: A YAML config file.
+        resume: The directory of a sweep to continue.
+        ddp: Train each cell data-parallel on this many GPUs.
+        executor: Run the cells as submitit jobs of this executor; None trains them here.
+        executor_config: A YAML file of executor settings.
+        executor_settings: Executor settings, over ``executor_config``'s.
+        wait: Wait for Slurm jobs and report them.
+        callbacks: Callbacks of the run's events.
+        **overrides: Settings over the config's (see the module docstring).
+
+    Returns:
+        The run: finished, or with the cells finished so far and the submitted ``jobs``.
+
+    Raises:
+        LcdenseError: No or an unknown task, an unknown axis, bad settings, or ``ddp`` with an executor.
     """
     return _launch(task, config=config, resume=resume, axes=dict(axes or {}), ddp=ddp,
                    executor=(executor, executor_config, dict(executor_settings or {}), wait) if executor else None,
@@ -172,6 +226,19 @@ def dry_run(task: str | None = None, *, config: str | os.PathLike | None = None,
     tensors (:mod:`lcdense.engine.dry_run`): parameters, state, activations, peak memory, FLOPs and whether
     it fits ``memory`` (``run.max_memory``; default: the device's). Prints the table, writes
     ``OUT/TASK/dry-run/<time>.json`` and returns the estimates; nothing is trained or allocated.
+
+    Args:
+        task: The task's name; None to take it from ``config``.
+        config: A YAML config file.
+        axes: Sweep axis → values, as for :func:`sweep`.
+        ddp: The number of data-parallel ranks each cell would train on.
+        **overrides: Settings over the config's (see the module docstring).
+
+    Returns:
+        The estimates (:class:`lcdense.cost.estimate.Estimate`), one per distinct variant and sweep point.
+
+    Raises:
+        LcdenseError: No or an unknown task, an unknown axis, or a bad setting.
     """
     from ..engine.dry_run import dry_run as estimate_cells
     from ..engine.dry_run import report as report_estimates
@@ -187,7 +254,18 @@ def dry_run(task: str | None = None, *, config: str | os.PathLike | None = None,
 
 def report(run_dir: str | os.PathLike, *, analysis: bool = True) -> RunResult:
     """Re-render ``results.csv``, ``summary.json``, ``summary.md`` and the figures of a run from its
-    files alone (and the filter analysis, where cells saved their filters and ``analysis``)."""
+    files alone (and the filter analysis, where cells saved their filters and ``analysis``).
+
+    Args:
+        run_dir: The run directory.
+        analysis: Also redo the filter analysis (where cells saved their filters).
+
+    Returns:
+        The run with its new summary and table.
+
+    Raises:
+        LcdenseError: ``run_dir`` is not a run directory or has no finished cell.
+    """
     run_dir = Path(run_dir)
     result = load(run_dir)
     from ..reporting.analysis import FilterAnalysis
@@ -200,7 +278,17 @@ def report(run_dir: str | os.PathLike, *, analysis: bool = True) -> RunResult:
 
 def analyze(run_dir: str | os.PathLike) -> str:
     """The filter analysis of a run (``analysis.json``, ``.csv``, ``.md``, figures); returns its
-    Markdown section."""
+    Markdown section.
+
+    Args:
+        run_dir: The run directory.
+
+    Returns:
+        The "## Filter analysis" Markdown section.
+
+    Raises:
+        LcdenseError: ``run_dir`` does not exist.
+    """
     from ..reporting.analysis import analyze_run
 
     return analyze_run(run_dir)

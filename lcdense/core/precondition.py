@@ -63,6 +63,24 @@ class PreconditionedConv(nn.modules.conv._ConvNd):
     :class:`PreconditionedConv3d` (the ``isinstance`` target); build one with :meth:`from_lc`.
     Its frozen buffer ``preconditioner`` is M = WᵀW per group. Exact only under SGD
     (:func:`check_preconditioned_optimizer`).
+
+    The constructor is torch's conv constructor (``nn.Conv{1,2,3}d`` for the subclasses); it sets
+    no ``preconditioner``, which :meth:`from_lc` adds.
+
+    Args:
+        in_channels: Input channels.
+        out_channels: Output channels.
+        kernel_size: The kernel's size per spatial dimension.
+        stride: The stride.
+        padding: The padding, or ``"same"``/``"valid"``.
+        dilation: The dilation.
+        transposed: Whether the conv is transposed (False here; the subclasses set it).
+        output_padding: The transposed conv's output padding (unused here).
+        groups: The number of channel groups.
+        bias: Whether the conv has a bias.
+        padding_mode: ``"zeros"``, ``"reflect"``, ``"replicate"`` or ``"circular"``.
+        device: The device of the weight and bias.
+        dtype: The dtype of the weight and bias.
     """
 
     lcdense_frozen: tuple[str, ...] = ("preconditioner",)

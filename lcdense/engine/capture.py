@@ -58,7 +58,15 @@ def _console_handlers() -> list[logging.StreamHandler]:
 def framework_output(path: Path | None, show: bool) -> Iterator[None]:
     """Inside the block, ``sys.stdout``, ``sys.stderr`` and the console logging handlers write to
     ``path`` (appended; None: nowhere), and to the console as well when ``show``. A console
-    handler made inside the block (by a library imported there) writes to the console afterwards."""
+    handler made inside the block (by a library imported there) writes to the console afterwards.
+
+    Args:
+        path: The log file, appended to; None discards the output.
+        show: Also copy the output to the console.
+
+    Yields:
+        None, once; the redirection ends with the block.
+    """
     with contextlib.ExitStack() as stack:
         log = stack.enter_context(open(path, "a", encoding="utf-8") if path else open(os.devnull, "w"))  # noqa: SIM115
         console = {"out": sys.stdout, "err": sys.stderr}

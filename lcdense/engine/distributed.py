@@ -34,7 +34,13 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class World:
-    """This process's place among the ranks training one cell (rank 0 of 1 without torchrun)."""
+    """This process's place among the ranks training one cell (rank 0 of 1 without torchrun).
+
+    Attributes:
+        rank: This process's global rank.
+        size: The number of ranks.
+        local_rank: This process's rank on its machine (its GPU index).
+    """
 
     rank: int = 0
     size: int = 1

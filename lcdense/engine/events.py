@@ -42,7 +42,13 @@ if TYPE_CHECKING:
 
 @dataclass
 class RunStart:
-    """The run directory exists, its config and plan are written; no cell has run yet here."""
+    """The run directory exists, its config and plan are written; no cell has run yet here.
+
+    Attributes:
+        run_dir: The run directory.
+        config: The run's resolved config.
+        plan: The run's plan (``plan.json``).
+    """
 
     run_dir: Path
     config: dict[str, Any]
@@ -51,7 +57,15 @@ class RunStart:
 
 @dataclass
 class CellStart:
-    """Cell ``index`` (1-based) of ``total`` is about to train (or is skipped: finished earlier)."""
+    """Cell ``index`` (1-based) of ``total`` is about to train (or is skipped: finished earlier).
+
+    Attributes:
+        run_dir: The run directory.
+        cell: The cell's variant, seed and sweep point.
+        index: The cell's position among this invocation's cells, from 1.
+        total: The number of cells.
+        skipped: The cell finished in an earlier invocation and will not train again.
+    """
 
     run_dir: Path
     cell: CellSpec
@@ -62,7 +76,16 @@ class CellStart:
 
 @dataclass
 class EpochEnd:
-    """A task finished one training epoch of a cell; ``metrics`` is that epoch's history entry."""
+    """A task finished one training epoch of a cell; ``metrics`` is that epoch's history entry.
+
+    Attributes:
+        cell_id: The cell's id (e.g. ``"learnable__seed0"``).
+        epoch: The finished epoch, counted from 1.
+        metrics: The epoch's history entry (``epoch``, losses, metrics).
+        variant: The cell's variant.
+        seed: The cell's seed.
+        epochs: The epochs the cell trains in all, or None if not reported.
+    """
 
     cell_id: str
     epoch: int
@@ -76,7 +99,14 @@ class EpochEnd:
 class CellEnd:
     """A cell trained, passed its digest check and was evaluated. Called before ``cell.json`` is
     written (a callback may add files to ``cell_dir``; the cell counts as finished once its record
-    is on disk). ``model`` is the trained model."""
+    is on disk). ``model`` is the trained model.
+
+    Attributes:
+        run_dir: The run directory.
+        cell_dir: The cell's folder.
+        record: The cell's record (``cell.json`` to be).
+        model: The trained model.
+    """
 
     run_dir: Path
     cell_dir: Path
@@ -88,7 +118,17 @@ class CellEnd:
 class RunEnd:
     """Every cell of this invocation finished. ``records`` holds every finished cell of the run;
     callbacks that write part of the report append Markdown to ``sections`` (``summary.md``
-    gets them), and the report callback sets ``summary``."""
+    gets them), and the report callback sets ``summary``.
+
+    Attributes:
+        run_dir: The run directory.
+        config: The run's resolved config.
+        plan: The run's plan.
+        records: Every finished cell of the run.
+        sections: Markdown sections for ``summary.md``, appended by callbacks.
+        summary: The run's summary, set by the report callback (None before).
+        table: The summary's Markdown table, set by the report callback.
+    """
 
     run_dir: Path
     config: dict[str, Any]

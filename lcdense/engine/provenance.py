@@ -34,13 +34,29 @@ RESUME_SOURCES: dict[str, bool] = {"fp32_state": True, "ultralytics_fp16_ema": F
 
 def autocast_precision(amp: bool, device: torch.device) -> str:
     """The precision the shared training loop runs in: bf16 autocast on CUDA when ``amp``, else fp32
-    (on CPU ``amp`` does nothing)."""
+    (on CPU ``amp`` does nothing).
+
+    Args:
+        amp: Whether mixed precision is asked for (``train.amp``).
+        device: The device the model runs on.
+
+    Returns:
+        ``"bf16"`` or ``"fp32"``.
+    """
     return "bf16" if amp and device.type == "cuda" else "fp32"
 
 
 @dataclass
 class Provenance:
-    """A cell's provenance, filled in while it trains and evaluates."""
+    """A cell's provenance, filled in while it trains and evaluates.
+
+    Attributes:
+        train_precisions: The precisions (of :data:`PRECISIONS`) training ran in, in order.
+        eval_precision: The precision the final evaluation ran in, or None if not noted.
+        resumes: One entry per resume: ``after_epoch``, ``source``, ``exact``, ``data_order``.
+        primary_weights: Which weights the primary metric comes from (``"model"``, or e.g. ``"ema"``).
+        frozen_digests: Frozen digests of evaluated copies other than the trained model.
+    """
 
     #: precisions used for training, in order (several only if a resume changed it)
     train_precisions: list[str] = field(default_factory=list)

@@ -84,7 +84,34 @@ class _Record:
 
 @dataclass
 class CellRecord(_Record):
-    """``cell.json``: one finished (or failed) cell."""
+    """``cell.json``: one finished (or failed) cell.
+
+    Attributes:
+        id: The cell's id (its folder name).
+        task: The task's name.
+        variant: The variant's name (e.g. ``"lc-frozen@8"``).
+        kind: The variant's kind (``"lc-frozen"``; taken from ``variant`` if not given).
+        mode: The variant's conversion mode.
+        spatial: The variant's spatial bank (``"frozen"``, ``"learnable"``), or None.
+        E: The LC-Block expansion, or None.
+        axes: The cell's sweep point (axis → value).
+        seed: The cell's seed.
+        init_seed: The seed of the model's initialisation.
+        data_seed: The seed of data order and augmentation.
+        status: ``"done"`` or ``"failed"``.
+        primary_metric: The task's primary metric.
+        metrics: The final numeric metrics.
+        extra_metrics: The final non-numeric metrics.
+        history: One entry per epoch.
+        frozen_digest_before: The frozen digest before training.
+        frozen_digest_after: The frozen digest after training.
+        costs: Parameters, MACs, times, peak memory, device and host.
+        conversion: The conversion report as a dict.
+        provenance: How the cell's numbers came about (precision, init, resume, weights evaluated).
+        paper: A paper run's experiment, scale, recipe and overrides.
+        error: Why the cell failed.
+        extra: Keys of the file that this version does not know, kept.
+    """
 
     FORMAT: ClassVar[str] = CELL_FORMAT
     _optional: ClassVar[tuple[str, ...]] = ("error", "provenance", "paper")
@@ -152,7 +179,17 @@ class CellRecord(_Record):
 
 @dataclass
 class PlanRecord(_Record):
-    """``plan.json``: what a run is (``--resume``, ``report`` and the cluster jobs read it back)."""
+    """``plan.json``: what a run is (``--resume``, ``report`` and the cluster jobs read it back).
+
+    Attributes:
+        task: The task's name.
+        primary_metric: The task's primary metric.
+        higher_is_better: Whether a higher primary metric is better.
+        axis_keys: Sweep axis → the dotted config key it sets.
+        cells: The cell grid: ``kind``, ``E``, ``seed`` and ``axes`` of each cell.
+        paper: A paper run's experiment, scale, recipe and overrides; None otherwise.
+        extra: Keys of the file that this version does not know, kept.
+    """
 
     FORMAT: ClassVar[str] = PLAN_FORMAT
     _optional: ClassVar[tuple[str, ...]] = ("paper",)
@@ -187,7 +224,15 @@ class PlanRecord(_Record):
 @dataclass
 class SummaryRecord(_Record):
     """``summary.json``: per sweep point (``groups``, '' for a plain run) the variants' statistics
-    (mean, std, n per metric and cost) and the gaps in the primary metric, paired by seed."""
+    (mean, std, n per metric and cost) and the gaps in the primary metric, paired by seed.
+
+    Attributes:
+        primary_metric: The task's primary metric.
+        higher_is_better: Whether a higher primary metric is better.
+        groups: Sweep point → its variants' statistics and ``gaps``.
+        paper: A paper run's comparison with the published numbers.
+        extra: Keys of the file that this version does not know, kept.
+    """
 
     FORMAT: ClassVar[str] = SUMMARY_FORMAT
     _optional: ClassVar[tuple[str, ...]] = ("paper",)

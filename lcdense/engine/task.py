@@ -34,17 +34,41 @@ TASKS: Registry[type[Task]] = Registry("task", group="lcdense.tasks")
 
 
 def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
-    """Class decorator registering a :class:`Task` subclass under ``name``."""
+    """Class decorator registering a :class:`Task` subclass under ``name``.
+
+    Args:
+        name: The task's name (``lcdense run --task NAME``).
+
+    Returns:
+        The decorator; it registers the class and returns it unchanged.
+
+    Raises:
+        LcdenseError: When decorating, ``name`` is already registered for another class.
+    """
     return TASKS.register(name)
 
 
 def list_tasks() -> list[str]:
-    """Names of every task: registered in code or through the ``lcdense.tasks`` entry points."""
+    """Names of every task: registered in code or through the ``lcdense.tasks`` entry points.
+
+    Returns:
+        The task names.
+    """
     return TASKS.names()
 
 
 def get_task(name: str) -> Task:
-    """An instance of the task registered as ``name`` (unknown names list the known ones)."""
+    """An instance of the task registered as ``name`` (unknown names list the known ones).
+
+    Args:
+        name: A name of :func:`list_tasks`.
+
+    Returns:
+        A new instance of the task's class.
+
+    Raises:
+        LcdenseError: ``name`` is unknown, or its entry point fails to load.
+    """
     return TASKS.get(name)()
 
 
@@ -61,6 +85,24 @@ class Cell:
     the run's callbacks. :meth:`framework_output` sends what libraries print to the cell's
     ``train.log`` (the runner wraps ``fit`` and ``evaluate`` in it; a worker process that a task's
     framework launches enters it too); ``verbose`` (``--verbose``) shows that output as well.
+
+    Attributes:
+        variant: The variant's name (e.g. ``"lc-frozen"``).
+        seed: The cell's seed.
+        init_seed: The seed of the model's initialisation.
+        data_seed: The seed of data order and augmentation.
+        dir: The cell's folder.
+        device: The device to train on.
+        convert: Converts a model to the cell's variant; its report's ``model`` is the converted model.
+        quiet: Suppress the task's own progress messages.
+        log: Prints the task's progress messages to the console (a no-op when quiet).
+        world: This process's rank in data-parallel training.
+        gpus: The GPUs of a task that launches its own workers.
+        init: The init of the converted spatial filters.
+        provenance: What the task records of its precision, resume and evaluated weights.
+        id: The cell's id (empty: ``<variant>__seed<seed>``).
+        events: The run's callbacks, which :meth:`epoch_end` reports to.
+        verbose: Show the framework output on the console too.
     """
 
     variant: str

@@ -39,7 +39,22 @@ SCHEDULES: tuple[str, ...] = ("cosine", "constant")
 
 @dataclass
 class TrainSettings:
-    """The ``train`` config section as the loop reads it (extra keys are the task's own)."""
+    """The ``train`` config section as the loop reads it (extra keys are the task's own).
+
+    Attributes:
+        epochs: Epochs to train (at least 1).
+        lr: The peak learning rate.
+        optimizer: ``"sgd"`` or ``"adamw"``.
+        momentum: SGD's momentum.
+        nesterov: Nesterov momentum for SGD (when ``momentum`` > 0).
+        weight_decay: Weight decay on every trainable parameter.
+        schedule: ``"cosine"`` (to 0, per update) or ``"constant"``, after the warmup.
+        warmup_epochs: Epochs of linear warmup (may be fractional).
+        amp: Train in bf16 autocast on CUDA.
+        sync_bn: Under data parallel, turn BatchNorm into SyncBatchNorm (CUDA only).
+        grad_clip: The gradient-norm clip, or None for no clipping.
+        eval_every: Evaluate every this many epochs (and after the last).
+    """
 
     epochs: int
     lr: float
@@ -88,18 +103,40 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> 
 
 
 def epoch_seed(data_seed: int, epoch: int) -> int:
-    """The seed of everything random in ``epoch`` (order, augmentation, dropout)."""
+    """The seed of everything random in ``epoch`` (order, augmentation, dropout).
+
+    Args:
+        data_seed: The cell's data seed.
+        epoch: The epoch, counted from 0.
+
+    Returns:
+        A seed in [0, 2**63), the same for the same arguments.
+    """
     return (data_seed * 1_000_003 + epoch) % (2**63)
 
 
 def epoch_generator(data_seed: int, epoch: int) -> torch.Generator:
-    """A CPU generator for the data order and augmentation of ``epoch``."""
+    """A CPU generator for the data order and augmentation of ``epoch``.
+
+    Args:
+        data_seed: The cell's data seed.
+        epoch: The epoch, counted from 0.
+
+    Returns:
+        A new ``torch.Generator`` seeded with :func:`epoch_seed`.
+    """
     return torch.Generator().manual_seed(epoch_seed(data_seed, epoch))
 
 
 def preconditioned_inexact(settings: TrainSettings) -> str | None:
     """Why this loop would not train ``conversion.impl: preconditioned`` exactly, or None (plain SGD,
     no gradient clipping).
+
+    Args:
+        settings: The loop's training settings.
+
+    Returns:
+        The reason (the offending ``train`` setting), or None when it trains exactly.
 
     >>> preconditioned_inexact(TrainSettings(epochs=1, lr=0.1, optimizer="adamw"))
     "train.optimizer 'adamw' (the preconditioned form is exact only under SGD)"
@@ -113,7 +150,15 @@ def preconditioned_inexact(settings: TrainSettings) -> str | None:
 
 def autocast(device: torch.device, amp: bool):
     """The loop's autocast: bf16 on CUDA when ``amp``, nothing on CPU (see
-    :func:`lcdense.engine.provenance.autocast_precision`, which names the precision it gives)."""
+    :func:`lcdense.engine.provenance.autocast_precision`, which names the precision it gives).
+
+    Args:
+        device: The device the model runs on.
+        amp: Whether mixed precision is asked for (``train.amp``).
+
+    Returns:
+        A ``torch.autocast`` context manager, enabled only for bf16.
+    """
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
                           enabled=autocast_precision(amp, device) == "bf16")
 

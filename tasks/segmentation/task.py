@@ -1,9 +1,9 @@
 """The segmentation task adapter: a binary U-Net on Carvana or LGG brain MRI.
 
 Config keys that are ``null`` by default take a per-dataset value from :data:`PROFILES`:
-``embedded`` when ``data.root`` is null (the small generated datasets, sized to train on two CPU
-cores in about a minute per variant) and ``real`` when it points at the official data (the
-values of ``configs/segmentation/{carvana,brain_mri}_unet.yaml``). Set a key to override it.
+``embedded`` when ``data.root`` is null (the small generated datasets, sized to train on CPU)
+and ``real`` when it points at the official data (the values of
+``configs/segmentation/{carvana,brain_mri}_unet.yaml``). Set a key to override it.
 
 >>> task = SegmentationTask()
 >>> cfg = task.resolve_config({**task.default_config(), "data": {**task.default_config()["data"], "dataset": "brain-mri"}})

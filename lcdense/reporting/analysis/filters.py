@@ -2,7 +2,7 @@
 
 For every spatial conv and LC-Block, in module order: the combined filters W' (= P·W for LC-Blocks,
 the plain weight otherwise) as float32 CPU tensors and, for LC-Blocks, the basis diagnostics of the
-spatial bank W computed at save time (the bank itself can be 100× larger than W', so it is not kept;
+spatial bank W computed at save time (the bank itself is E× larger than W', so it is not kept;
 the preconditioned form keeps only WᵀW, which gives the spectrum but not the coherence).
 
 >>> import tempfile, os, torch

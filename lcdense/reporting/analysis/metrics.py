@@ -107,7 +107,7 @@ def _mutual_coherence(rows: torch.Tensor) -> float:
 
 
 def _gram_singular_values(gram: torch.Tensor) -> torch.Tensor:
-    """Singular values (descending) of a matrix from its float64 Gram matrix: about 10× faster than
+    """Singular values (descending) of a matrix from its float64 Gram matrix: cheaper than
     an SVD of a tall bank and accurate to ~1e-8·s_max, far below the rank tolerance."""
     return torch.linalg.eigvalsh(gram).clamp_min(0.0).sqrt().flip(0)
 
