@@ -180,3 +180,26 @@ def test_a_registered_tracker_is_a_logger_without_other_changes(toy_installed, t
     assert "experiment tracker: counting, mlflow, tensorboard, wandb" in " ".join(capsys.readouterr().out.split())
     result = _toy(tmp_path, variants=["frozen"], loggers=["counting"])
     assert Counting.ends == [c.id for c in result.cells]
+
+
+def test_a_logging_handler_left_on_a_closed_stream_does_not_break_a_cell(tmp_path):
+    """A handler whose stream was closed (an embedding app's, an earlier test's capture) can write
+    nothing: the cell's redirection leaves it alone instead of failing on its flush."""
+    import io
+
+    from lcdense import framework_output
+
+    stale, live = open(tmp_path / "closed.txt", "w"), io.StringIO()  # noqa: SIM115 (closed below)
+    logger = logging.getLogger("lcdense-test-stale")
+    handlers = [logging.StreamHandler(stale), logging.StreamHandler(live)]
+    for handler in handlers:
+        logger.addHandler(handler)
+    stale.close()
+    try:
+        with framework_output(tmp_path / "train.log", show=False):
+            logger.handlers[1].emit(logging.LogRecord("x", logging.WARNING, "", 0, "into the log", None, None))
+        assert handlers[0].stream is stale and handlers[1].stream is live  # both as they were
+        assert "into the log" in (tmp_path / "train.log").read_text() and live.getvalue() == ""
+    finally:
+        for handler in handlers:
+            logger.removeHandler(handler)

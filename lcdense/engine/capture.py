@@ -48,10 +48,12 @@ class _Tee(io.TextIOBase):
 
 
 def _console_handlers() -> list[logging.StreamHandler]:
-    """Every logging handler that writes to a stream other than a file (the console's)."""
+    """Every logging handler that writes to an open stream other than a file (the console's). A
+    handler left on a closed stream can write nothing, and moving it would flush that stream."""
     loggers = [logging.getLogger(), *(v for v in logging.Logger.manager.loggerDict.values() if isinstance(v, logging.Logger))]
     return [h for logger in loggers for h in logger.handlers
-            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+            and not getattr(h.stream, "closed", False)]
 
 
 @contextlib.contextmanager
@@ -73,9 +75,9 @@ def framework_output(path: Path | None, show: bool) -> Iterator[None]:
         out = _Tee(log, console["out"] if show else None)
         err = _Tee(log, console["err"] if show else None)
         handlers = [(h, h.stream) for h in _console_handlers()]
-        for handler, stream in handlers:
-            handler.setStream(err if stream is sys.stderr or stream is sys.__stderr__ else out)
-        try:
+        try:  # every handler is put back, even if moving a later one failed
+            for handler, stream in handlers:
+                handler.setStream(err if stream is sys.stderr or stream is sys.__stderr__ else out)
             with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
                 yield
         finally:
