@@ -51,12 +51,3 @@ def toy_installed(tmp_path, monkeypatch):
     TASKS._objects.pop("toy", None)
     yield site
     TASKS._objects.pop("toy", None)
-
-
-def pytest_configure(config):
-    """The root conftest sets OMP_NUM_THREADS before torch loads; should torch have been imported
-    earlier (a plugin), apply it here too."""
-    torch = __import__("sys").modules.get("torch")
-    threads = os.environ.get("OMP_NUM_THREADS", "")
-    if torch is not None and threads.isdigit() and int(threads) > 0:
-        torch.set_num_threads(int(threads))
