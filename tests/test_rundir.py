@@ -120,3 +120,17 @@ def test_only_rundir_spells_the_run_files():
              for path in sorted(PACKAGE.rglob("*.py")) if path.name != "rundir.py"
              for node in _string_constants(ast.parse(path.read_text())) if node.value in NAMES]
     assert found == [], "join run paths through lcdense.engine.rundir.RunDir/CellDir:\n" + "\n".join(found)
+
+
+@pytest.mark.parametrize("name", ["../../x", "a/b", "..", ".", ".hidden", "/abs"])
+def test_a_run_name_that_leaves_out_is_refused_in_one_line(toy_installed, tmp_path, capsys, name):
+    from lcdense.cli import main
+
+    out = tmp_path / "deep" / "runs"
+    code = main(["run", "--task", "toy", "--E", "4", "--seeds", "1", "--device", "cpu", "--quiet", "--no-analysis",
+                 "--out", str(out), "--name", name])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err == [f"lcdense: error: run name '{name}' must be a plain directory name (no '/', '\\', '..' or "
+                   "leading '.'), so that the run stays inside --out"]
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if "site" not in p.parts) == []

@@ -55,6 +55,30 @@ def cache_folder(out: PathLike) -> Path:
     return Path(out) / ".cache"
 
 
+def check_run_name(name: str) -> str:
+    """``name`` if it is a plain directory name (a run stays inside ``OUT/TASK``), else a one-line error.
+
+    >>> check_run_name("demo-1")
+    'demo-1'
+    >>> check_run_name("../../x")
+    Traceback (most recent call last):
+    ...
+    lcdense.base.errors.LcdenseError: run name '../../x' must be a plain directory name (no '/', '\\', '..' or leading '.'), so that the run stays inside --out
+
+    Args:
+        name: the run's name (``--name``, ``run.name``).
+
+    Returns:
+        The name, unchanged.
+    """
+    text = str(name)
+    if not text or text != text.strip() or text.startswith(".") or any(c in text for c in "/\\\0") \
+            or Path(text).name != text:
+        raise LcdenseError(f"run name '{text}' must be a plain directory name (no '/', '\\', '..' or leading '.'), "
+                           "so that the run stays inside --out")
+    return text
+
+
 @dataclass(frozen=True)
 class _Folder:
     """A folder given as any path-like (or another folder object), usable wherever a path is."""
@@ -120,8 +144,8 @@ class RunDir(_Folder):
 
     @classmethod
     def at(cls, out: PathLike, task: str, name: str) -> RunDir:
-        """``OUT/TASK/NAME``."""
-        return cls(runs_folder(out, task) / name)
+        """``OUT/TASK/NAME``; a ``name`` that is not a plain directory name is refused (:func:`check_run_name`)."""
+        return cls(runs_folder(out, task) / check_run_name(name))
 
     @property
     def config_yaml(self) -> Path:
@@ -223,4 +247,4 @@ class RunDir(_Folder):
         write_text(self.config_yaml, dump(config))
 
 
-__all__ = ["CellDir", "PathLike", "RunDir", "cache_folder", "dry_run_file", "runs_folder"]
+__all__ = ["CellDir", "PathLike", "RunDir", "cache_folder", "check_run_name", "dry_run_file", "runs_folder"]

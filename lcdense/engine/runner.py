@@ -45,7 +45,7 @@ from .records import (
     write_cell,
     write_plan,
 )
-from .rundir import RunDir, runs_folder
+from .rundir import RunDir, check_run_name, runs_folder
 from .task import Cell, Task, get_task
 from .trackers import check_loggers
 from .variants import CellSpec, Variant
@@ -339,7 +339,10 @@ def check_global_batch(config: dict[str, Any], ranks: int) -> None:
 
 
 def new_run_dir(out: str | Path, task: str, name: str | None) -> Path:
-    """A fresh ``<out>/<task>/<name>`` directory; an existing name is refused, never reused."""
+    """A fresh ``<out>/<task>/<name>`` directory; an existing name is refused, never reused, and so
+    is a name that is not a plain directory name (nothing is created then)."""
+    if name:
+        check_run_name(name)
     parent = runs_folder(out, task)
     try:
         parent.mkdir(parents=True, exist_ok=True)
