@@ -150,6 +150,37 @@ def test_slurm_settings_become_an_sbatch_array(tmp_path, monkeypatch):
     assert executors.executor_settings("local", CONFIGS / "local.yaml", {})["gpus_per_job"] == 1
 
 
+def _fake_slurm(tmp_path, monkeypatch, sinfo: str) -> None:
+    """srun (submitit checks it exists) and an sinfo printing ``sinfo`` (nothing is submitted)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")
+    (bin_dir / "sinfo").write_text(f"#!/bin/sh\nprintf '{sinfo}'\n")
+    for tool in ("srun", "sinfo"):
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+
+
+@needs_submitit
+@pytest.mark.parametrize(("device", "sinfo", "gpus", "note"), [
+    ("cpu", "gpu:8|gpu*\\n", 0, ""),
+    ("auto", "(null)|debug*\\n", 0, "the default partition has no GPU: the jobs run on CPU"),
+    ("auto", "(null)|cpu\\ngpu:a100:4|gpu*\\n", 1, ""),
+    ("cuda", "(null)|debug*\\n", 1, ""),  # asked for: sbatch's refusal is then one line
+])
+def test_a_cpu_only_job_asks_for_no_gpu(tmp_path, monkeypatch, device, sinfo, gpus, note):
+    """The first real sweep on a CPU-only Slurm node failed at sbatch: 'Invalid generic resource
+    (gres) specification' (tests/test_slurm.py runs it on a real cluster)."""
+    _fake_slurm(tmp_path, monkeypatch, sinfo)
+    slurm = executors.get_executor("slurm")
+    settings, said = slurm.place(executors.executor_settings("slurm", CONFIGS / "slurm.yaml", {}), device)
+    assert (settings["gpus_per_job"], said) == (gpus, note)
+    executor = slurm.make(tmp_path / "jobs" / "%j", "lcdense-x", settings, task_per_gpu=True)
+    script = executor._executor._make_submission_file_text("python -m submitit.core._submit x", "uid")
+    assert ("#SBATCH --gpus-per-node" in script) == bool(gpus)
+    assert "#SBATCH --cpus-per-task=8" in script and "#SBATCH --mem=48GB" in script  # one GPU's share
+
+
 @needs_submitit
 def test_slurm_without_slurm_is_a_one_line_error(toy_installed, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PATH", str(tmp_path))  # no srun
@@ -165,8 +196,8 @@ def test_executor_settings_errors(tmp_path):
         executors.executor_settings("slurm", bad, {})
     with pytest.raises(Exception, match="unknown executor 'slrum'; did you mean 'slurm'"):
         executors.executor_settings("slrum", None, {})
-    with pytest.raises(Exception, match="gpus_per_job must be >= 1"):
-        executors.executor_settings("slurm", None, {"gpus_per_job": 0})
+    with pytest.raises(Exception, match=r"gpus_per_job must be >= 0 \(0: CPU-only jobs\), got -1"):
+        executors.executor_settings("slurm", None, {"gpus_per_job": -1})
 
 
 def test_resubmission_skips_cells_whose_slurm_job_is_alive(tmp_path, monkeypatch):

@@ -40,6 +40,7 @@ from ..engine.records import (
 from ..engine.rundir import RunDir, cache_folder
 from ..engine.runner import (
     check_before_training,
+    check_diverged,
     check_global_batch,
     execute,
     gpu_list,
@@ -75,6 +76,7 @@ SHORT_KEYS: dict[str, str] = {
     "name": "run.name", "quiet": "run.quiet", "analysis": "run.analysis", "epochs": "train.epochs",
     "batch_size": "train.batch_size", "data": "data.root", "dataset": "data.dataset", "model": "model.name",
     "workers": "data.workers", "memory": "run.max_memory", "verbose": "run.verbose", "loggers": "run.loggers",
+    "allow_diverged": "run.allow_diverged",
 }
 
 
@@ -344,6 +346,7 @@ def _launch(task_name: str | None, *, config: Any, resume: Any, axes: dict[str, 
         cfg["run"]["quiet"] = bool(settings.get("run.quiet") or cfg["run"].get("quiet"))
         cfg["run"]["verbose"] = bool(settings.get("run.verbose") or cfg["run"].get("verbose"))
         cfg["run"]["loggers"] = settings.get("run.loggers", cfg["run"].get("loggers") or [])
+        cfg["run"]["allow_diverged"] = bool(settings.get("run.allow_diverged") or cfg["run"].get("allow_diverged"))
         device = str(settings.get("run.device") or "")
     else:
         run_dir = None
@@ -396,6 +399,7 @@ def _launch(task_name: str | None, *, config: Any, resume: Any, axes: dict[str, 
     if not world.is_main:
         return RunResult(run_dir, cfg, plan, [], None)
     end = _finish(run_dir, cfg, plan, events.callbacks)
+    check_diverged(end.records, cfg)
     return RunResult(run_dir, cfg, plan, end.records, end.summary, end.table)
 
 
@@ -418,13 +422,15 @@ def _under_torchrun(task: Task, cfg: dict[str, Any], cells: list[CellSpec], axis
         cfg["run"]["device"] = device
         run_dir = new_run_dir(cfg["run"]["out"], task.name, cfg["run"]["name"])
         save_run_config(run_dir, cfg, cells, axis_keys, task)
-    argv = ["run", "--resume", str(run_dir), *(["--quiet"] if cfg["run"]["quiet"] else [])]
+    # the ranks do not refuse diverged cells: this process does, once they are done
+    argv = ["run", "--resume", str(run_dir), "--allow-diverged", *(["--quiet"] if cfg["run"]["quiet"] else [])]
     code = subprocess.run(torchrun_command(len(gpus), argv), env=env).returncode
     if code:
         raise LcdenseError(f"the {len(gpus)} data-parallel ranks failed (torchrun exit code {code}, their error is "
                            f"above); finished cells are kept: continue with lcdense run --resume {run_dir} --ddp {len(gpus)}")
     result = load(run_dir)
     result.table = ""
+    check_diverged(result.cells, cfg)
     return result
 
 
@@ -437,6 +443,9 @@ def _submit(task: Task, cfg: dict[str, Any], run_dir: Path, plan: PlanRecord, ce
     name, _, settings, wait = executor
     if int(settings["gpus_per_job"]) > 1 and task.data_parallel is None:
         raise LcdenseError(f"task '{task.name}' trains on one device; use --gpus-per-job 1")
+    settings, note = executors.get_executor(name).place(settings, str(cfg["run"]["device"]))
+    if note:
+        print(f"lcdense: {note}")
     task.prepare_data(cfg, cache_dir)  # the embedded dataset is generated once, before any job starts
     pending = [c for c in cells if finished_cell(run.cell(c.id)) is None]
     todo, notes = executors.cells_to_submit(run_dir, pending, name)
@@ -461,6 +470,7 @@ def _submit(task: Task, cfg: dict[str, Any], run_dir: Path, plan: PlanRecord, ce
     if failures:
         raise LcdenseError(f"{len(failures)} job(s) failed; finished cells are kept. Run the missing ones again: "
                            f"lcdense sweep --resume {run_dir} --executor {name}")
+    check_diverged(end.records if end else [], cfg)
     return RunResult(run_dir, cfg, plan, end.records if end else [], end.summary if end else None,
                      end.table if end else "", jobs=jobs)
 

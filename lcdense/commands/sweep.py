@@ -21,7 +21,7 @@ from ..api import sweep as sweep_api
 from ..base.errors import LcdenseError
 from ..engine.executors import EXECUTORS
 from . import run as run_command
-from .common import positive_int
+from .common import nonnegative_int, positive_int
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -35,7 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                       help="run each cell as a job: " + ", ".join(EXECUTORS.get(n).summary for n in EXECUTORS.names()))
     jobs.add_argument("--executor-config", metavar="YAML", help="executor settings, e.g. configs/executors/slurm.yaml")
     jobs.add_argument("--partition", help="Slurm partition")
-    jobs.add_argument("--gpus-per-job", type=positive_int, help="GPUs per cell job (> 1: data-parallel within the cell)")
+    jobs.add_argument("--gpus-per-job", type=nonnegative_int,
+                      help="GPUs per cell job (> 1: data-parallel within the cell; 0: CPU-only jobs)")
     jobs.add_argument("--time-limit", type=positive_int, metavar="MIN", help="time limit per job, in minutes")
     jobs.add_argument("--array-parallelism", type=positive_int, help="Slurm array jobs running at once")
     jobs.add_argument("--wait", action="store_true", help="slurm: wait for the jobs, then write the report")

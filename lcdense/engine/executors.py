@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -46,9 +47,9 @@ from .variants import CellSpec
 #: Every setting an executor config may hold, with its default.
 DEFAULTS: dict[str, Any] = {
     "timeout_min": 720,          # per job (one cell)
-    "gpus_per_job": 1,           # > 1: the cell trains data-parallel, one task per GPU
-    "cpus_per_gpu": 8,           # data loading workers + the training process
-    "mem_gb_per_gpu": 48,
+    "gpus_per_job": 1,           # > 1: the cell trains data-parallel, one task per GPU; 0: a CPU-only job
+    "cpus_per_gpu": 8,           # data loading workers + the training process (a CPU-only job: per job)
+    "mem_gb_per_gpu": 48,        # (a CPU-only job: per job)
     "partition": None,
     "account": None,
     "qos": None,
@@ -118,6 +119,18 @@ class Executor:
         """The scheduler's state of a job (one of :data:`LIVE_STATES` while it lives); '' if unknown."""
         return ""
 
+    def place(self, settings: dict[str, Any], device: str) -> tuple[dict[str, Any], str]:
+        """The settings the jobs of a run on ``device`` (its ``run.device``) are submitted with: here unchanged.
+
+        Args:
+            settings: the executor settings (:func:`executor_settings`).
+            device: the run's ``run.device`` (``auto``, ``cpu``, ``cuda``...).
+
+        Returns:
+            The settings to submit with, and a note for the user ('' if none).
+        """
+        return settings, ""
+
 
 EXECUTORS: Registry[type[Executor]] = Registry("executor", group="lcdense.executors")
 
@@ -145,14 +158,17 @@ class SlurmExecutor(Executor):
         import submitit
 
         executor = submitit.AutoExecutor(folder, cluster="slurm")
-        per_job = int(settings["gpus_per_job"])
-        tasks = per_job if task_per_gpu else 1  # one rank per GPU, or one process that launches its own workers
+        gpus = int(settings["gpus_per_job"])
+        shares = max(gpus, 1)  # a CPU-only job gets one GPU's share of CPUs and memory
+        tasks = gpus if task_per_gpu and gpus else 1  # one rank per GPU, or one process (CPU, or its own workers)
         params: dict[str, Any] = dict(
-            timeout_min=int(settings["timeout_min"]), name=job_name, gpus_per_node=per_job, tasks_per_node=tasks,
-            nodes=1, cpus_per_task=int(settings["cpus_per_gpu"]) * per_job // tasks,
-            mem_gb=float(settings["mem_gb_per_gpu"]) * per_job,
+            timeout_min=int(settings["timeout_min"]), name=job_name, tasks_per_node=tasks,
+            nodes=1, cpus_per_task=int(settings["cpus_per_gpu"]) * shares // tasks,
+            mem_gb=float(settings["mem_gb_per_gpu"]) * shares,
             slurm_array_parallelism=int(settings["array_parallelism"]), slurm_setup=list(settings["setup"]),
             slurm_srun_args=["--kill-on-bad-exit=1"])  # one failing rank ends the job, no hang
+        if gpus:  # a CPU-only job asks for no GPU: a GPU request fails on a partition without any
+            params["gpus_per_node"] = gpus
         for key in ("partition", "account", "qos", "constraint"):
             if settings[key]:
                 params[f"slurm_{key}"] = settings[key]
@@ -163,6 +179,49 @@ class SlurmExecutor(Executor):
         import submitit
 
         return submitit.SlurmJob(folder=RunDir(run_dir).jobs, job_id=job_id).state
+
+    def place(self, settings: dict[str, Any], device: str) -> tuple[dict[str, Any], str]:
+        """CPU-only jobs (no GPU requested) for a run on ``cpu``, and for ``auto`` on a partition
+        whose nodes have no GPU (asked of ``sinfo``); otherwise ``gpus_per_job`` GPUs.
+
+        Args:
+            settings: the executor settings.
+            device: the run's ``run.device``.
+
+        Returns:
+            The settings to submit with, and a note when the jobs become CPU-only for ``auto``.
+        """
+        if not int(settings["gpus_per_job"]):
+            return settings, ""
+        if device == "cpu":
+            return {**settings, "gpus_per_job": 0}, ""
+        if device == "auto" and partition_gpus(settings["partition"]) is False:
+            where = f"partition '{settings['partition']}'" if settings["partition"] else "the default partition"
+            return {**settings, "gpus_per_job": 0}, f"{where} has no GPU: the jobs run on CPU"
+        return settings, ""
+
+
+def partition_gpus(partition: str | None) -> bool | None:
+    """Whether the nodes of ``partition`` (None: the default one) have GPUs, by their generic
+    resources (``sinfo -o %G``); None if ``sinfo`` cannot tell.
+
+    Args:
+        partition: a Slurm partition, or None.
+
+    Returns:
+        True (some node has a ``gpu`` resource), False (none has), or None (unknown).
+    """
+    command = ["sinfo", "--noheader", "--format=%G|%P", *(["--partition", partition] if partition else [])]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    rows = [line.split("|") for line in done.stdout.splitlines() if "|" in line]
+    if done.returncode or not rows:
+        return None
+    if not partition:  # the default partition is marked with a '*'
+        rows = [row for row in rows if row[1].endswith("*")] or rows
+    return any("gpu" in row[0] for row in rows)
 
 
 @EXECUTORS.register("local")
@@ -228,9 +287,11 @@ def executor_settings(name: str, config_file: str | Path | None, overrides: dict
         if key not in DEFAULTS:
             raise LcdenseError(f"unknown executor setting '{key}' in {config_file}; known: {', '.join(sorted(DEFAULTS))}")
         settings[key] = value
-    for key in ("timeout_min", "gpus_per_job", "array_parallelism"):
+    for key in ("timeout_min", "array_parallelism", "cpus_per_gpu"):
         if int(settings[key]) < 1:
             raise LcdenseError(f"executor setting {key} must be >= 1, got {settings[key]}")
+    if int(settings["gpus_per_job"]) < 0:
+        raise LcdenseError(f"executor setting gpus_per_job must be >= 0 (0: CPU-only jobs), got {settings['gpus_per_job']}")
     return settings
 
 
@@ -242,6 +303,9 @@ def run_cells_job(run_dir: str, cell_ids: list[str], cache_dir: str,
     ones) and ``callbacks``; submitit pickles both into the job.
 
     Returns {cell id: "done"}; a failing cell raises, which fails the job (re-submit to retry).
+    Slurm's preemption or time-limit signal (submitit asks for USR2 before the kill; SIGTERM
+    comes first on preemption and is ignored by submitit) requeues the job, which continues from
+    the last epoch checkpoint, as ``--resume`` does after a SIGTERM (see ``checkpoint`` below).
     """
     if "SLURM_JOB_ID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
         import submitit
@@ -256,6 +320,18 @@ def run_cells_job(run_dir: str, cell_ids: list[str], cache_dir: str,
     records = execute(task, config, Path(run_dir), [by_id[i] for i in cell_ids], axis_keys, Path(cache_dir),
                       world, device, events)
     return {r.id: r.status for r in records}
+
+
+def _requeue_same_cells(*args: Any, **kwargs: Any) -> Any:
+    """submitit's checkpoint of a job (called on Slurm's preemption or time-limit signal, USR2):
+    the same call again, which resumes the interrupted cell from its last epoch checkpoint and
+    skips the finished ones. submitit then requeues the job and exits this one."""
+    from submitit.core.utils import DelayedSubmission
+
+    return DelayedSubmission(run_cells_job, *args, **kwargs)
+
+
+run_cells_job.checkpoint = _requeue_same_cells  # type: ignore[attr-defined]
 
 
 def submitted_jobs(run_dir: Path) -> dict[str, dict[str, Any]]:
@@ -315,7 +391,10 @@ def submit(run_dir: Path, cells: list[CellSpec], cache_dir: Path, name: str, set
         raise LcdenseError(f"cannot use the {name} executor here ({exc}); submit from a Slurm login node, "
                            "or use --executor local") from None
     run_arg, cache_arg = str(run_dir.resolve()), str(cache_dir.resolve())
-    jobs = kind.launch(executor, groups, lambda group: (run_arg, group, cache_arg, make_callbacks, list(callbacks)))
+    try:
+        jobs = kind.launch(executor, groups, lambda group: (run_arg, group, cache_arg, make_callbacks, list(callbacks)))
+    except (OSError, subprocess.CalledProcessError, RuntimeError) as exc:  # e.g. sbatch refused (submitit's FailedJobError)
+        raise LcdenseError(f"the {name} executor refused the jobs: {_refusal(exc, settings)}") from None
     stamp = datetime.now().isoformat(timespec="seconds")
     record = submitted_jobs(run_dir)
     for job, group in zip(jobs, groups):
@@ -323,6 +402,17 @@ def submit(run_dir: Path, cells: list[CellSpec], cache_dir: Path, name: str, set
             record[cell_id] = {"job_id": str(job.job_id), "executor": name, "submitted": stamp}
     write_json(RunDir(run_dir).jobs_json, record)
     return list(zip(jobs, groups))
+
+
+def _refusal(error: BaseException, settings: dict[str, Any]) -> str:
+    """One line on why submitting failed (the scheduler's message), with what to change where it is known."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = next((line for line in lines if "error" in line.lower()), lines[-1] if lines else type(error).__name__)
+    if "gres" in text.lower() and int(settings.get("gpus_per_job", 0)):
+        text += " (the partition may have no GPU: use --gpus-per-job 0, or --device cpu, for CPU-only jobs)"
+    elif "node configuration is not available" in text.lower():
+        text += " (ask for fewer CPUs or less memory: cpus_per_gpu, mem_gb_per_gpu in --executor-config)"
+    return text
 
 
 def _reason(error: BaseException) -> str:
@@ -358,5 +448,5 @@ def describe(submitted: list[Any]) -> str:
 
 
 __all__ = ["EXECUTORS", "DebugExecutor", "Executor", "LocalExecutor", "SlurmExecutor", "cells_to_submit", "describe",
-           "executor_settings", "get_executor", "run_cells_job", "submit", "submitted_jobs", "wait"]
+           "executor_settings", "get_executor", "partition_gpus", "run_cells_job", "submit", "submitted_jobs", "wait"]
 
