@@ -43,6 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config value, e.g. train.lr=0.05")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run (other settings come from it)")
     p.add_argument("--no-analysis", action="store_true", help="skip the filter analysis at the end")
+    p.add_argument("--allow-diverged", action="store_true",
+                   help="exit 0 even if a cell's loss or metrics went non-finite (it is still marked 'diverged' "
+                        "and left out of the gaps; run.allow_diverged)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars or per-cell lines")
     p.add_argument("--verbose", "-v", action="store_true",
                    help="per-epoch lines and the task framework's own output (ultralytics, pycocotools), "
@@ -66,6 +69,8 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         out["run.analysis"] = False
     if args.verbose:
         out["run.verbose"] = True
+    if args.allow_diverged:
+        out["run.allow_diverged"] = True
     if args.logger:
         out["run.loggers"] = [name for value in args.logger for name in logger_names(value)]
     for assignment in args.set:

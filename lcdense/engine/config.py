@@ -47,6 +47,7 @@ RUN_DEFAULTS: dict[str, Any] = {
         "quiet": False,
         "verbose": False,  # show the task framework's own output (else only in cells/<id>/train.log)
         "loggers": [],  # experiment trackers: tensorboard, mlflow, wandb (lcdense.engine.trackers)
+        "allow_diverged": False,  # a cell whose loss or metrics went non-finite does not fail the run
     },
     "conversion": {
         "init": "kaiming_uniform",

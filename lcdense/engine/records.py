@@ -39,6 +39,8 @@ from .rundir import CellDir, PathLike, RunDir
 from .variants import CellSpec, Variant
 
 CELL_FORMAT = "lcdense-cell/1"
+#: The statuses of a cell that finished (and is not run again); ``diverged`` ones are left out of the gaps.
+FINISHED = ("done", "diverged")
 PLAN_FORMAT = "lcdense-plan/1"
 SUMMARY_FORMAT = "lcdense-summary/1"
 
@@ -98,7 +100,8 @@ class CellRecord(_Record):
         seed: The cell's seed.
         init_seed: The seed of the model's initialisation.
         data_seed: The seed of data order and augmentation.
-        status: ``"done"`` or ``"failed"``.
+        status: ``"done"``, ``"diverged"`` (finished, but its loss or metrics went non-finite:
+            left out of the statistics and gaps) or ``"failed"``.
         primary_metric: The task's primary metric.
         metrics: The final numeric metrics.
         extra_metrics: The final non-numeric metrics.
@@ -109,7 +112,7 @@ class CellRecord(_Record):
         conversion: The conversion report as a dict.
         provenance: How the cell's numbers came about (precision, init, resume, weights evaluated).
         paper: A paper run's experiment, scale, recipe and overrides.
-        error: Why the cell failed.
+        error: Why the cell failed, or what went non-finite in a diverged cell.
         extra: Keys of the file that this version does not know, kept.
     """
 
@@ -152,7 +155,13 @@ class CellRecord(_Record):
 
     @property
     def done(self) -> bool:
+        """Whether the cell finished with finite numbers."""
         return self.status == "done"
+
+    @property
+    def finished(self) -> bool:
+        """Whether the cell finished training and evaluation (``done`` or ``diverged``): it is not run again."""
+        return self.status in FINISHED
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CellRecord:
@@ -171,7 +180,7 @@ class CellRecord(_Record):
                    axes=dict(spec.axes))
 
     def to_dict(self) -> dict[str, Any]:
-        if self.status == "done":
+        if self.finished:
             return super().to_dict()
         return {"format": self.FORMAT, "id": self.id, "variant": self.variant, "seed": self.seed,
                 "status": self.status, "error": self.error, **self.extra}
@@ -285,9 +294,9 @@ def read_cell(cell_dir: PathLike) -> CellRecord | None:
 
 
 def finished_cell(cell_dir: PathLike) -> CellRecord | None:
-    """The record of ``cell_dir`` if the cell finished (status done), else None."""
+    """The record of ``cell_dir`` if the cell finished (status done or diverged), else None."""
     record = read_cell(cell_dir)
-    return record if record is not None and record.done else None
+    return record if record is not None and record.finished else None
 
 
 def read_cells(run_dir: PathLike) -> list[CellRecord]:
@@ -318,6 +327,6 @@ def read_summary(run_dir: PathLike) -> SummaryRecord | None:
     return SummaryRecord.from_dict(_read(path, "run summary"), what=path.name) if path.is_file() else None
 
 
-__all__ = ["CELL_FORMAT", "PLAN_FORMAT", "SUMMARY_FORMAT", "CellRecord", "PlanRecord", "RecordFormatError",
+__all__ = ["CELL_FORMAT", "FINISHED", "PLAN_FORMAT", "SUMMARY_FORMAT", "CellRecord", "PlanRecord", "RecordFormatError",
            "SummaryRecord", "finished_cell", "read_cell", "read_cells", "read_plan", "read_summary", "write_cell",
            "write_plan", "write_summary"]

@@ -15,6 +15,7 @@ run itself is started by :func:`lcdense.run` (or the CLI, which calls it).
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import platform
 import subprocess
@@ -28,7 +29,7 @@ from typing import Any
 import torch
 
 from ..base.errors import LcdenseError
-from ..base.files import write_json, write_text
+from ..base.files import DiskFull, human_bytes, write_json, write_text
 from ..core.convert import ConversionReport, convert
 from ..core.digest import frozen_digest
 from ..core.inits import check_init
@@ -298,10 +299,12 @@ def make_cell_record(task: Task, spec: CellSpec, data_seed: int, metrics: dict[s
                      measured: dict[str, Any], provenance: dict[str, Any], cfg: dict[str, Any]) -> CellRecord:
     """The record of a finished cell (what ``cell.json`` holds), built in this one place; a paper
     run's cells also say which experiment, at which scale."""
+    diverged = non_finite(metrics, history)
     return CellRecord(
         id=spec.id, task=task.name, variant=spec.variant.name, kind=spec.variant.kind, mode=spec.variant.mode,
         spatial=spec.variant.spatial, E=spec.variant.E, axes=spec.axes, seed=spec.seed, init_seed=spec.seed,
-        data_seed=data_seed, status="done", primary_metric=task.primary_metric,
+        data_seed=data_seed, status="diverged" if diverged else "done", error=diverged,
+        primary_metric=task.primary_metric,
         metrics={k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
         extra_metrics={k: v for k, v in metrics.items() if not isinstance(v, (int, float))},
         history=history, frozen_digest_before=digests[0], frozen_digest_after=digests[1],
@@ -316,6 +319,32 @@ def make_cell_record(task: Task, spec: CellSpec, data_seed: int, metrics: dict[s
         conversion=report.to_dict(), provenance=provenance,
         paper=cfg["paper"] if cfg.get("paper", {}).get("experiment") else None,
     )
+
+
+def non_finite(metrics: dict[str, Any], history: list[dict[str, Any]]) -> str | None:
+    """What went non-finite (NaN or infinite) in a cell's final metrics or its epochs' numbers, or
+    None: a cell whose loss diverged may still report a finite, chance-level accuracy.
+
+    >>> non_finite({"top1": 0.1}, [{"epoch": 1, "train_loss": 2.3}, {"epoch": 2, "train_loss": float("nan")}])
+    'train_loss is nan at epoch 2'
+    >>> non_finite({"top1": 0.9}, [{"epoch": 1, "train_loss": 0.4}]) is None
+    True
+
+    Args:
+        metrics: the final metrics.
+        history: one record per epoch.
+
+    Returns:
+        e.g. ``'train_loss is nan at epoch 2'`` (the first one), or None.
+    """
+    for entry in history:
+        for key, value in entry.items():
+            if isinstance(value, (int, float)) and not math.isfinite(value):
+                return f"{key} is {value} at epoch {entry.get('epoch', '?')}"
+    for key, value in metrics.items():
+        if isinstance(value, (int, float)) and not math.isfinite(value):
+            return f"{key} is {value}"
+    return None
 
 
 def _mean(values: list[Any]) -> float | None:
@@ -406,16 +435,64 @@ def execute(task: Task, config: dict[str, Any], run_dir: Path, cells: list[CellS
             continue
         try:
             record = run_cell(task, data, config, spec, run, device, axis_keys, quiet, world, gpus, events)
+        except DiskFull as exc:
+            raise LcdenseError(f"{exc}; {space_needed(run, cells[index - 1:], exc)}; the files written before are "
+                               f"intact: free space, then continue with --resume {run_dir}") from None
         except FrozenFiltersMoved as exc:
             failures.append(str(exc))
             if world.is_main:
                 write_cell(cell_dir, CellRecord.failed(spec, str(exc)))
             say(f"  FAILED: {exc}")
             continue
+        if record.status == "diverged":
+            say(f"  DIVERGED: cell {spec.id}: {record.error}; left out of the statistics and gaps")
         records.append(record)
     if failures:
         raise LcdenseError(f"{len(failures)} cell(s) failed: {failures[0]}")
     return records
+
+
+def check_diverged(records: list[CellRecord], config: dict[str, Any]) -> None:
+    """Refuse a run with diverged cells (after its report was written), unless ``run.allow_diverged``.
+
+    Args:
+        records: the run's finished cells.
+        config: the run's config.
+
+    Raises:
+        LcdenseError: one line naming the diverged cells and what went non-finite.
+    """
+    diverged = [r for r in records if r.status == "diverged"]
+    if diverged and not config["run"].get("allow_diverged"):
+        first = diverged[0]
+        raise LcdenseError(f"{len(diverged)} cell(s) diverged (loss or metrics not finite), first {first.id}: "
+                           f"{first.error}; they are marked in the table and left out of the gaps. Lower train.lr "
+                           "in a new run, or accept them with --allow-diverged (run.allow_diverged)")
+
+
+def _size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
+
+
+def space_needed(run: RunDir, unfinished: list[CellSpec], error: DiskFull) -> str:
+    """How much more space the unfinished cells need, estimated from the largest cell folder (a
+    finished one, or the failing one with the file it could not write).
+
+    Args:
+        run: the run directory.
+        unfinished: the cells not finished yet, the failing one first.
+        error: the failed write.
+
+    Returns:
+        e.g. ``the run needs about 12.0 MiB more for its 3 unfinished cell(s)``.
+    """
+    sizes = [_size(cell.path) for cell in run.cell_dirs() if finished_cell(cell) is not None]
+    failing = run.cell(unfinished[0].id).path if unfinished else None
+    if failing is not None:
+        sizes.append(_size(failing) + error.needed)
+    per_cell = max(sizes or [error.needed])
+    return (f"the run needs about {human_bytes(per_cell * max(len(unfinished), 1))} more for its "
+            f"{len(unfinished)} unfinished cell(s)")
 
 
 def save_run_config(run_dir: Path, config: dict[str, Any], cells: list[CellSpec], axis_keys: dict[str, str],

@@ -11,6 +11,7 @@ entry-point group (``[project.entry-points."lcdense.tasks"] mytask = "mypkg:MyTa
 from __future__ import annotations
 
 import contextlib
+import io
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..base.files import atomic_writer
+from ..base.files import write_bytes
 from ..base.registry import Registry
 from ..core.convert import ConversionReport
 from ..cost.estimate import Footprint
@@ -144,9 +145,11 @@ class Cell:
         return CellDir(self.dir).checkpoint_pt
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
-        """Atomically write ``state`` (tensors, numbers, strings, lists, dicts) as the resume point."""
-        with atomic_writer(self.checkpoint_path) as f:
-            torch.save(state, f)
+        """Atomically write ``state`` (tensors, numbers, strings, lists, dicts) as the resume point
+        (serialised first, so that a full disk says how much space it needs)."""
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        write_bytes(self.checkpoint_path, buffer.getvalue())
 
     def load_checkpoint(self) -> dict[str, Any] | None:
         """The last resume point of this cell, or None (loaded with ``weights_only=True``)."""

@@ -64,14 +64,28 @@ def paired_gap(a: dict[int, float], b: dict[int, float]) -> dict[str, Any] | Non
 
 
 def summarize(records: list[CellRecord], primary: str, higher_is_better: bool) -> SummaryRecord:
-    """The summary of a run (what ``summary.json`` holds)."""
+    """The summary of a run (what ``summary.json`` holds). Diverged cells (status ``diverged``)
+    are left out of every statistic and gap; each group lists them under ``diverged`` (cell id →
+    what went non-finite), and a variant whose cells all diverged has only ``diverged``."""
     groups: dict[str, dict[str, list[CellRecord]]] = {}
+    diverged: dict[str, dict[str, list[CellRecord]]] = {}
     for r in records:
-        groups.setdefault(sweep_point(r.axes), {}).setdefault(r.variant, []).append(r)
+        point = sweep_point(r.axes)
+        if r.status == "diverged":
+            diverged.setdefault(point, {}).setdefault(r.variant, []).append(r)
+            groups.setdefault(point, {})
+        else:
+            groups.setdefault(point, {}).setdefault(r.variant, []).append(r)
     out = SummaryRecord(primary_metric=primary, higher_is_better=higher_is_better, groups={})
     for group, by_variant in groups.items():
         variants = {}
-        for name, rs in sorted(by_variant.items(), key=lambda item: variant_order(item[0])):
+        lost = diverged.get(group, {})
+        for name in sorted(set(by_variant) | set(lost), key=variant_order):
+            rs = by_variant.get(name, [])
+            if not rs:
+                variants[name] = {"kind": lost[name][0].kind, "E": lost[name][0].E, "seeds": [], "metrics": {},
+                                  "costs": {}, "diverged": sorted(r.id for r in lost[name])}
+                continue
             metrics = sorted({k for r in rs for k in r.metrics})
             variants[name] = {
                 "kind": rs[0].kind, "E": rs[0].E, "seeds": sorted(r.seed for r in rs),
@@ -81,6 +95,8 @@ def summarize(records: list[CellRecord], primary: str, higher_is_better: bool) -
                            "peak_memory_mb") if all(isinstance(r.costs.get(c), (int, float)) for r in rs)},
                 "provenance": variant_provenance(rs),
             }
+            if name in lost:
+                variants[name]["diverged"] = sorted(r.id for r in lost[name])
         gaps = []
         by_kind_e = {(rs[0].kind, rs[0].E): {r.seed: r.metrics.get(primary) for r in rs}
                      for rs in by_variant.values()}
@@ -95,6 +111,8 @@ def summarize(records: list[CellRecord], primary: str, higher_is_better: bool) -
                     label = gap_name.replace("lc-frozen", f"lc-frozen@{E}").replace("lc-learnable", f"lc-learnable@{E}")
                     gaps.append({"gap": label, "E": E, **stats})
         out.groups[group] = {"variants": variants, "gaps": gaps}
+        if lost:
+            out.groups[group]["diverged"] = {r.id: r.error or "not finite" for rs in lost.values() for r in rs}
     return out
 
 
@@ -165,10 +183,14 @@ def markdown_table(summary: SummaryRecord) -> str:
         lines += [f"| variant | seeds | {primary} (mean ± std) | trainable params | MACs/sample | time/cell (s) |",
                   "|---|---|---|---|---|---|"]
         for name, v in content["variants"].items():
+            if not v["seeds"]:  # every cell of the variant diverged
+                lines.append(f"| {name} | 0 ({len(v['diverged'])} diverged) | diverged | n/a | n/a | n/a |")
+                continue
             m = v["metrics"].get(primary)
             c = v["costs"]
+            seeds = f"{len(v['seeds'])}" + (f" (+{len(v['diverged'])} diverged)" if v.get("diverged") else "")
             lines.append(
-                f"| {name} | {len(v['seeds'])} | {_fmt(m) if m else 'n/a'} | "
+                f"| {name} | {seeds} | {_fmt(m) if m else 'n/a'} | "
                 f"{c['trainable_params']['mean']:,.0f} | {c.get('forward_macs_per_sample', {}).get('mean', float('nan')):,.0f} | "
                 f"{c['wall_time_s']['mean']:.1f} |"
             )
@@ -177,6 +199,9 @@ def markdown_table(summary: SummaryRecord) -> str:
             for g in content["gaps"]:
                 ci = f"[{g['ci95'][0]:+.4f}, {g['ci95'][1]:+.4f}]" if "ci95" in g else "n/a (1 seed)"
                 lines.append(f"| {g['gap']} | {g['mean']:+.4f} ± {g['std']:.4f} | {ci} | {g['n']} |")
+        if content.get("diverged"):
+            lines += ["", "**Diverged** (loss or metrics not finite; left out of the statistics and the gaps): "
+                      + "; ".join(f"{cell} ({why})" for cell, why in content["diverged"].items()) + "  "]
         lines += provenance_lines(content["variants"])
         lines.append("")
     if summary.paper:
@@ -244,13 +269,13 @@ def results_csv(records: list[CellRecord]) -> str:
     cost_names = ["trainable_params", "frozen_params", "total_params", "forward_macs_per_sample", "train_time_s",
                   "wall_time_s", "peak_memory_mb", "peak_memory_kind", "device", "data_wait_share"]
     paper = ["paper_experiment", "paper_scale"] if any(r.paper for r in records) else []
-    header = ["id", "task", "variant", "mode", "spatial", "E", *axis_names, "seed", "init_seed", "data_seed",
+    header = ["id", "status", "task", "variant", "mode", "spatial", "E", *axis_names, "seed", "init_seed", "data_seed",
               *metric_names, "frozen_digest_before", "frozen_digest_after", *cost_names, *PROVENANCE_COLUMNS, *paper]
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(header)
     for r in records:
-        writer.writerow([r.id, r.task, r.variant, r.mode, r.spatial, r.E,
+        writer.writerow([r.id, r.status, r.task, r.variant, r.mode, r.spatial, r.E,
                          *(r.axes.get(a) for a in axis_names), r.seed, r.init_seed, r.data_seed,
                          *(r.metrics.get(m) for m in metric_names), r.frozen_digest_before,
                          r.frozen_digest_after, *(r.costs.get(c) for c in cost_names), *provenance_row(r),
@@ -282,7 +307,8 @@ def write_report(run_dir: Path, primary: str, higher_is_better: bool,
         summary.paper = compare(summary, get_experiment(paper["experiment"]), paper["scale"], paper["overrides"])
     write_text(run.results_csv, results_csv(records))
     write_summary(run, summary)
-    figures = plot_run(run_dir, records, summary)
+    finite = [r for r in records if r.done]
+    figures = plot_run(run_dir, finite, summary) if finite else []
     table = markdown_table(summary)
     title = f"# {records[0].task} run `{run.path.name}`"
     if paper:
