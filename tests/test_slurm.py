@@ -3,10 +3,10 @@ the embedded classification config as a job array of CPU-only jobs, a job cancel
 and the sweep resubmitted, and a job preempted the way Slurm does it (SIGTERM, then submitit's
 USR2), each resuming from its epoch checkpoint to the numbers of the uninterrupted cell.
 
-Skipped, with the reason, where no cluster is reachable. The runs are tiny (512 images, 4 epochs:
-a job cancelled after its first epoch is killed 5 s later, KillWait, before its last) and are
-submitted together at the start, so their jobs overlap on the node's CPUs; each interruption
-comes as soon as its cell wrote its first epoch checkpoint.
+Skipped, with the reason, where no cluster is reachable (``SLURM_CONF`` names the cluster to
+use). The runs are tiny (512 images, 4 epochs: a job cancelled after its first epoch is killed 5 s
+later, KillWait, before its last) and are submitted together at the start, so their jobs overlap
+on the node's CPUs; each interruption comes as soon as its cell wrote its first epoch checkpoint.
 """
 from __future__ import annotations
 
@@ -39,10 +39,10 @@ def _reachable() -> str:
     check = subprocess.run([sys.executable, str(SCRIPT), "check"], capture_output=True, text=True)
     if check.returncode:
         return check.stderr.strip()
-    conf = os.environ.get("SLURM_CONF") or "/tmp/lcdense-slurm/slurm.conf"
-    if not Path(conf).is_file():
-        return f"no Slurm cluster reachable (no {conf}); start one: python3 scripts/slurm_cluster.py start"
-    os.environ["SLURM_CONF"] = conf
+    conf = os.environ.get("SLURM_CONF")
+    if not conf or not Path(conf).is_file():
+        return (f"no Slurm cluster to test on (SLURM_CONF {'is not set' if not conf else f'{conf} does not exist'}); "
+                "start one: python3 scripts/slurm_cluster.py start, then export SLURM_CONF=… as it says")
     sinfo = subprocess.run(["sinfo", "--noheader", "--format=%T"], capture_output=True, text=True, timeout=30)
     if sinfo.returncode or not sinfo.stdout.split():
         return f"no Slurm cluster reachable through {conf} ({(sinfo.stderr.strip() or 'no node').splitlines()[-1]})"
@@ -183,3 +183,11 @@ def test_preemption_requeues_the_job_which_resumes_from_its_checkpoint(runs, ref
 def _squeue(job: str) -> str:
     return subprocess.run(["squeue", "--noheader", "--format=%r", "--jobs", job], capture_output=True,
                           text=True).stdout.strip()
+
+
+def test_a_gpu_request_the_cluster_cannot_serve_is_refused_in_one_line(runs, capsys):
+    """What the first real sweep met (then on device auto; auto and cpu now ask for no GPU)."""
+    assert main(["sweep", *runs["common"], "--device", "cuda", "--variants", "frozen", "--name", "gpu"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "lcdense: error: the slurm executor refused the jobs: sbatch: error: Invalid generic resource (gres) "
+        "specification (the partition may have no GPU: use --gpus-per-job 0, or --device cpu, for CPU-only jobs)"]

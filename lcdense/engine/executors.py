@@ -25,10 +25,13 @@ then submits to it.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
 import subprocess
+import sys
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -391,10 +394,14 @@ def submit(run_dir: Path, cells: list[CellSpec], cache_dir: Path, name: str, set
         raise LcdenseError(f"cannot use the {name} executor here ({exc}); submit from a Slurm login node, "
                            "or use --executor local") from None
     run_arg, cache_arg = str(run_dir.resolve()), str(cache_dir.resolve())
+    said = io.StringIO()  # submitit prints a refusing sbatch's message before raising it: said once, below
     try:
-        jobs = kind.launch(executor, groups, lambda group: (run_arg, group, cache_arg, make_callbacks, list(callbacks)))
+        with contextlib.redirect_stderr(said):
+            jobs = kind.launch(executor, groups,
+                               lambda group: (run_arg, group, cache_arg, make_callbacks, list(callbacks)))
     except (OSError, subprocess.CalledProcessError, RuntimeError) as exc:  # e.g. sbatch refused (submitit's FailedJobError)
         raise LcdenseError(f"the {name} executor refused the jobs: {_refusal(exc, settings)}") from None
+    sys.stderr.write(said.getvalue())
     stamp = datetime.now().isoformat(timespec="seconds")
     record = submitted_jobs(run_dir)
     for job, group in zip(jobs, groups):
