@@ -56,15 +56,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _which(program: str) -> str | None:
+    return shutil.which(program, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
+
+
 def _alive(pid: int, program: str) -> bool:
-    """Whether ``pid`` runs and is ``program`` (not a recycled pid)."""
+    """Whether ``pid`` runs and is ``program`` (not a recycled pid; Debian's slurmctld is a link to slurmctld-wlm)."""
     try:
         exe = os.readlink(f"/proc/{pid}/exe")
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return False
     state = stat.rsplit(")", 1)[1].split()[0]
-    return Path(exe).name == program and state != "Z"
+    path = _which(program)
+    return path is not None and os.path.realpath(path) == os.path.realpath(exe) and state != "Z"
 
 
 def _pid(state: Path, name: str) -> int | None:
@@ -105,7 +110,7 @@ def _env(state: Path) -> dict[str, str]:
 
 def check_available() -> None:
     """Raise :class:`Unavailable` (one line) where a cluster cannot be started."""
-    missing = [p for p in PROGRAMS if not shutil.which(p, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")]
+    missing = [p for p in PROGRAMS if not _which(p)]
     if missing:
         raise Unavailable(f"no Slurm packages here (missing {', '.join(missing)}); "
                           f"install them with: apt-get install {PACKAGES}")
