@@ -109,10 +109,10 @@ class RunResult:
         return len(self.cells) == len(self.plan.cells)
 
     def metric(self, variant: str, name: str | None = None, group: str = "") -> dict[int, float]:
-        """Seed → value of metric ``name`` (default: the primary metric) for ``variant``."""
+        """Seed → value of metric ``name`` (default: the primary metric) for ``variant`` (diverged cells left out)."""
         name = name or self.plan.primary_metric
         return {c.seed: c.metrics[name] for c in self.cells
-                if c.variant == variant and sweep_point(c.axes) == group and name in c.metrics}
+                if c.done and c.variant == variant and sweep_point(c.axes) == group and name in c.metrics}
 
 
 def expand_settings(overrides: dict[str, Any]) -> dict[str, Any]:
