@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 
-import lcdense
 from lcdense.cli import main
 
 pytestmark = pytest.mark.extra("cluster")
