@@ -59,12 +59,14 @@ RUN_DEFAULTS: dict[str, Any] = {
     },
     # set by `lcdense paper run` (lcdense.paper): which paper experiment this run reproduces, at
     # which scale (full: the paper's recipe; smoke: shortened, never compared), from which recipe,
-    # and what the user changed on top of it
+    # what the user changed on top of it, and the equivalence margin declared before the run (in
+    # the published unit; None: no equivalence is claimed)
     "paper": {
         "experiment": None,
         "scale": None,
         "recipe": None,
         "overrides": [],
+        "delta": None,
     },
 }
 
