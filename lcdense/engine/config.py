@@ -35,7 +35,7 @@ RUN_DEFAULTS: dict[str, Any] = {
         "variants": ["learnable", "frozen", "lc-learnable", "lc-frozen"],
         "E": [8],
         "seeds": [0],
-        "baseline_init": "kaiming_uniform",  # the learnable baseline's init; conversion.init is the others
+        "baseline_init": "kaiming_uniform",  # the learnable baseline's init (native: the model's own); conversion.init is the others
         "data_seed_offset": 1000,
         "device": "auto",
         "out": "runs",

@@ -256,7 +256,7 @@ def paper_table(block: dict[str, Any], primary: str) -> list[str]:
     ...      "recipe_run": False, "published_mean": 96.38, "published_std": 0.12, "published_runs": 4,
     ...      "measured": {"mean": 96.3, "std": 0.1, "n": 4}, "difference": -0.08, "ci95": [-0.3, 0.14], "df": 5.8,
     ...      "verdict": "consistent", "equivalence": None}]}
-    >>> paper_table(block, "top1")[-5]
+    >>> paper_table(block, "top1")[-4]
     '| learnable | 96.30 ± 0.10 (4) | 96.38 ± 0.12 (4) | ICLR [iclr2024, other recipe] | -0.08 | [-0.30, +0.14] (df 5.8) | consistent |'
     """
     unit_name, unit = (" (%)" if block["unit"] == "percent" else ""), block["unit"]
