@@ -308,10 +308,10 @@ def _check_args(spec: ConversionMode, E: int, spatial: str, init: str, mid: str 
         raise LcdenseError(f"E must be a positive integer, got {E!r}")
     if spatial not in ("frozen", "learnable"):
         raise LcdenseError(f"spatial must be 'frozen' or 'learnable', got '{spatial}'")
-    check_init(init, native=not spec.blocks)
     if init == NATIVE and spec.blocks:
         raise LcdenseError(f"init '{NATIVE}' keeps a conv's own filters; mode '{spec.name}' draws new banks: "
                            "use a distribution")
+    check_init(init, native=True)
     if mid is not None and mid not in MIDS:
         raise LcdenseError(f"unknown mid op '{mid}'; use one of: none, {', '.join(MIDS)}")
     if impl not in CONVERT_IMPLS:
