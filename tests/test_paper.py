@@ -348,3 +348,46 @@ def test_smoke_run_end_to_end_is_labelled_and_claims_no_agreement(tmp_path, caps
     assert main(["report", str(run_dir), "--no-analysis"]) == 0
     assert "smoke: not comparable" in capsys.readouterr().out
     assert (run_dir / "summary.md").read_text() == md
+
+
+def _write_run(run_dir, experiment: str, metrics: dict) -> None:
+    """A finished run of ``experiment`` from cell records alone: (variant, seed) → metrics."""
+    from lcdense.engine.records import CellRecord, write_cell
+    from lcdense.engine.rundir import RunDir
+
+    run = RunDir(run_dir)
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({"task": "classification", "paper": {
+        "experiment": experiment, "scale": "full", "recipe": "r.yaml", "overrides": [], "delta": 0.5}}))
+    for (variant, seed), values in metrics.items():
+        kind, _, e = variant.partition("@")
+        cell_id = f"{variant}__seed{seed}"
+        (run_dir / "cells" / cell_id).mkdir(parents=True)
+        write_cell(run.cell(cell_id).path, CellRecord(
+            id=cell_id, task="classification", variant=variant, kind=kind, E=int(e) if e else None, seed=seed,
+            primary_metric="top1", metrics=values,
+            costs={"trainable_params": 10, "frozen_params": 0, "wall_time_s": 1.0}))
+
+
+def test_fig4b_run_is_summarised_in_fgsm_accuracy_and_table2_gets_last_epoch_gaps(tmp_path):
+    from lcdense.reporting.summary import write_report
+
+    run_dir = tmp_path / "fig4b"
+    _write_run(run_dir, "fig4b-fgsm", {(v, s): {"top1": 0.9, "fgsm_top1": fgsm + 0.01 * s}
+                                       for v, fgsm in (("learnable", 0.40), ("lc-frozen@8", 0.50)) for s in (0, 1)})
+    summary, table = write_report(run_dir, "top1", True)
+    assert summary.primary_metric == "fgsm_top1" and summary.paper["metric"] == "fgsm_top1"
+    gap = summary.gap("lc-frozen@8 - learnable")
+    assert (gap["metric"], gap["mean"], gap["n"]) == ("fgsm_top1", pytest.approx(0.10), 2)
+    assert "| gap in fgsm_top1 (paired by seed) |" in table
+
+    run_dir = tmp_path / "table2"
+    _write_run(run_dir, "table2-imagenet", {("learnable", 0): {"top1": 0.7260, "top1_last": 0.7250},
+                                            ("lc-frozen@64", 0): {"top1": 0.7246, "top1_last": 0.7200}})
+    summary, table = write_report(run_dir, "top1", True)
+    assert summary.gap("lc-frozen@64 - learnable", metric="top1_last")["mean"] == pytest.approx(-0.0050)
+    rows = summary.paper["gaps"]
+    assert [(r["epoch"], round(r["measured_gap"]["mean"], 2)) for r in rows] == [("best", -0.14), ("last", -0.50)]
+    md = (run_dir / "summary.md").read_text()
+    assert "| gap in top1_last (paired by seed) |" in md and "the **last** epoch's gaps are given beside them" in md
+    assert "| lc-frozen@64 - learnable | last |" in md
