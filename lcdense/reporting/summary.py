@@ -293,8 +293,8 @@ def paper_table(block: dict[str, Any], primary: str) -> list[str]:
             lines.append(f"| {name} | {measured} | {paper} | {_version(row)} | "
                          f"{_num(row['difference'], unit, True)} | {_interval(row, unit)} | {_verdict(row)} |")
         notes = sorted({r["published_runs_note"] for r in block["rows"] if r.get("published_runs_note")})
-        lines += [f"\\* runs: {n}" for n in notes]
         lines.append("")
+        lines += [f"\\* runs: {n}  " for n in notes] + ([""] if notes else [])
     if block["gaps"]:
         lines += [f"Gaps{unit_name}: measured paired by seed, mean [95% CI] (seeds); the paper's gap of its means, "
                   "± its standard error from the published stds.", "",
