@@ -34,6 +34,7 @@ def describe(experiment: Experiment) -> str:
              f"  grid       {_grid(e)}",
              f"             {e.grid_note}",
              f"  recipe     {e.recipe} ({version_label(e.recipe_version)})",
+             *([f"             {e.recipe_note}"] if e.recipe_note else []),
              f"  metric     {e.metric}" + (f" (best epoch; last epoch: {', '.join(e.last_epoch.values())})"
                                            if e.last_epoch else "")]
     if not e.published and not e.published_gaps:
