@@ -311,7 +311,7 @@ def _check_args(spec: ConversionMode, E: int, spatial: str, init: str, mid: str 
     if init == NATIVE and spec.blocks:
         raise LcdenseError(f"init '{NATIVE}' keeps a conv's own filters; mode '{spec.name}' draws new banks: "
                            "use a distribution")
-    check_init(init, native=True)
+    check_init(init, native=not spec.blocks)
     if mid is not None and mid not in MIDS:
         raise LcdenseError(f"unknown mid op '{mid}'; use one of: none, {', '.join(MIDS)}")
     if impl not in CONVERT_IMPLS:

@@ -73,7 +73,7 @@ def sweep_axes(task: Task) -> dict[str, str]:
     """Every axis ``task`` can be swept along besides E: its own ``sweep_axes``, then the runner's.
 
     >>> list(sweep_axes(get_task("classification")))
-    ['width', 'depth', 'kernel_size', 'init', 'mid']
+    ['width', 'depth', 'kernel_size', 'model', 'init', 'mid']
 
     Args:
         task: the task.
