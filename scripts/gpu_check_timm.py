@@ -3,8 +3,9 @@
 synthetic ImageNet-shaped data for the baseline, lc-frozen@128 and lc-learnable@128; prints
 images/s and peak GPU memory for each, and that the frozen digest did not move.
 
-The model, conversion, LAMB + cosine schedule, BCE loss with Mixup/CutMix targets, bf16 autocast
-and channels_last are the ones ``lcdense run --config configs/classification/imagenet_resnet18d_rsb_a2.yaml``
+The model, conversion, LAMB + cosine schedule, BCE loss with Mixup/CutMix targets, the config's
+precision (``train.amp``: fp16 autocast with a gradient scaler, as the A2 config asks; ``--amp bf16``
+for bf16) and channels_last are the ones ``lcdense run --config configs/classification/imagenet_resnet18d_rsb_a2.yaml``
 trains with; only the data is synthetic (random pixels and labels, already on the device), so the
 numbers are the model's training throughput without JPEG decoding.
 
@@ -23,8 +24,9 @@ import torch
 from lcdense_tasks.classification import ClassificationTask
 from lcdense_tasks.classification.timm_recipe import TimmRecipe, loss_for
 
-from lcdense import convert, frozen_digest
+from lcdense import autocast, autocast_precision, convert, frozen_digest
 from lcdense.engine.config import load_yaml, resolve
+from lcdense.engine.training import grad_scaler
 from lcdense.engine.variants import Variant
 
 A2 = Path(__file__).resolve().parents[1] / "configs" / "classification" / "imagenet_resnet18d_rsb_a2.yaml"
@@ -44,6 +46,7 @@ def measure(variant: Variant, config: dict, args: argparse.Namespace, device: to
                     **kwargs).model.to(device).to(memory_format=torch.channels_last)
     digest = frozen_digest(model)
     recipe = TimmRecipe(train, steps=args.steps)  # timm's optimizer, schedule (and EMA), as in training
+    recipe.scaler = grad_scaler(train["amp"], device)  # fp16: the loop's gradient scaler
     recipe.setup(model)
     mixup = Mixup(mixup_alpha=opts["mixup"], cutmix_alpha=opts["cutmix"], label_smoothing=0.0, num_classes=classes)
     loss_fn = loss_for(opts, float(train["label_smoothing"]))
@@ -52,6 +55,7 @@ def measure(variant: Variant, config: dict, args: argparse.Namespace, device: to
     x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, classes, (args.batch,), device=device, generator=gen)
     amp = device.type == "cuda"
+    precision = autocast_precision(train["amp"], device)
     if amp:
         torch.cuda.reset_peak_memory_stats(device)
     model.train()
@@ -61,10 +65,10 @@ def measure(variant: Variant, config: dict, args: argparse.Namespace, device: to
                 torch.cuda.synchronize(device)
             began = time.perf_counter()
         inputs, targets = mixup(x.clone(), y)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        with autocast(device, train["amp"]):
             loss = loss_fn(model(inputs), targets)
         recipe.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss if recipe.scaler is None else recipe.scaler.scale(loss)).backward()
         recipe.update(step + 1)
     if amp:
         torch.cuda.synchronize(device)
@@ -72,7 +76,7 @@ def measure(variant: Variant, config: dict, args: argparse.Namespace, device: to
     return {"variant": variant.name, "images_per_s": args.batch * (args.steps - args.warmup) / elapsed,
             "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if amp else float("nan"),
             "loss": float(loss.detach()), "frozen_unchanged": frozen_digest(model) == digest,
-            "precision": "bf16-autocast" if amp else "fp32"}
+            "precision": f"{precision}-autocast" if precision != "fp32" else "fp32"}
 
 
 class _Classes:
@@ -92,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--E", type=int, default=128)
     p.add_argument("--classes", type=int, default=1000)
     p.add_argument("--model", default=None, help="default: the A2 config's timm:resnet18d")
+    p.add_argument("--amp", default=None, choices=["fp16", "bf16"], help="default: the A2 config's train.amp (fp16)")
     args = p.parse_args(argv)
     if args.steps <= args.warmup:
         p.error("--steps must exceed --warmup")
@@ -99,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     config = resolve(ClassificationTask().default_config(), load_yaml(A2), {"data.image_size": args.size})
     if args.model:
         config["model"]["name"] = args.model
+    if args.amp:
+        config["train"]["amp"] = args.amp
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     print(f"{config['model']['name']} at {args.size} px, batch {args.batch}, {args.steps} steps "

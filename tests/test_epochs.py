@@ -52,7 +52,7 @@ def _timm(tmp: Path) -> dict[str, Any]:
     root = ensure_embedded_imagefolder(tmp / "imagenet", train_per_class=2, val_per_class=1)
     return {"config": A2, "model": "timm:test_resnet", "dataset": "imagefolder", "data": str(root),
             "variants": "lc-frozen", "batch_size": 4, "data.image_size": 32, "train.warmup_epochs": 1,
-            "eval.batch_size": 50, "train.timm.ema": True}
+            "eval.batch_size": 50, "train.timm.ema": True, "train.timm.cooldown_epochs": 0}
 
 
 def _detection(tmp: Path) -> dict[str, Any]:

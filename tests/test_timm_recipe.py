@@ -29,7 +29,8 @@ A2 = str(Path(__file__).parents[1] / "configs" / "classification" / "imagenet_re
 # the A2 config at CI size: timm's small test ResNet (deep 3x3 stem like resnet18d), 32 px, 2 epochs
 TINY = ["--config", A2, "--model", "timm:test_resnet", "--device", "cpu", "--quiet", "--no-analysis",
         "--set", "data.image_size=32", "--set", "data.workers=0", "--set", "train.batch_size=20",
-        "--set", "train.epochs=2", "--set", "train.warmup_epochs=1", "--set", "eval.batch_size=50"]
+        "--set", "train.epochs=2", "--set", "train.warmup_epochs=1", "--set", "eval.batch_size=50",
+        "--set", "train.timm.cooldown_epochs=0"]
 COMPARED = ("train_loss", "lr", "top1", "top5", "val_loss", "ema_top1", "ema_val_loss")
 
 
@@ -79,8 +80,13 @@ def test_timm_recipe_end_to_end_all_four_variants(tmp_path):
     cells = _cells(run_dir)
     for record in cells.values():
         history, facts = record["history"], record["extra_metrics"]["training"]
-        # timm's cosine schedule with 1 warmup epoch over 2 epochs, stepped per epoch as timm steps it
-        assert [h["lr"] for h in history] == pytest.approx([1e-5, 2.5e-3])
+        # timm's cosine schedule with 1 warmup epoch (from warmup_lr 1e-4) over 2 epochs, a function of the
+        # epoch; lr 5e-3 at the global batch 2048, scaled to the batch of 20 by sqrt(20 / 2048)
+        lr = 5e-3 * (20 / 2048) ** 0.5
+        assert [h["lr"] for h in history] == pytest.approx([1e-4, 1e-6 + 0.5 * (lr - 1e-6)])
+        assert facts["lr"] == {"lr": pytest.approx(lr), "configured": 5e-3, "base_batch": 2048, "global_batch": 20,
+                               "scale": "sqrt"}
+        assert facts["precision"] == "fp32"  # train.amp fp16 asks for fp16 autocast; a CPU trains in fp32
         best = max(history, key=lambda h: h["top1"])
         assert record["metrics"]["top1_best"] == best["top1"] and record["metrics"]["best_epoch"] == best["epoch"]
         assert record["metrics"]["top1_last"] == history[-1]["top1"]
@@ -91,6 +97,7 @@ def test_timm_recipe_end_to_end_all_four_variants(tmp_path):
         assert facts["auto_augment"] == "rand-m7-mstd0.5-inc1" and facts["mixup"] == {"mixup": 0.1, "cutmix": 1.0}
         assert facts["updates_per_epoch"] == 10 and facts["data_config"]["crop_pct"] == 0.95
         assert facts["aug_repeats"] == 0  # timm repeats augmentations across data-parallel ranks only
+        assert facts["aug_repeats_configured"] == 3 and facts["aug_repeats_off"].startswith("one process")
         assert facts["ema"] is None and "top1_last" in facts["primary"]
     for cell_dir in (run_dir / "cells").iterdir():  # per-class top-1 of the best epoch, the one top1 reports
         record = cells[cell_dir.name]
@@ -101,6 +108,8 @@ def test_timm_recipe_end_to_end_all_four_variants(tmp_path):
         assert hits / 50 == pytest.approx(record["metrics"]["top1"])
         assert record["extra_metrics"]["per_class"]["n90000000"]["images"] == 5
     assert "frozen - learnable" in (run_dir / "summary.md").read_text()
+    assert cells["learnable__seed0"]["provenance"]["init"] == "native"  # run.baseline_init: native (timm's own init)
+    assert cells["frozen__seed0"]["provenance"]["init"] == "kaiming_uniform"
 
 
 def test_timm_recipe_killed_and_resumed_gives_identical_numbers_and_ema_stays_frozen(tmp_path, monkeypatch):

@@ -45,11 +45,25 @@ def _axis_arguments(axis: str, values: list[Any]) -> list[str]:
 
 
 def experiment_settings(experiment: Experiment, scale: str = "full", *, data: str | None = None,
-                        seeds: str | None = None) -> tuple[Path, dict[str, list[Any]], dict[str, Any]]:
+                        seeds: str | None = None, delta: float | None = None
+                        ) -> tuple[Path, dict[str, list[Any]], dict[str, Any]]:
     """The recipe (config file), sweep axes and settings (dotted keys, applied in order) that run
-    ``experiment`` at ``scale``: what :func:`run_experiment` hands to :func:`lcdense.sweep`."""
+    ``experiment`` at ``scale``: what :func:`run_experiment` hands to :func:`lcdense.sweep`.
+
+    Args:
+        experiment: The paper experiment.
+        scale: ``full`` or ``smoke``.
+        data: The dataset root, or None (smoke: the embedded data).
+        seeds: Seeds instead of the paper's (recorded as a change).
+        delta: The equivalence margin declared before the run, in the published unit (> 0), or None.
+
+    Returns:
+        The recipe's path, the sweep axes and the settings.
+    """
     if scale not in SCALES:
         raise LcdenseError(f"unknown scale '{scale}'; use one of: {', '.join(SCALES)}")
+    if delta is not None and not (isinstance(delta, (int, float)) and 0 < delta < float("inf")):
+        raise LcdenseError(f"the equivalence margin --delta must be a positive number (in the paper's unit), got {delta!r}")
     recipe, recipe_name = experiment.recipe_path(), experiment.recipe
     if scale == "smoke" and experiment.smoke is None:
         raise LcdenseError(f"paper experiment '{experiment.name}' has no smoke scale")
@@ -69,6 +83,8 @@ def experiment_settings(experiment: Experiment, scale: str = "full", *, data: st
                 recipe, recipe_name = find_recipe(embedded["recipe"]), embedded["recipe"]
     settings.update({"paper.experiment": experiment.name, "paper.scale": scale,
                      "paper.recipe": recipe_name, "paper.overrides": overrides})
+    if delta is not None:
+        settings["paper.delta"] = float(delta)
     if data is not None:
         settings["data.root"] = str(data)
     return recipe, experiment.axes, settings
@@ -76,9 +92,9 @@ def experiment_settings(experiment: Experiment, scale: str = "full", *, data: st
 
 def sweep_arguments(experiment: Experiment, scale: str = "full", *, data: str | None = None, out: str | None = None,
                     run_name: str | None = None, device: str | None = None, seeds: str | None = None,
-                    quiet: bool = False, analysis: bool = True) -> list[str]:
+                    quiet: bool = False, analysis: bool = True, delta: float | None = None) -> list[str]:
     """The ``lcdense sweep`` arguments of the same run (what a paper run prints, to repeat or extend it)."""
-    recipe, axes, settings = experiment_settings(experiment, scale, data=data, seeds=seeds)
+    recipe, axes, settings = experiment_settings(experiment, scale, data=data, seeds=seeds, delta=delta)
     settings.pop("data.root", None)
     argv = ["--config", str(recipe), *_sets(settings)]
     for axis, values in axes.items():
@@ -103,19 +119,21 @@ def _shown(path: Path) -> str:
 
 def run_experiment(name: str, *, scale: str = "full", data: str | Path | None = None, out: str | Path | None = None,
                    run_name: str | None = None, device: str | None = None, seeds: str | None = None,
-                   quiet: bool = False, analysis: bool = True) -> RunResult:
+                   quiet: bool = False, analysis: bool = True, delta: float | None = None) -> RunResult:
     """Run paper experiment ``name`` with :func:`lcdense.sweep`; returns the finished run.
 
     The run is named ``<name>-<scale>-<timestamp>`` unless ``run_name`` is given; it goes to
-    ``<out>/<task>/<run name>`` (``out`` defaults to ``runs``).
+    ``<out>/<task>/<run name>`` (``out`` defaults to ``runs``). ``delta``, the equivalence margin
+    in the paper's unit, is recorded before any cell trains (``paper.delta``); the report then
+    tests equivalence within it (TOST); without it, no equivalence is claimed.
     """
     experiment = get_experiment(name)
     run_name = run_name or f"{name}-{scale}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     data = None if data is None else str(data)
-    recipe, axes, settings = experiment_settings(experiment, scale, data=data, seeds=seeds)
+    recipe, axes, settings = experiment_settings(experiment, scale, data=data, seeds=seeds, delta=delta)
     if not quiet:
         argv = sweep_arguments(experiment, scale, data=data, out=None if out is None else str(out), run_name=run_name,
-                               device=device, seeds=seeds, analysis=analysis)
+                               device=device, seeds=seeds, analysis=analysis, delta=delta)
         shown = [_shown(Path(a)) if i and argv[i - 1] == "--config" else a for i, a in enumerate(argv)]
         print(f"lcdense: paper experiment {name} ({experiment.source}), {scale} scale: "
               f"lcdense sweep {shlex.join(shown)}")

@@ -24,6 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                           "without --data (labelled smoke, never compared)")
     run.add_argument("--data", help="dataset root on disk")
     run.add_argument("--seeds", help="seeds instead of the paper's, e.g. 0,1 or a count (recorded as a change)")
+    run.add_argument("--delta", type=float, help="equivalence margin in the paper's unit (points for accuracies), "
+                                                 "declared before the run: the report tests equivalence within it "
+                                                 "(TOST); without it no equivalence is claimed")
     run.add_argument("--device", help="auto (default), cpu, cuda, cuda:1")
     run.add_argument("--out", help="output root (default: runs)")
     run.add_argument("--name", help="run name (default: EXPERIMENT-SCALE-TIMESTAMP); an existing name is refused")
@@ -41,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     if args.paper_command == "run":
         get_experiment(args.experiment)  # an unknown name fails before anything else
         run_experiment(args.experiment, scale=args.scale, data=args.data, out=args.out, run_name=args.name,
-                       device=args.device, seeds=args.seeds, quiet=args.quiet, analysis=not args.no_analysis)
+                       device=args.device, seeds=args.seeds, quiet=args.quiet, analysis=not args.no_analysis,
+                       delta=args.delta)
         return 0
     raise LcdenseError("say what to do: lcdense paper list, or lcdense paper run NAME (see 'lcdense paper --help')")

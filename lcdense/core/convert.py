@@ -30,7 +30,7 @@ from ..base.errors import LcdenseError
 from ..base.registry import Registry
 from .accounting import count_parameters, trace_layers
 from .blocks import IMPLS, MIDS, LCConv, prefold
-from .inits import check_init, seeded_filters
+from .inits import NATIVE, check_init, seeded_filters
 from .precondition import PreconditionedConv
 
 HEAD_PATTERNS: tuple[str, ...] = ("head*", "*.head*", "classifier*", "*.classifier*", "segmentation_head*", "fc", "*.fc")
@@ -261,6 +261,8 @@ def variant_kinds() -> dict[str, tuple[str, str | None]]:
 
 
 def _seeded_like(module: nn.Module, name: str, settings: Settings) -> torch.Tensor:
+    if settings["init"] == NATIVE:  # the filters the model was built with
+        return module.weight.detach().clone()
     return seeded_filters(settings["init"], tuple(module.weight.shape), name=name, seed=settings["seed"],
                           dtype=module.weight.dtype, device=module.weight.device)
 
@@ -306,7 +308,10 @@ def _check_args(spec: ConversionMode, E: int, spatial: str, init: str, mid: str 
         raise LcdenseError(f"E must be a positive integer, got {E!r}")
     if spatial not in ("frozen", "learnable"):
         raise LcdenseError(f"spatial must be 'frozen' or 'learnable', got '{spatial}'")
-    check_init(init)
+    if init == NATIVE and spec.blocks:
+        raise LcdenseError(f"init '{NATIVE}' keeps a conv's own filters; mode '{spec.name}' draws new banks: "
+                           "use a distribution")
+    check_init(init, native=not spec.blocks)
     if mid is not None and mid not in MIDS:
         raise LcdenseError(f"unknown mid op '{mid}'; use one of: none, {', '.join(MIDS)}")
     if impl not in CONVERT_IMPLS:
@@ -354,7 +359,8 @@ More modes can be registered (:data:`MODES`, :func:`register_mode`).
         E: Mode "lc": the expansion, the bank's maps per output channel (>= 1).
         spatial: Mode "lc": the bank is ``"frozen"`` or ``"learnable"``; the 1×1 combination
             is always learnable.
-        init: The spatial filters' distribution (a name of :data:`lcdense.core.inits.INITS`).
+        init: The spatial filters' distribution (a name of :data:`lcdense.core.inits.INITS`), or
+            ``"native"`` (modes without LC-Blocks): keep the filters the model was built with.
         seed: The seed; a layer's filters depend only on (seed, layer name, shape, init).
         include: Module-name globs; only the convs they match are converted (default: all).
         exclude: Module-name globs of convs left alone.

@@ -72,10 +72,29 @@ INITS: tuple[str, ...] = tuple(_DISTRIBUTIONS)
 """The names of the filter distributions :func:`seeded_filters` draws from."""
 
 
-def check_init(init: str) -> str:
-    """Return ``init`` if it is a known init name, else raise a clear error."""
+NATIVE = "native"
+"""Not a distribution: keep the filters the architecture's own init gave them when the model was
+built (e.g. timm's ResNet init), as the paper's timm baselines started. Only the baseline and frozen
+modes can keep them; LC-Blocks draw new banks."""
+
+
+def check_init(init: str, *, native: bool = False) -> str:
+    """Return ``init`` if it is a known init name (or :data:`NATIVE`, where ``native``), else raise a clear error.
+
+    Args:
+        init: The name.
+        native: Whether :data:`NATIVE` is accepted.
+
+    Returns:
+        ``init``.
+
+    Raises:
+        LcdenseError: An unknown name, or ``native`` where it does not apply.
+    """
+    if native and init == NATIVE:
+        return init
     if init not in _DISTRIBUTIONS:
-        raise unknown_name("init", init, INITS)
+        raise unknown_name("init", init, INITS + ((NATIVE,) if native else ()))
     return init
 
 

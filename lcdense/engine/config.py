@@ -35,7 +35,7 @@ RUN_DEFAULTS: dict[str, Any] = {
         "variants": ["learnable", "frozen", "lc-learnable", "lc-frozen"],
         "E": [8],
         "seeds": [0],
-        "baseline_init": "kaiming_uniform",  # the learnable baseline's init; conversion.init is the others
+        "baseline_init": "kaiming_uniform",  # the learnable baseline's init (native: the model's own); conversion.init is the others
         "data_seed_offset": 1000,
         "device": "auto",
         "out": "runs",
@@ -60,12 +60,14 @@ RUN_DEFAULTS: dict[str, Any] = {
     },
     # set by `lcdense paper run` (lcdense.paper): which paper experiment this run reproduces, at
     # which scale (full: the paper's recipe; smoke: shortened, never compared), from which recipe,
-    # and what the user changed on top of it
+    # what the user changed on top of it, and the equivalence margin declared before the run (in
+    # the published unit; None: no equivalence is claimed)
     "paper": {
         "experiment": None,
         "scale": None,
         "recipe": None,
         "overrides": [],
+        "delta": None,
     },
 }
 

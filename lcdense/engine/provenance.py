@@ -27,23 +27,38 @@ from typing import Any
 
 import torch
 
+from ..base.errors import LcdenseError
+
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 #: resume source → whether it restores the training state exactly
 RESUME_SOURCES: dict[str, bool] = {"fp32_state": True, "ultralytics_fp16_ema": False}
 
 
-def autocast_precision(amp: bool, device: torch.device) -> str:
-    """The precision the shared training loop runs in: bf16 autocast on CUDA when ``amp``, else fp32
-    (on CPU ``amp`` does nothing).
+AMP_SETTINGS: tuple[Any, ...] = (True, False, "bf16", "fp16")
+"""What ``train.amp`` takes: true (bf16), false (fp32), ``bf16``, or ``fp16`` (autocast with a gradient
+scaler, as the AMP of 2021–22 timm, i.e. of the paper's ImageNet runs)."""
+
+
+def autocast_precision(amp: bool | str, device: torch.device) -> str:
+    """The precision the shared training loop runs in: on CUDA, bf16 autocast when ``amp`` is true
+    or ``"bf16"``, fp16 autocast (with a gradient scaler) when it is ``"fp16"``; else fp32 (on CPU
+    ``amp`` does nothing).
 
     Args:
-        amp: Whether mixed precision is asked for (``train.amp``).
+        amp: ``train.amp``, one of :data:`AMP_SETTINGS`.
         device: The device the model runs on.
 
     Returns:
-        ``"bf16"`` or ``"fp32"``.
+        ``"bf16"``, ``"fp16"`` or ``"fp32"``.
+
+    >>> autocast_precision("fp16", torch.device("cuda")), autocast_precision(True, torch.device("cuda"))
+    ('fp16', 'bf16')
     """
-    return "bf16" if amp and device.type == "cuda" else "fp32"
+    if amp not in AMP_SETTINGS:
+        raise LcdenseError(f"train.amp must be one of true, false, bf16, fp16; got {amp!r}")
+    if not amp or device.type != "cuda":
+        return "fp32"
+    return "fp16" if amp == "fp16" else "bf16"
 
 
 @dataclass

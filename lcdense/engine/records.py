@@ -259,9 +259,12 @@ class SummaryRecord(_Record):
         known, extra = cls._split(data)
         return cls(**known, extra=extra)
 
-    def gap(self, name: str, group: str = "") -> dict[str, Any] | None:
-        """The gap called ``name`` (e.g. ``"frozen - learnable"``) at sweep point ``group``."""
-        return next((g for g in self.groups.get(group, {}).get("gaps", []) if g["gap"] == name), None)
+    def gap(self, name: str, group: str = "", metric: str | None = None) -> dict[str, Any] | None:
+        """The gap called ``name`` (e.g. ``"frozen - learnable"``) at sweep point ``group``, in
+        ``metric`` (default: the primary metric; a gap without ``metric`` is of the primary)."""
+        metric = metric or self.primary_metric
+        return next((g for g in self.groups.get(group, {}).get("gaps", [])
+                     if g["gap"] == name and g.get("metric", self.primary_metric) == metric), None)
 
 
 def _read(path: Path, what: str) -> dict[str, Any]:

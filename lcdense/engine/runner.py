@@ -74,7 +74,7 @@ def sweep_axes(task: Task) -> dict[str, str]:
     """Every axis ``task`` can be swept along besides E: its own ``sweep_axes``, then the runner's.
 
     >>> list(sweep_axes(get_task("classification")))
-    ['width', 'depth', 'kernel_size', 'init', 'mid']
+    ['width', 'depth', 'kernel_size', 'model', 'init', 'mid']
 
     Args:
         task: the task.
@@ -162,8 +162,9 @@ def environment(device: torch.device) -> dict[str, Any]:
 
 def cell_init(cfg: dict[str, Any], variant: Variant) -> str:
     """The init of a variant's spatial filters: ``conversion.init`` for the frozen and LC variants,
-    ``run.baseline_init`` (default kaiming_uniform, PyTorch's default) for the learnable baseline,
-    so that an init sweep moves the random filters and not the baseline.
+    ``run.baseline_init`` (default kaiming_uniform, PyTorch's default; ``native``: the architecture's
+    own init, as built) for the learnable baseline, so that an init sweep moves the random filters
+    and not the baseline.
 
     >>> cfg = {"conversion": {"init": "orthogonal"}, "run": {"baseline_init": "kaiming_uniform"}}
     >>> cell_init(cfg, Variant("learnable")), cell_init(cfg, Variant("frozen"))
@@ -193,7 +194,7 @@ def check_before_training(task: Task, config: dict[str, Any], cells: list[CellSp
     """Refuse, before any cell trains, settings that would make a run silently inexact or fail late:
     an unknown ``run.baseline_init``, and ``conversion.impl: preconditioned`` for lc-frozen cells
     unless the task verifies that its optimizer trains that form exactly (plain SGD, no clipping)."""
-    check_init(str(config["run"].get("baseline_init", "kaiming_uniform")))
+    check_init(str(config["run"].get("baseline_init", "kaiming_uniform")), native=True)
     check_loggers(config["run"].get("loggers"))
     if config["run"].get("quiet") and config["run"].get("verbose"):
         raise LcdenseError("--quiet and --verbose contradict each other; pick one")

@@ -1,5 +1,5 @@
 """A compact supervised training loop that tasks share: optimizer, per-batch cosine schedule,
-bf16 autocast on GPU, per-epoch resume points, data-wait accounting and reproducible epochs.
+bf16 (or fp16, with a gradient scaler) autocast on GPU, per-epoch resume points, data-wait accounting and reproducible epochs.
 
 A task supplies ``batches(epoch)`` (an iterable of batches, ordered by :func:`epoch_generator`) and
 ``loss(model, batch)``; the loop does the rest: resume, sync-BN, the per-epoch record, the
@@ -50,7 +50,8 @@ class TrainSettings:
         weight_decay: Weight decay on every trainable parameter.
         schedule: ``"cosine"`` (to 0, per update) or ``"constant"``, after the warmup.
         warmup_epochs: Epochs of linear warmup (may be fractional).
-        amp: Train in bf16 autocast on CUDA.
+        amp: Mixed precision on CUDA: true or ``"bf16"`` (bf16 autocast), ``"fp16"`` (fp16 autocast
+            with a gradient scaler), false (fp32); see :func:`lcdense.autocast_precision`.
         sync_bn: Under data parallel, turn BatchNorm into SyncBatchNorm (CUDA only).
         grad_clip: The gradient-norm clip, or None for no clipping.
         eval_every: Evaluate every this many epochs (and after the last).
@@ -64,7 +65,7 @@ class TrainSettings:
     weight_decay: float = 0.0
     schedule: str = "cosine"
     warmup_epochs: float = 0.0
-    amp: bool = True
+    amp: bool | str = True
     sync_bn: bool = False
     grad_clip: float | None = None
     eval_every: int = 1
@@ -79,6 +80,7 @@ class TrainSettings:
             raise LcdenseError(f"unknown train.optimizer '{settings.optimizer}'; use one of: {', '.join(OPTIMIZERS)}")
         if settings.schedule not in SCHEDULES:
             raise LcdenseError(f"unknown train.schedule '{settings.schedule}'; use one of: {', '.join(SCHEDULES)}")
+        autocast_precision(settings.amp, torch.device("cpu"))  # an unknown train.amp is one line
         return settings
 
 
@@ -148,19 +150,33 @@ def preconditioned_inexact(settings: TrainSettings) -> str | None:
     return None
 
 
-def autocast(device: torch.device, amp: bool):
-    """The loop's autocast: bf16 on CUDA when ``amp``, nothing on CPU (see
+def autocast(device: torch.device, amp: bool | str):
+    """The loop's autocast: bf16 or fp16 on CUDA as ``amp`` asks, nothing on CPU (see
     :func:`lcdense.engine.provenance.autocast_precision`, which names the precision it gives).
 
     Args:
         device: The device the model runs on.
-        amp: Whether mixed precision is asked for (``train.amp``).
+        amp: ``train.amp`` (true/``"bf16"``, ``"fp16"`` or false).
 
     Returns:
-        A ``torch.autocast`` context manager, enabled only for bf16.
+        A ``torch.autocast`` context manager, enabled only for bf16 and fp16.
     """
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
-                          enabled=autocast_precision(amp, device) == "bf16")
+    precision = autocast_precision(amp, device)
+    return torch.autocast(device_type=device.type, dtype=torch.float16 if precision == "fp16" else torch.bfloat16,
+                          enabled=precision != "fp32")
+
+
+def grad_scaler(amp: bool | str, device: torch.device) -> torch.amp.GradScaler | None:
+    """The gradient scaler fp16 autocast needs (as timm's ``NativeScaler``), or None for bf16/fp32.
+
+    Args:
+        amp: ``train.amp``.
+        device: The device the model runs on.
+
+    Returns:
+        A ``torch.amp.GradScaler`` for fp16 training, else None.
+    """
+    return torch.amp.GradScaler(device.type) if autocast_precision(amp, device) == "fp16" else None
 
 
 def _seed_rngs(seed: int) -> None:
@@ -182,6 +198,21 @@ class Recipe(ABC):
 
     optimizer: torch.optim.Optimizer
     epochs: int  # how many epochs the schedule runs
+    scaler: torch.amp.GradScaler | None = None  # fp16 training: set by the loop before setup
+
+    def step_optimizer(self) -> None:
+        """One optimizer step on the current gradients: through the gradient scaler under fp16
+        (it unscales them, skips the step on inf/NaN and updates its scale), else plainly."""
+        if self.scaler is None:
+            self.optimizer.step()
+        else:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+
+    def unscale(self) -> None:
+        """Bring scaled fp16 gradients back to their true values (before clipping them); else nothing."""
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
 
     @abstractmethod
     def setup(self, model: nn.Module) -> None:
@@ -210,9 +241,11 @@ class Recipe(ABC):
         """What the checkpoint keeps of the recipe besides the model.
 
         Returns:
-            Checkpoint entries by name (the optimizer's state under ``optimizer``).
+            Checkpoint entries by name (the optimizer's state under ``optimizer``, the fp16
+            gradient scaler's under ``scaler``).
         """
-        return {"optimizer": self.optimizer.state_dict()}
+        return {"optimizer": self.optimizer.state_dict(),
+                **({"scaler": self.scaler.state_dict()} if self.scaler is not None else {})}
 
     def restore(self, state: dict[str, Any]) -> None:
         """Take back what :meth:`state` saved, on resume.
@@ -221,6 +254,8 @@ class Recipe(ABC):
             state: the whole checkpoint (``epoch`` is the last finished epoch, from 0; ``history`` its records).
         """
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
 
 
 class LoopRecipe(Recipe):
@@ -250,8 +285,9 @@ class LoopRecipe(Recipe):
 
     def update(self, updates: int) -> None:
         if self.settings.grad_clip:
+            self.unscale()
             nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.grad_clip)
-        self.optimizer.step()
+        self.step_optimizer()
         self.scheduler.step()
 
     def state(self) -> dict[str, Any]:
@@ -308,6 +344,7 @@ def train_loop(
             raise LcdenseError("train.sync_bn needs CUDA (torch's SyncBatchNorm); set train.sync_bn=false on CPU")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     recipe = recipe or LoopRecipe(settings, steps_per_epoch)
+    recipe.scaler = grad_scaler(settings.amp, cell.device)
     recipe.setup(model)
     check_preconditioned_optimizer(recipe.optimizer, model)
     history: list[dict[str, float]] = []
@@ -333,7 +370,7 @@ def train_loop(
             with autocast(cell.device, settings.amp):
                 value = loss(net, batch)
             recipe.optimizer.zero_grad(set_to_none=True)
-            value.backward()
+            (value if recipe.scaler is None else recipe.scaler.scale(value)).backward()
             count += 1
             recipe.update(epoch * steps_per_epoch + count)
             total += value.detach().double()

@@ -7,19 +7,24 @@ run's report then adds the paper column (:func:`compare`). This package is data 
 
 >>> "table1-cifar10" in experiments() and "fig7a-kernel-size" in experiments()
 True
->>> agreement(92.50, 92.55, 0.28, scale="full")
-'yes'
+>>> verdict(welch(92.50, 0.20, 4, 92.55, 0.28, 4), scale="full")
+'consistent'
 """
-from .comparison import WITHIN, agreement, compare
+from .comparison import DEFINITIONS, compare, equivalence, verdict
 from .listing import as_dict, describe, format_list
 from .registry import (
            SCALES,
            Experiment,
            Published,
+           PublishedGap,
            PublishedValue,
            experiments,
            get_experiment,
+           version_label,
+           versions,
 )
+from .statistics import combine, satterthwaite, tost, welch
 
-__all__ = ["WITHIN", "SCALES", "Experiment", "Published", "PublishedValue", "agreement", "as_dict", "compare",
-           "describe", "experiments", "format_list", "get_experiment"]
+__all__ = ["DEFINITIONS", "SCALES", "Experiment", "Published", "PublishedGap", "PublishedValue", "as_dict", "combine",
+           "compare", "describe", "equivalence", "experiments", "format_list", "get_experiment", "satterthwaite",
+           "tost", "verdict", "version_label", "versions", "welch"]

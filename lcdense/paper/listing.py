@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .registry import Experiment, experiments, get_experiment  # noqa: F401 (get_experiment: the doctest)
+from .registry import Experiment, experiments, get_experiment, version_label  # noqa: F401 (get_experiment: the doctest)
 
 
 def _grid(experiment: Experiment) -> str:
@@ -33,14 +33,22 @@ def describe(experiment: Experiment) -> str:
              f"  model      {e.model}",
              f"  grid       {_grid(e)}",
              f"             {e.grid_note}",
-             f"  recipe     {e.recipe}"]
-    if not e.published:
+             f"  recipe     {e.recipe} ({version_label(e.recipe_version)})",
+             *([f"             {e.recipe_note}"] if e.recipe_note else []),
+             f"  metric     {e.metric}" + (f" (best epoch; last epoch: {', '.join(e.last_epoch.values())})"
+                                           if e.last_epoch else "")]
+    if not e.published and not e.published_gaps:
         lines.append("  published  none" + (" (figure only)" if e.source.startswith("Figure") else
                                             " (lcdense's numbers will be the first)"))
     for p in e.published:
         values = "; ".join(f"{v.variant}" + "".join(f" {k}={'none' if x is None else x}" for k, x in v.axes.items())
                            + f" {_number(v.mean, v.std)}" for v in p.values)
-        lines.append(f"  published  {p.source}, {p.metric}{unit}: {values}")
+        lines.append(f"  published  {p.source} [{p.version}, {p.runs or '?'} run(s)], {p.metric}{unit}: {values}")
+    for g in e.published_gaps:
+        where = ", ".join(f"{k}={v}" for k, v in g.axes.items())
+        stated = f"{g.mean:+.2f}" if g.mean is not None else \
+            f"{'' if g.low is None else f'{g.low:+.2f}'}..{'' if g.high is None else f'{g.high:+.2f}'}"
+        lines.append(f"  gap        {g.source} [{g.version}]: {g.gap} at {where}: {stated}{unit}")
     return "\n".join(lines)
 
 

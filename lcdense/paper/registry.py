@@ -5,6 +5,8 @@
 ('Table 1', [128], 92.34)
 >>> get_experiment("fig7a-kernel-size").axes
 {'kernel_size': [3, 5, 7, 9]}
+>>> exp.recipe_version, [p.version for p in exp.published]
+('arxiv-v2', ['iclr2024', 'arxiv-v2'])
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from ..base.errors import LcdenseError, unknown_name
 
 GRID_KEYS = ("variants", "E", "seeds")  # the rest of a grid are sweep axes of the experiment's task
 SCALES = ("full", "smoke")
+LCDENSE = "lcdense"  # recipe_version of a recipe that is lcdense's choice, not the paper's
 SOURCE_ROOT = Path(__file__).resolve().parents[2]  # the lcdense source tree (where configs/ lives)
 
 
@@ -35,11 +38,34 @@ class PublishedValue:
 
 @dataclass(frozen=True)
 class Published:
-    """The numbers one source (e.g. the ICLR submission's Table 1) gives for an experiment."""
+    """The numbers one source (e.g. the ICLR submission's Table 1) gives for an experiment: the
+    paper version it is in (a key of :func:`versions`), the metric, the values, and over how many
+    runs each value is (``runs``; ``runs_note`` where that number is not the paper's own)."""
 
     source: str
     metric: str
     values: tuple[PublishedValue, ...]
+    version: str
+    runs: int | None = None
+    runs_note: str | None = None
+
+
+@dataclass(frozen=True)
+class PublishedGap:
+    """A gap the paper states in its text (e.g. Section 4's "1.6-1.9% difference"), not as a table
+    of means: ``gap`` is a gap of the run's summary (``"frozen - learnable"``) at sweep point
+    ``axes``, in the published unit; either ``mean`` or the range ``low``..``high``."""
+
+    source: str
+    version: str
+    metric: str
+    gap: str
+    axes: dict[str, Any]
+    mean: float | None = None
+    low: float | None = None
+    high: float | None = None
+    runs: int | None = None
+    note: str | None = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +85,10 @@ class Experiment:
     unit: str
     published: tuple[Published, ...]
     smoke: dict[str, Any] | None
+    recipe_version: str = "lcdense"
+    recipe_note: str | None = None
+    last_epoch: dict[str, str] = field(default_factory=dict)
+    published_gaps: tuple[PublishedGap, ...] = ()
 
     @property
     def axes(self) -> dict[str, list[Any]]:
@@ -85,10 +115,28 @@ def find_recipe(recipe: str) -> Path:
                        "(configs/) come with the lcdense source tree: run from a checkout")
 
 
-def _published(entry: dict[str, Any], metric: str) -> Published:
+def _version(name: str, version: str, where: str) -> str:
+    if version != LCDENSE and version not in versions():
+        raise LcdenseError(f"paper experiment '{name}': {where} names paper version '{version}'; known: "
+                           f"{', '.join([*versions(), LCDENSE])}")
+    return version
+
+
+def _published(name: str, entry: dict[str, Any], metric: str) -> Published:
     values = tuple(PublishedValue(v["variant"], float(v["mean"]), None if v.get("std") is None else float(v["std"]),
                                   dict(v.get("axes") or {})) for v in entry["values"])
-    return Published(entry["source"], entry.get("metric", metric), values)
+    return Published(entry["source"], entry.get("metric", metric), values,
+                     version=_version(name, entry["version"], "a published source"), runs=entry.get("runs"),
+                     runs_note=entry.get("runs_note"))
+
+
+def _gap(name: str, entry: dict[str, Any], metric: str) -> PublishedGap:
+    number = {k: None if entry.get(k) is None else float(entry[k]) for k in ("mean", "low", "high")}
+    if (number["mean"] is None) == (number["low"] is None and number["high"] is None):
+        raise LcdenseError(f"paper experiment '{name}': a published gap needs either a mean or a range (low, high)")
+    return PublishedGap(entry["source"], _version(name, entry["version"], "a published gap"),
+                        entry.get("metric", metric), entry["gap"], dict(entry.get("axes") or {}), **number,
+                        runs=entry.get("runs"), note=entry.get("note"))
 
 
 def _experiment(name: str, e: dict[str, Any]) -> Experiment:
@@ -102,16 +150,43 @@ def _experiment(name: str, e: dict[str, Any]) -> Experiment:
     return Experiment(name=name, source=e["source"], title=e["title"], task=e["task"], dataset=e["dataset"],
                       model=e["model"], recipe=e["recipe"], grid=dict(e["grid"]), grid_note=e["grid_note"],
                       metric=e["metric"], unit=e["unit"],
-                      published=tuple(_published(p, e["metric"]) for p in e["published"]),
-                      smoke=e["smoke"])
+                      published=tuple(_published(name, p, e["metric"]) for p in e["published"]),
+                      smoke=e["smoke"], recipe_version=_version(name, e.get("recipe_version", LCDENSE), "recipe_version"),
+                      recipe_note=e.get("recipe_note"), last_epoch=dict(e.get("last_epoch") or {}),
+                      published_gaps=tuple(_gap(name, g, e["metric"]) for g in e.get("published_gaps") or ()))
+
+
+@functools.cache
+def _data() -> dict[str, Any]:
+    text = resources.files(__package__).joinpath("experiments.yaml").read_text(encoding="utf-8")
+    return yaml.safe_load(text)
+
+
+def versions() -> dict[str, str]:
+    """The paper's versions that published numbers or recipes: key → what it is, in words.
+
+    Returns:
+        e.g. ``{"arxiv-v2": "arXiv 2301.11360 v2 (June 2023)", ...}``.
+    """
+    return dict(_data()["versions"])
+
+
+def version_label(version: str) -> str:
+    """A version key in words (``lcdense`` is lcdense's own choice).
+
+    Args:
+        version: A key of :func:`versions`, or ``"lcdense"``.
+
+    Returns:
+        The label, e.g. ``"arXiv 2301.11360 v2 (June 2023)"``.
+    """
+    return "lcdense's choice (the paper states none)" if version == LCDENSE else versions()[version]
 
 
 @functools.cache
 def experiments() -> dict[str, Experiment]:
     """Every experiment, by name, in the order of ``experiments.yaml``."""
-    text = resources.files(__package__).joinpath("experiments.yaml").read_text(encoding="utf-8")
-    data = yaml.safe_load(text)
-    return {name: _experiment(name, e) for name, e in data["experiments"].items()}
+    return {name: _experiment(name, e) for name, e in _data()["experiments"].items()}
 
 
 def get_experiment(name: str) -> Experiment:

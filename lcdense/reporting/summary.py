@@ -63,10 +63,13 @@ def paired_gap(a: dict[int, float], b: dict[int, float]) -> dict[str, Any] | Non
     return out
 
 
-def summarize(records: list[CellRecord], primary: str, higher_is_better: bool) -> SummaryRecord:
-    """The summary of a run (what ``summary.json`` holds). Diverged cells (status ``diverged``)
-    are left out of every statistic and gap; each group lists them under ``diverged`` (cell id →
-    what went non-finite), and a variant whose cells all diverged has only ``diverged``."""
+def summarize(records: list[CellRecord], primary: str, higher_is_better: bool,
+              also: tuple[str, ...] = ()) -> SummaryRecord:
+    """The summary of a run (what ``summary.json`` holds): the gaps of the primary metric and of
+    the metrics ``also`` (e.g. the last epoch's top-1 where the primary is the best epoch's), each
+    gap naming its ``metric``. Diverged cells (status ``diverged``) are left out of every statistic
+    and gap; each group lists them under ``diverged`` (cell id → what went non-finite), and a
+    variant whose cells all diverged has only ``diverged``."""
     groups: dict[str, dict[str, list[CellRecord]]] = {}
     diverged: dict[str, dict[str, list[CellRecord]]] = {}
     for r in records:
@@ -97,23 +100,29 @@ def summarize(records: list[CellRecord], primary: str, higher_is_better: bool) -
             }
             if name in lost:
                 variants[name]["diverged"] = sorted(r.id for r in lost[name])
-        gaps = []
-        by_kind_e = {(rs[0].kind, rs[0].E): {r.seed: r.metrics.get(primary) for r in rs}
-                     for rs in by_variant.values()}
-        expansions = sorted({e for _, e in by_kind_e if e is not None})
-        for gap_name, left, right in GAPS:
-            uses_e = "lc" in gap_name
-            for E in expansions if uses_e else [None]:
-                a = by_kind_e.get((left, E if left.startswith("lc") else None))
-                b = by_kind_e.get((right, E if right.startswith("lc") else None))
-                stats = a and b and paired_gap(_known(a), _known(b))
-                if stats:
-                    label = gap_name.replace("lc-frozen", f"lc-frozen@{E}").replace("lc-learnable", f"lc-learnable@{E}")
-                    gaps.append({"gap": label, "E": E, **stats})
+        gaps = [gap for metric in (primary, *(m for m in also if m != primary))
+                for gap in _gaps(by_variant, metric)]
         out.groups[group] = {"variants": variants, "gaps": gaps}
         if lost:
             out.groups[group]["diverged"] = {r.id: r.error or "not finite" for rs in lost.values() for r in rs}
     return out
+
+
+def _gaps(by_variant: dict[str, list[CellRecord]], metric: str) -> list[dict[str, Any]]:
+    """The :data:`GAPS` of one sweep point in ``metric``, paired by seed."""
+    gaps = []
+    by_kind_e = {(rs[0].kind, rs[0].E): {r.seed: r.metrics.get(metric) for r in rs} for rs in by_variant.values()}
+    expansions = sorted({e for _, e in by_kind_e if e is not None})
+    for gap_name, left, right in GAPS:
+        uses_e = "lc" in gap_name
+        for E in expansions if uses_e else [None]:
+            a = by_kind_e.get((left, E if left.startswith("lc") else None))
+            b = by_kind_e.get((right, E if right.startswith("lc") else None))
+            stats = a and b and paired_gap(_known(a), _known(b))
+            if stats:
+                label = gap_name.replace("lc-frozen", f"lc-frozen@{E}").replace("lc-learnable", f"lc-learnable@{E}")
+                gaps.append({"gap": label, "E": E, "metric": metric, **stats})
+    return gaps
 
 
 def variant_provenance(records: list[CellRecord]) -> dict[str, Any]:
@@ -194,9 +203,12 @@ def markdown_table(summary: SummaryRecord) -> str:
                 f"{c['trainable_params']['mean']:,.0f} | {c.get('forward_macs_per_sample', {}).get('mean', float('nan')):,.0f} | "
                 f"{c['wall_time_s']['mean']:.1f} |"
             )
-        if content["gaps"]:
-            lines += ["", f"| gap in {primary} (paired by seed) | mean ± std | 95% CI | seeds |", "|---|---|---|---|"]
+        metrics = list(dict.fromkeys(g.get("metric", primary) for g in content["gaps"]))
+        for metric in metrics:
+            lines += ["", f"| gap in {metric} (paired by seed) | mean ± std | 95% CI | seeds |", "|---|---|---|---|"]
             for g in content["gaps"]:
+                if g.get("metric", primary) != metric:
+                    continue
                 ci = f"[{g['ci95'][0]:+.4f}, {g['ci95'][1]:+.4f}]" if "ci95" in g else "n/a (1 seed)"
                 lines.append(f"| {g['gap']} | {g['mean']:+.4f} ± {g['std']:.4f} | {ci} | {g['n']} |")
         if content.get("diverged"):
@@ -225,41 +237,114 @@ def _in_unit(value: float, unit: str) -> str:
     return f"{value:.2f}" if unit == "percent" else f"{value:.4f}"
 
 
+def _num(value: float | None, unit: str, signed: bool = False) -> str:
+    if value is None:
+        return "n/a"
+    digits = 2 if unit == "percent" else 4
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def _interval(row: dict[str, Any], unit: str) -> str:
+    if not row.get("ci95"):
+        return "n/a"
+    df = "∞" if math.isinf(row["df"]) else f"{row['df']:.1f}"
+    return f"[{_num(row['ci95'][0], unit, True)}, {_num(row['ci95'][1], unit, True)}] (df {df})"
+
+
+def _version(row: dict[str, Any]) -> str:
+    return f"{row['source']} [{row['version']}{', recipe run' if row['recipe_run'] else ', other recipe'}]"
+
+
+def _verdict(row: dict[str, Any]) -> str:
+    tost = row.get("equivalence")
+    return row["verdict"] + ("" if not tost else f"; {tost['word']} (TOST p = {tost['p']:.3f})")
+
+
+def _sign(row: dict[str, Any]) -> str:
+    return ("agrees" if row["sign_agrees"] else "opposite") + (" (clear)" if row["sign_clear"] else "")
+
+
+def _measured_gap(gap: dict[str, Any], unit: str) -> str:
+    ci = f" [{_num(gap['ci95'][0], unit, True)}, {_num(gap['ci95'][1], unit, True)}]" if "ci95" in gap else ""
+    return f"{_num(gap['mean'], unit, True)}{ci} ({gap['n']})"
+
+
 def paper_table(block: dict[str, Any], primary: str) -> list[str]:
-    """The paper column: each published number next to the run's measured mean ± std.
+    """The paper section: each published number and gap next to the run's, with the difference,
+    its Welch 95% interval and the verdict, each word defined under the tables.
 
     >>> block = {"experiment": "table1-svhn", "source": "Table 1", "scale": "full", "unit": "percent",
-    ...          "definition": "|m - p| <= s", "note": None, "overrides": [], "rows": [
-    ...     {"variant": "learnable", "group": "", "metric": "top1", "source": "ICLR", "published_mean": 96.38,
-    ...      "published_std": 0.12, "measured": {"mean": 96.3, "std": 0.1, "n": 4}, "difference": -0.08,
-    ...      "within_published_spread": "yes"}]}
-    >>> paper_table(block, "top1")[-2]
-    '| learnable | 96.30 ± 0.10 (4) | 96.38 ± 0.12 | ICLR | -0.08 | yes |'
+    ...          "recipe": "configs/c.yaml", "recipe_version_label": "arXiv v2", "recipe_note": None,
+    ...          "compared_with": "ICLR", "overrides": [], "delta": None, "note": None, "gaps": [], "stated_gaps": [],
+    ...          "definitions": {"consistent": "the interval contains 0"}, "last_epoch": {}, "rows": [
+    ...     {"variant": "learnable", "group": "", "metric": "top1", "source": "ICLR", "version": "iclr2024",
+    ...      "recipe_run": False, "published_mean": 96.38, "published_std": 0.12, "published_runs": 4,
+    ...      "measured": {"mean": 96.3, "std": 0.1, "n": 4}, "difference": -0.08, "ci95": [-0.3, 0.14], "df": 5.8,
+    ...      "verdict": "consistent", "equivalence": None}]}
+    >>> paper_table(block, "top1")[-4]
+    '| learnable | 96.30 ± 0.10 (4) | 96.38 ± 0.12 (4) | ICLR [iclr2024, other recipe] | -0.08 | [-0.30, +0.14] (df 5.8) | consistent |'
     """
-    unit = " (%)" if block["unit"] == "percent" else ""
+    unit_name, unit = (" (%)" if block["unit"] == "percent" else ""), block["unit"]
     lines = [f"### Paper: {block['experiment']} ({block['source']}), {block['scale']} scale", ""]
+    recipe = f"Recipe `{block['recipe']}`: {block['recipe_version_label']}"
+    if block.get("recipe_note"):
+        recipe += f". {block['recipe_note']}"
+    lines += [recipe + ".", ""]
     if block["scale"] != "full":
         lines += [f"**{block['scale'].upper()} run**: a shortened recipe, not comparable to the paper; "
-                  "no agreement is claimed.", ""]
+                  "no agreement is claimed (the numbers are shown, nothing is tested).", ""]
     if block["overrides"]:
         lines += [f"Changed from the paper's grid: {', '.join(block['overrides'])}.", ""]
-    if not block["rows"]:
+    if not block["rows"] and not block.get("stated_gaps"):
         return lines + [f"Paper: {block['note']}.", ""]
-    lines += [f"Within the published spread: {block['definition']}.", "",
-              f"| variant | measured{unit}: mean ± std (seeds) | paper{unit} | source | Δ measured − paper | "
-              f"within published spread |", "|---|---|---|---|---|---|"]
-    for row in block["rows"]:
-        name = row["variant"] + (f" [{row['group']}]" if row["group"] else "") + \
-            (f" {row['metric']}" if row["metric"] != primary else "")
-        m = row["measured"]
-        measured = "not measured" if m is None else \
-            f"{_in_unit(m['mean'], block['unit'])} ± {_in_unit(m['std'], block['unit'])} ({m['n']})"
-        paper = _in_unit(row["published_mean"], block["unit"]) + \
-            ("" if row["published_std"] is None else f" ± {_in_unit(row['published_std'], block['unit'])}")
-        delta = "n/a" if row["difference"] is None else f"{row['difference']:+.2f}" if block["unit"] == "percent" \
-            else f"{row['difference']:+.4f}"
-        lines.append(f"| {name} | {measured} | {paper} | {row['source']} | {delta} | {row['within_published_spread']} |")
-    return lines + [""]
+    lines += [f"Compared first with: {block['compared_with']}; every row names its version and whether its recipe "
+              "is the one run.", ""]
+    delta = block.get("delta")
+    lines += ["Equivalence margin: " + (f"δ = {_num(delta, unit)}{' points' if unit == 'percent' else ''}, declared "
+                                         "before the run (`paper.delta`)." if delta is not None else
+                                         "none was declared before the run (`lcdense paper run --delta`), so no "
+                                         "equivalence is claimed."), ""]
+    if block["rows"]:
+        lines += [f"| variant | measured{unit_name}: mean ± std (runs) | paper{unit_name}: mean ± std (runs) | source "
+                  f"[version] | Δ measured − paper | Welch 95% CI of Δ | verdict |", "|---|---|---|---|---|---|---|"]
+        for row in block["rows"]:
+            name = row["variant"] + (f" [{row['group']}]" if row["group"] else "") + \
+                (f" {row['metric']}" if row["metric"] != primary else "")
+            m = row["measured"]
+            measured = "not measured" if m is None else f"{_num(m['mean'], unit)} ± {_num(m['std'], unit)} ({m['n']})"
+            paper = _num(row["published_mean"], unit) + \
+                ("" if row["published_std"] is None else f" ± {_num(row['published_std'], unit)}") + \
+                f" ({row['published_runs'] or '?'}{'*' if row.get('published_runs_note') else ''})"
+            lines.append(f"| {name} | {measured} | {paper} | {_version(row)} | "
+                         f"{_num(row['difference'], unit, True)} | {_interval(row, unit)} | {_verdict(row)} |")
+        notes = sorted({r["published_runs_note"] for r in block["rows"] if r.get("published_runs_note")})
+        lines.append("")
+        lines += [f"\\* runs: {n}  " for n in notes] + ([""] if notes else [])
+    if block["gaps"]:
+        lines += [f"Gaps{unit_name}: measured paired by seed, mean [95% CI] (seeds); the paper's gap of its means, "
+                  "± its standard error from the published stds.", "",
+                  "| gap | epoch | measured | paper | source [version] | Δ measured − paper | Welch 95% CI of Δ | "
+                  "verdict | sign |", "|---|---|---|---|---|---|---|---|---|"]
+        for g in block["gaps"]:
+            pub = g["published_gap"]
+            paper = _num(pub["mean"], unit, True) + ("" if pub["se"] is None else f" ± {_num(pub['se'], unit)}")
+            where = f" [{g['group']}]" if g["group"] else ""
+            lines.append(f"| {g['gap']}{where} | {g['epoch']} | {_measured_gap(g['measured_gap'], unit)} | {paper} | {_version(g)} | "
+                         f"{_num(g['difference'], unit, True)} | {_interval(g, unit)} | {_verdict(g)} | {_sign(g)} |")
+        lines.append("")
+    if block.get("stated_gaps"):
+        lines += [f"Gaps the paper states in its text{unit_name}:", "",
+                  "| gap | epoch | measured | paper states | source [version] | verdict | sign |",
+                  "|---|---|---|---|---|---|---|"]
+        for g in block["stated_gaps"]:
+            lines.append(f"| {g['gap']} [{g['group']}] | {g['epoch']} | {_measured_gap(g['measured_gap'], unit)} | "
+                         f"{g['stated']} | {_version(g)} | {g['verdict']} | {_sign(g)} |")
+        lines.append("")
+    if block.get("last_epoch"):
+        lines += ["Epochs: the recipe reports the **best** epoch (validation-selected, optimistic, and possibly a "
+                  "different epoch per variant); the **last** epoch's gaps are given beside them.", ""]
+    lines += ["Words: " + "; ".join(f"**{word}**: {text}" for word, text in block["definitions"].items()) + ".", ""]
+    return lines
 
 
 def results_csv(records: list[CellRecord]) -> str:
@@ -301,10 +386,15 @@ def write_report(run_dir: Path, primary: str, higher_is_better: bool,
     records = read_cells(run)
     if not records:
         raise LcdenseError(f"{run_dir} has no finished cells yet; run or resume it first")
-    summary = summarize(records, primary, higher_is_better)
     paper = _paper_settings(run)
-    if paper:
-        summary.paper = compare(summary, get_experiment(paper["experiment"]), paper["scale"], paper["overrides"])
+    experiment = get_experiment(paper["experiment"]) if paper else None
+    if experiment:  # a paper run is summarised in the experiment's metric (fig. 4b: FGSM accuracy)
+        primary = experiment.metric
+    summary = summarize(records, primary, higher_is_better,
+                        also=tuple(experiment.last_epoch.get(m) for m in [primary] if experiment and
+                                   experiment.last_epoch.get(m)))
+    if experiment:
+        summary.paper = compare(summary, experiment, paper["scale"], paper["overrides"], paper.get("delta"))
     write_text(run.results_csv, results_csv(records))
     write_summary(run, summary)
     finite = [r for r in records if r.done]

@@ -41,7 +41,8 @@ class ClassificationTask(Task):
     name = "classification"
     primary_metric = "top1"
     higher_is_better = True
-    sweep_axes = {"width": "model.width", "depth": "model.depth", "kernel_size": "model.kernel_size"}
+    sweep_axes = {"width": "model.width", "depth": "model.depth", "kernel_size": "model.kernel_size",
+                  "model": "model.name"}
     data_parallel = "torchrun"
 
     def __init__(self) -> None:

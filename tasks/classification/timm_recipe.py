@@ -4,7 +4,8 @@
 timm provides every component: ``create_loader`` (its RandAugment/RRC transforms, the prefetcher,
 its distributed and repeated-augmentation samplers), ``FastCollateMixup`` (Mixup/CutMix),
 ``create_optimizer_v2`` (LAMB; no weight decay on biases and norms), ``create_scheduler_v2``
-(cosine with warmup, stepped per update and per epoch as timm steps it), ``BinaryCrossEntropy`` /
+(cosine with warmup; its schedule is a function of the epoch, so it moves once per epoch),
+``BinaryCrossEntropy`` /
 ``SoftTargetCrossEntropy`` / ``LabelSmoothingCrossEntropy`` and ``ModelEmaV3``. lcdense keeps
 what is its own: conversion, frozen digests (of the EMA too), and the shared training loop
 (:func:`lcdense.train_loop`: resume points, the per-epoch record and its events), into which timm's
@@ -36,6 +37,7 @@ from .scoring import SUMS, batch_sums, class_hits, fgsm, metrics_from_sums, per_
 #: ``train.timm`` keys and their defaults (timm's train.py defaults where it has one).
 TIMM_DEFAULTS: dict[str, Any] = {
     "opt": "lamb", "opt_eps": None, "sched": "cosine", "warmup_lr": 1e-5, "min_lr": 0.0, "cooldown_epochs": 0,
+    "lr_base_size": None, "lr_base_scale": "sqrt",
     "loss": "bce", "bce_target_thresh": None, "mixup": 0.0, "cutmix": 0.0, "mixup_prob": 1.0,
     "mixup_switch_prob": 0.5, "mixup_mode": "batch", "auto_augment": None, "aug_repeats": 0,
     "scale": [0.08, 1.0], "ratio": [0.75, 4 / 3], "hflip": 0.5, "color_jitter": 0.4, "reprob": 0.0,
@@ -43,6 +45,7 @@ TIMM_DEFAULTS: dict[str, Any] = {
     "ema_warmup": False, "channels_last": True,
 }
 LOSSES = ("bce", "ce")
+LR_SCALES = ("sqrt", "linear")
 
 
 @dataclass
@@ -70,15 +73,40 @@ def loss_for(opts: dict[str, Any], smoothing: float) -> nn.Module:
     return LabelSmoothingCrossEntropy(smoothing) if smoothing else nn.CrossEntropyLoss()
 
 
+def scaled_lr(train: dict[str, Any]) -> dict[str, Any]:
+    """The learning rate for ``train.batch_size`` (the global batch): ``train.lr`` is the rate at
+    ``train.timm.lr_base_size`` images, scaled by the square root of the batch ratio (``sqrt``,
+    what RSB-style LAMB recipes do and what timm's train.py picks for LAMB) or linearly; without
+    ``lr_base_size``, ``train.lr`` as given.
+
+    Args:
+        train: The ``train`` section.
+
+    Returns:
+        ``lr`` (the rate used), ``configured``, ``base_batch``, ``global_batch`` and ``scale``.
+
+    >>> round(scaled_lr({"lr": 5e-3, "batch_size": 1024, "timm": {"lr_base_size": 2048, "lr_base_scale": "sqrt"}})["lr"], 6)
+    0.003536
+    """
+    opts, lr, batch = train["timm"], float(train["lr"]), int(train["batch_size"])
+    base, scale = opts.get("lr_base_size"), opts.get("lr_base_scale", "sqrt")
+    if scale not in LR_SCALES:
+        raise LcdenseError(f"unknown train.timm.lr_base_scale '{scale}'; use one of: {', '.join(LR_SCALES)}")
+    ratio = 1.0 if not base else batch / int(base)
+    used = lr * (math.sqrt(ratio) if scale == "sqrt" else ratio)
+    return {"lr": used, "configured": lr, "base_batch": base, "global_batch": batch,
+            "scale": scale if base else None}
+
+
 def optimizer_and_schedule(model: nn.Module, train: dict[str, Any], steps: int) -> tuple[Any, Any, int]:
-    """timm's optimizer over the trainable parameters (frozen banks are buffers, out of its reach),
-    its scheduler and the number of epochs it schedules (cooldown included)."""
+    """timm's optimizer over the trainable parameters (frozen banks are buffers, out of its reach)
+    at :func:`scaled_lr`, its scheduler and the number of epochs it schedules (cooldown included)."""
     from timm.optim import create_optimizer_v2
     from timm.scheduler import create_scheduler_v2
 
     opts = train["timm"]
     extra = {"eps": float(opts["opt_eps"])} if opts["opt_eps"] is not None else {}
-    optimizer = create_optimizer_v2(model, opt=opts["opt"], lr=float(train["lr"]),
+    optimizer = create_optimizer_v2(model, opt=opts["opt"], lr=scaled_lr(train)["lr"],
                                     weight_decay=float(train["weight_decay"]), **extra)
     scheduler, epochs = create_scheduler_v2(
         optimizer, sched=opts["sched"], num_epochs=int(train["epochs"]), warmup_epochs=int(train["warmup_epochs"]),
@@ -178,8 +206,9 @@ def _scores(model: nn.Module, loader: Any, pixels: _Pixels, cell: Cell, amp: boo
 
 
 class TimmRecipe(Recipe):
-    """timm's side of :func:`lcdense.train_loop`: its optimizer and scheduler (stepped per update and
-    per epoch, as timm's train.py steps them), its EMA (updated after every optimizer step; the
+    """timm's side of :func:`lcdense.train_loop`: its optimizer and scheduler (``step_update`` after
+    every update and ``step`` after every epoch, as timm's train.py calls them; the cosine schedule
+    is a function of the epoch, so the learning rate changes once per epoch), its EMA (updated after every optimizer step; the
     checkpoint keeps it) and the per-class top-1 of the best epoch so far (kept too)."""
 
     def __init__(self, train: dict[str, Any], steps: int) -> None:
@@ -197,7 +226,7 @@ class TimmRecipe(Recipe):
             if opts["ema"] else None
 
     def update(self, updates: int) -> None:
-        self.optimizer.step()
+        self.step_optimizer()
         if self.ema is not None:
             self.ema.update(self.model, step=updates)
         if self.scheduler is not None:
@@ -242,7 +271,7 @@ def fit(model: nn.Module, data: dict[str, Any], config: dict[str, Any], cell: Ce
     import timm
 
     train, opts = config["train"], config["train"]["timm"]
-    amp, channels_last = bool(train["amp"]), bool(opts["channels_last"])
+    amp, channels_last = train["amp"], bool(opts["channels_last"])
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     data_config = _data_config(config, model)
@@ -271,6 +300,10 @@ def fit(model: nn.Module, data: dict[str, Any], config: dict[str, Any], cell: Ce
         return scores
 
     settings = TrainSettings.from_config({k: train[k] for k in ("epochs", "lr", "amp", "sync_bn", "eval_every")})
+    repeats = int(opts["aug_repeats"])
+    if repeats and not cell.world.active:
+        cell.log(f"train.timm.aug_repeats {repeats} is off: timm repeats augmentations across data-parallel ranks, "
+                 "and this cell runs in one process (recorded in the cell)")
     history = train_loop(model, batches=batches, steps_per_epoch=len(train_loader), loss=loss, settings=settings,
                          cell=cell, evaluate=evaluate, recipe=recipe)
     ema, world = recipe.ema, cell.world
@@ -281,7 +314,13 @@ def fit(model: nn.Module, data: dict[str, Any], config: dict[str, Any], cell: Ce
         "loss": type(loss_fn).__name__,
         "mixup": {"mixup": opts["mixup"], "cutmix": opts["cutmix"]} if opts["mixup"] > 0 or opts["cutmix"] > 0 else None,
         "auto_augment": opts["auto_augment"],
-        "aug_repeats": int(opts["aug_repeats"]) if world.active else 0,  # timm repeats across ranks only
+        # timm repeats augmentations across data-parallel ranks only: one process has none
+        "aug_repeats": repeats if world.active else 0,
+        "aug_repeats_configured": repeats,
+        "aug_repeats_off": None if world.active or not repeats else
+        "one process: timm's RepeatAugSampler repeats each image across data-parallel ranks, so none ran",
+        "lr": scaled_lr(train),
+        "precision": autocast_precision(amp, cell.device),
         "ema": {"decay": float(opts["ema_decay"]), "warmup": bool(opts["ema_warmup"])} if ema is not None else None,
         "global_batch": int(train["batch_size"]), "batch_per_rank": int(train["batch_size"]) // world.size,
         "updates_per_epoch": recipe.steps, "epochs": recipe.epochs,
