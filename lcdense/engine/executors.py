@@ -37,10 +37,10 @@ from ..base.errors import LcdenseError, require_extra
 from ..base.files import write_json
 from ..base.registry import Registry
 from .config import load_yaml
-from .distributed import visible_gpus
+from .distributed import leave, visible_gpus
 from .events import Events
 from .rundir import RunDir
-from .runner import execute, load_run, setup_world
+from .runner import execute, load_run, prepare_data, setup_world
 from .variants import CellSpec
 
 #: Every setting an executor config may hold, with its default.
@@ -248,13 +248,15 @@ def run_cells_job(run_dir: str, cell_ids: list[str], cache_dir: str,
 
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
     config, task, cells, axis_keys = load_run(Path(run_dir))
-    if task.data_parallel == "own" and (gpus := visible_gpus()) > 1:  # e.g. ultralytics launches its own workers
-        config["run"]["device"] = ",".join(str(i) for i in range(gpus))
     by_id = {c.id: c for c in cells}
+    data = prepare_data(task, config, Path(cache_dir))  # before the ranks join their group
     world, device = setup_world(config)
     events = Events([*(make_callbacks(config) if make_callbacks else []), *callbacks])
-    records = execute(task, config, Path(run_dir), [by_id[i] for i in cell_ids], axis_keys, Path(cache_dir),
-                      world, device, events)
+    try:
+        records = execute(task, config, Path(run_dir), [by_id[i] for i in cell_ids], axis_keys, data, world, device,
+                          events)
+    finally:
+        leave()
     return {r.id: r.status for r in records}
 
 
