@@ -385,7 +385,11 @@ def prepare_data(task: Task, config: dict[str, Any], cache_dir: Path) -> Any:
         What ``task.prepare_data`` returns.
     """
     cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LcdenseError(f"cannot create the dataset cache {cache_dir}: {exc.strerror}; the output directory must be "
+                           "writable: choose another with --out (or run.cache_dir)") from None
     with open(cache_dir / ".prepare.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
