@@ -133,3 +133,19 @@ def test_sync_batchnorm_of_a_torch_model_is_torchs():
     synced = convert_sync_batchnorm(model).eval()
     assert isinstance(synced[1], torch.nn.SyncBatchNorm)
     assert torch.equal(synced(x), expected)
+
+
+def test_every_rank_prepares_its_data_before_joining_the_group(toy_installed, tmp_path, monkeypatch):
+    """No rank waits in a collective (NCCL's 10-minute timeout) while another prepares or scans the
+    data, and a framework that synchronises ranks when imported (ultralytics) meets no group yet."""
+    import lcdense
+    from lcdense.api import benchmark
+
+    order: list[str] = []
+    prepare, setup = benchmark.prepare_data, benchmark.setup_world
+    monkeypatch.setattr(benchmark, "prepare_data", lambda *a: (order.append("prepare"), prepare(*a))[1])
+    monkeypatch.setattr(benchmark, "setup_world", lambda config: (order.append("join"), setup(config))[1])
+    lcdense.run("toy", variants=["learnable"], seeds=[0], device="cpu", out=str(tmp_path), quiet=True,
+                analysis=False, epochs=1)
+    assert order == ["prepare", "join"]
+    assert (tmp_path / ".cache" / ".prepare.lock").is_file()  # one process at a time prepares the cache
