@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
@@ -129,10 +130,9 @@ def test_every_rank_records_its_peak_beside_the_per_rank_prediction(ddp_run):
         assert costs["peak_memory_kind"] == "cpu_tensor_peak"
 
 
+@pytest.mark.parametrize("ddp_run", ["detection"], indirect=True)  # the task whose ranks run ultralytics' trainer
 def test_detection_ranks_report_their_epochs_to_the_runs_callbacks_and_tracker(ddp_run):
-    name, run_dir, _ = ddp_run
-    if name != "detection":
-        pytest.skip("detection only: ultralytics' trainer runs in each rank")
+    _, run_dir, _ = ddp_run
     records = _records(run_dir)
     for cell_id, record in records.items():
         assert record["provenance"]["frozen_digests"]["ema"] == record["frozen_digest_after"]
@@ -150,5 +150,5 @@ def test_detection_ranks_report_their_epochs_to_the_runs_callbacks_and_tracker(d
     assert (run_dir / "summary.md").is_file()
     # the ranks' trainers launched no workers of their own: ultralytics' launcher would have pickled
     # the trainer and its callbacks (the run's console, trackers) into its settings directory's DDP/
-    assert (run_dir.parent.parent / ".cache" / "ultralytics").is_dir()
-    assert not (run_dir.parent.parent / ".cache" / "ultralytics" / "DDP").exists()
+    settings = Path(os.environ.get("YOLO_CONFIG_DIR", run_dir.parent.parent / ".cache" / "ultralytics"))
+    assert settings.is_dir() and not (settings / "DDP").exists()  # the ranks' ultralytics settings directory
