@@ -201,81 +201,6 @@ def test_resume_from_fp16_ema_restores_seeded_frozen_filters(setup, tmp_path: Pa
     assert lcdense.frozen_digest(trained) == digest
 
 
-def test_ultralytics_ddp_workers_rebuild_the_lcdense_trainer(setup, tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    """Multi-GPU detection goes through ultralytics' own DDP launcher, which pickles the trainer's
-    class, arguments, model and callbacks into a file that each worker runs. Here the parent
-    writes that file exactly as ultralytics does and one worker runs it on CPU (no GPUs: one
-    process, but the same hand-over); fit then reads the workers' result back."""
-    from lcdense_tasks.detection.trainer import LcdenseDetectionTrainer
-    from ultralytics.utils.dist import generate_ddp_file
-
-    task, config, data = setup
-    model = fresh_model(task, config, data)
-    digest = lcdense.frozen_digest(model)
-    initial = {k: v.clone() for k, v in model.state_dict().items()}
-    launched: list[str] = []
-    console: list[str] = []
-
-    def train_in_a_worker(self: LcdenseDetectionTrainer) -> None:
-        file = generate_ddp_file(self)
-        launched.append(file)
-        try:
-            worker = subprocess.run([sys.executable, file], check=True, capture_output=True, text=True)
-            console.append(worker.stdout + worker.stderr)
-        finally:
-            for path in (Path(file), Path(file).with_suffix(".pt")):
-                path.unlink(missing_ok=True)
-        self.ddp = True  # what ultralytics' parent process knows once its workers are done
-
-    monkeypatch.setattr(LcdenseDetectionTrainer, "train", train_in_a_worker)
-    trained, history = task.fit(model, data, config, make_cell(tmp_path / "cell"))
-    assert len(launched) == 1
-    assert lcdense.frozen_digest(trained) == digest
-    assert [h["epoch"] for h in history] == [1.0, 2.0]
-    moved = [k for k, v in trained.state_dict().items() if v.is_floating_point() and not torch.equal(v, initial[k])]
-    assert moved  # the worker's training reached the parent's model
-    # the worker's ultralytics output (trainer log, epoch bars, validator) is in the cell's train.log, not on its console
-    log = (tmp_path / "cell" / "train.log").read_text()
-    for text in ("Starting training for 2 epochs", "box_loss", "mAP50-95"):
-        assert text in log and text not in console[0]
-    assert "Ultralytics" not in console[0]
-
-
-def test_a_failing_ddp_worker_logs_its_traceback_and_fit_fails_in_one_line(setup, tmp_path: Path,
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    """A worker whose frozen filters do not match what the launching process expects (made so
-    here) writes its traceback to the cell's train.log and exits with status 1; fit turns the
-    launcher's failure into one line naming that log."""
-    import lcdense_tasks.detection.task as detection_task
-    from lcdense_tasks.detection.trainer import LcdenseDetectionTrainer
-    from ultralytics.utils.dist import generate_ddp_file
-
-    task, config, data = setup
-    console: list[str] = []
-
-    def train_in_a_worker(self: LcdenseDetectionTrainer) -> None:
-        file = generate_ddp_file(self)
-        try:
-            worker = subprocess.run([sys.executable, file], capture_output=True, text=True)
-            console.append(worker.stdout + worker.stderr)
-            worker.check_returncode()  # what ultralytics' subprocess.run(cmd, check=True) raises
-        finally:
-            for path in (Path(file), Path(file).with_suffix(".pt")):
-                path.unlink(missing_ok=True)
-
-    monkeypatch.setattr(LcdenseDetectionTrainer, "train", train_in_a_worker)
-    monkeypatch.setattr(detection_task, "frozen_digest", lambda model: "0" * 64)  # the digest the worker must match
-    cell = make_cell(tmp_path / "cell")
-    with pytest.raises(lcdense.LcdenseError) as failed:
-        task.fit(fresh_model(task, config, data), data, config, cell)
-    assert str(failed.value) == (f"ultralytics' DDP workers of cell lc-frozen@2 seed 0 failed (exit status 1); "
-                                 f"their output and traceback are in {cell.log_path}")
-    log = cell.log_path.read_text()
-    assert "Traceback" in log and "frozen filters changed while rebuilding the model" in log
-    assert "Traceback" not in console[0]
-
-
 def test_detection_cell_records_ema_as_primary_with_both_digests(tmp_path: Path, capsys) -> None:
     from lcdense.cli import main
 
@@ -306,13 +231,6 @@ def test_detection_cell_records_ema_as_primary_with_both_digests(tmp_path: Path,
     assert 0.0 <= record["metrics"]["raw_map50_95"] <= record["metrics"]["raw_map50"] <= 1.0
     summary = (record_path.parents[2] / "summary.md").read_text()
     assert "Primary metric from the ema weights (lc-frozen@2)" in summary
-
-
-def test_the_trainer_needs_its_cell_context() -> None:
-    from lcdense_tasks.detection.trainer import LcdenseDetectionTrainer
-
-    with pytest.raises(lcdense.LcdenseError, match="needs its CellContext"):
-        LcdenseDetectionTrainer(overrides={})
 
 
 def test_fit_and_evaluate_make_no_network_access(tmp_path: Path) -> None:

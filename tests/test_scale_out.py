@@ -54,14 +54,6 @@ def test_two_gloo_ranks_train_the_same_cell_as_one_process(toy_installed, tmp_pa
     assert environment["world_size"] == 2
 
 
-@pytest.mark.extra("detection")
-def test_detection_refuses_data_parallel_without_gpus(tmp_path, capsys):
-    assert main(["run", "--task", "detection", "--ddp", "2", "--device", "cpu", "--out", str(tmp_path / "runs")]) == 2
-    assert "task 'detection' trains data-parallel through its framework's own launcher, which needs CUDA GPUs" \
-        in capsys.readouterr().err
-    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("cell.json"))
-
-
 def test_data_parallel_refusals_are_one_line(toy_installed, tmp_path, monkeypatch, capsys):
     import lcdense_toy
 
@@ -142,7 +134,7 @@ def test_slurm_settings_become_an_sbatch_array(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     settings = executors.executor_settings("slurm", CONFIGS / "slurm.yaml",
                                            {"partition": "gpu", "gpus_per_job": 4, "timeout_min": 90})
-    executor = executors.get_executor("slurm").make(tmp_path / "jobs" / "%j", "lcdense-x", settings, task_per_gpu=True)
+    executor = executors.get_executor("slurm").make(tmp_path / "jobs" / "%j", "lcdense-x", settings)
     script = executor._executor._make_submission_file_text("python -m submitit.core._submit x", "uid")
     for line in ("#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=4", "#SBATCH --ntasks-per-node=4",
                  "#SBATCH --time=90", "#SBATCH --nodes=1"):
@@ -175,7 +167,7 @@ def test_a_cpu_only_job_asks_for_no_gpu(tmp_path, monkeypatch, device, sinfo, gp
     slurm = executors.get_executor("slurm")
     settings, said = slurm.place(executors.executor_settings("slurm", CONFIGS / "slurm.yaml", {}), device)
     assert (settings["gpus_per_job"], said) == (gpus, note)
-    executor = slurm.make(tmp_path / "jobs" / "%j", "lcdense-x", settings, task_per_gpu=True)
+    executor = slurm.make(tmp_path / "jobs" / "%j", "lcdense-x", settings)
     script = executor._executor._make_submission_file_text("python -m submitit.core._submit x", "uid")
     assert ("#SBATCH --gpus-per-node" in script) == bool(gpus)
     assert "#SBATCH --cpus-per-task=8" in script and "#SBATCH --mem=48GB" in script  # one GPU's share

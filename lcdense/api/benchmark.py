@@ -26,7 +26,13 @@ from typing import Any
 
 from ..base.errors import LcdenseError
 from ..engine.config import load_yaml, resolve
-from ..engine.distributed import launched_by_torchrun, torchrun_command, visible_gpus
+from ..engine.distributed import (
+    World,
+    launched_by_torchrun,
+    leave,
+    torchrun_command,
+    visible_gpus,
+)
 from ..engine.events import Callback, ConsoleLog, Events, RunEnd, RunStart
 from ..engine.records import (
     CellRecord,
@@ -47,6 +53,7 @@ from ..engine.runner import (
     load_run,
     new_run_dir,
     plan_cells,
+    prepare_data,
     resolve_axes,
     save_run_config,
     setup_world,
@@ -161,8 +168,7 @@ def run(task: str | None = None, *, config: str | os.PathLike | None = None, res
     ``config`` is a YAML file (its ``task`` key names the task when ``task`` is None); overrides
     as in the module docstring. ``resume`` continues an interrupted run (its settings come from
     the run directory; ``quiet``, ``verbose``, ``loggers`` and ``device``/``ddp`` still apply). ``ddp=N`` (or a device list
-    such as ``device="0,1"``) trains each cell data-parallel: torchrun's ranks for most tasks,
-    the task framework's own launcher for detection. ``callbacks`` receive the run's events
+    such as ``device="0,1"``) trains each cell data-parallel as torchrun's ranks. ``callbacks`` receive the run's events
     (:mod:`lcdense.engine.events`) after the built-in ones.
 
     Args:
@@ -360,12 +366,7 @@ def _launch(task_name: str | None, *, config: Any, resume: Any, axes: dict[str, 
         if executor:
             raise LcdenseError("--ddp runs one machine's GPUs; with --executor use --gpus-per-job instead")
         check_global_batch(cfg, len(gpus))
-        if task.data_parallel == "torchrun":
-            return _under_torchrun(task, cfg, cells, axis_keys, run_dir, gpus, device, callbacks)
-        if device == "cpu" or not visible_gpus():
-            raise LcdenseError(f"task '{task.name}' trains data-parallel through its framework's own launcher, "
-                               "which needs CUDA GPUs; none is visible here")
-        cfg["run"]["device"] = ",".join(map(str, gpus))  # the task's framework launches its own workers
+        return _under_torchrun(task, cfg, cells, axis_keys, run_dir, gpus, device, callbacks)
     cache_dir = _cache_dir(cfg)
     if executor:  # the jobs pick their devices; this machine may have no GPU
         from ..engine.executors import executor_settings
@@ -380,7 +381,17 @@ def _launch(task_name: str | None, *, config: Any, resume: Any, axes: dict[str, 
         cache_dir.mkdir(parents=True, exist_ok=True)
         Events([*default_callbacks(cfg), *callbacks]).emit(RunStart(run_dir=run_dir, config=cfg, plan=plan))
         return _submit(task, cfg, run_dir, plan, cells, cache_dir, executor, callbacks)
+    data = prepare_data(task, cfg, cache_dir)  # before the ranks join their group (see prepare_data)
     world, torch_device = setup_world(cfg)
+    try:
+        return _train_here(task, cfg, cells, axis_keys, run_dir, cache_dir, data, world, torch_device, callbacks)
+    finally:
+        leave()
+
+
+def _train_here(task: Task, cfg: dict[str, Any], cells: list[CellSpec], axis_keys: dict[str, str], run_dir: Path | None,
+                cache_dir: Path, data: Any, world: World, torch_device: Any, callbacks: list[Any]) -> RunResult:
+    """Run the cells in this process (one of the ranks under torchrun) and, on rank 0, report."""
     plan = PlanRecord.of(task, cells, axis_keys)  # as the other ranks know it
     if run_dir is None:
         run_dir = world.on_main(lambda: new_run_dir(cfg["run"]["out"], task.name, cfg["run"]["name"]))
@@ -395,7 +406,7 @@ def _launch(task_name: str | None, *, config: Any, resume: Any, axes: dict[str, 
         if not cfg["run"]["quiet"]:
             print(f"lcdense: {task.name}: {len(cells)} cell(s) -> {run_dir}"
                   + (f", {world.size} ranks each" if world.active else ""))
-    execute(task, cfg, run_dir, cells, axis_keys, cache_dir, world, torch_device, events)
+    execute(task, cfg, run_dir, cells, axis_keys, data, world, torch_device, events)
     if not world.is_main:
         return RunResult(run_dir, cfg, plan, [], None)
     end = _finish(run_dir, cfg, plan, events.callbacks)
@@ -410,9 +421,10 @@ def _under_torchrun(task: Task, cfg: dict[str, Any], cells: list[CellSpec], axis
     if callbacks:
         raise LcdenseError("callbacks cannot cross into torchrun's ranks; start this script itself with torchrun "
                            "(it then runs as one of the ranks) or drop --ddp")
-    count = visible_gpus()
-    if (gpu_list(device) or device.startswith("cuda") or (device == "auto" and count)) and max(gpus) >= count:
-        raise LcdenseError(f"{len(gpus)} GPUs asked for, {count} visible; use fewer, or --device cpu for gloo ranks")
+    if device != "cpu":  # the launcher never touches CUDA otherwise: it holds no context beside rank 0's
+        count = visible_gpus()
+        if (gpu_list(device) or device.startswith("cuda") or (device == "auto" and count)) and max(gpus) >= count:
+            raise LcdenseError(f"{len(gpus)} GPUs asked for, {count} visible; use fewer, or --device cpu for gloo ranks")
     env = dict(os.environ)
     if gpu_list(device):
         visible = [v for v in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
@@ -453,7 +465,7 @@ def _submit(task: Task, cfg: dict[str, Any], run_dir: Path, plan: PlanRecord, ce
         print(f"lcdense: {note}")
     print(f"lcdense: {task.name}: {len(cells)} cell(s), {len(cells) - len(pending)} finished, "
           f"{len(todo)} to run on '{name}' -> {run_dir}")
-    submitted = executors.submit(run_dir, todo, cache_dir, name, settings, task_per_gpu=task.data_parallel != "own",
+    submitted = executors.submit(run_dir, todo, cache_dir, name, settings,
                                  make_callbacks=default_callbacks, callbacks=callbacks) if todo else []
     print(executors.describe(submitted))
     jobs = {cell_id: str(job.job_id) for job, group in submitted for cell_id in group}

@@ -36,8 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, help="data loader worker processes")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, or a GPU list 0,1,2,3 (data-parallel, like --ddp 4)")
     p.add_argument("--ddp", type=positive_int, metavar="N",
-                   help="train each cell data-parallel on N GPUs (with --device cpu: N gloo ranks) via torchrun; "
-                        "detection uses ultralytics' own DDP launcher")
+                   help="train each cell data-parallel on N GPUs (with --device cpu: N gloo ranks) via torchrun")
     p.add_argument("--out", help="output root (default: runs); the run goes to OUT/TASK/NAME")
     p.add_argument("--name", help="run name (default: a timestamp); an existing name is refused")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config value, e.g. train.lr=0.05")

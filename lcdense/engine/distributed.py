@@ -21,6 +21,7 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import torch
@@ -126,18 +127,85 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+#: How long a rank may wait in one collective before the group gives up (NCCL's default: 10 minutes).
+#: The longest wait in a run is data preparation: rank 0 prepares first (it may generate the embedded
+#: dataset, or convert or scan a large one on a network file system) while the others wait for it,
+#: then they read it while rank 0 waits for them at the first comparison of frozen digests. Scanning
+#: ImageNet-sized folders can outlast 10 minutes, so the group gets ultralytics' limit for its own DDP
+#: group. A rank that fails does not hold the others that long: torchrun stops every rank at once.
+GROUP_TIMEOUT = timedelta(hours=3)
+
+
+def rank_device(local_rank: int) -> torch.device:
+    """The GPU a torchrun rank trains on: ``cuda:LOCAL_RANK`` where each rank sees every GPU of its
+    machine; ``cuda:0`` where the site binds one GPU per task (``CUDA_VISIBLE_DEVICES`` of one
+    device, so the rank with ``LOCAL_RANK`` 1 sees only ``cuda:0``).
+
+    >>> from unittest import mock
+    >>> with mock.patch("torch.cuda.device_count", return_value=1):
+    ...     rank_device(3)
+    device(type='cuda', index=0)
+
+    Args:
+        local_rank: The rank's ``LOCAL_RANK``.
+
+    Returns:
+        The CUDA device this rank can see and should use.
+
+    Raises:
+        LcdenseError: The rank sees no GPU, or several but fewer than ``local_rank + 1``.
+    """
+    visible = torch.cuda.device_count()
+    if visible == 1:
+        return torch.device("cuda", 0)
+    if 0 <= local_rank < visible:
+        return torch.device("cuda", local_rank)
+    raise LcdenseError(f"rank with LOCAL_RANK {local_rank} sees {visible} GPU(s) "
+                       f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); give each rank "
+                       "one GPU, or let every rank see all of its machine's GPUs")
+
+
 def join(device: torch.device) -> tuple[World, torch.device]:
-    """Join the process group of a torchrun launch (NCCL on CUDA, gloo on CPU) and pick this
-    rank's device (``cuda:LOCAL_RANK``); without torchrun, a one-process world and ``device``."""
+    """Join the process group of a torchrun launch (NCCL on CUDA, gloo on CPU; timeout
+    :data:`GROUP_TIMEOUT`) and pick this rank's device (:func:`rank_device`); without torchrun, a
+    one-process world and ``device``, made the current CUDA device when it names one (``cuda:1``).
+    Leave the group with :func:`leave`."""
     if not launched_by_torchrun():
+        if device.type == "cuda" and device.index is not None:
+            torch.cuda.set_device(device)  # indexless CUDA work (and libraries) then lands on it
         return World(), device
     world = World(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0")))
     if device.type == "cuda":
-        device = torch.device("cuda", world.local_rank)
+        device = rank_device(world.local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=GROUP_TIMEOUT)
     return world, device
+
+
+def leave() -> None:
+    """Destroy the process group :func:`join` joined (nothing without one)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
+    """``model`` with every BatchNorm synchronised across the ranks. A model with timm modules is
+    converted by timm's converter, which keeps the activation of timm's norm+act layers
+    (``BatchNormAct2d`` → ``SyncBatchNormAct``); torch's would turn them into plain
+    ``SyncBatchNorm`` and drop the activation.
+
+    Args:
+        model: The model (converted where it stands; the converted model is returned).
+
+    Returns:
+        The model with synchronised batch normalisation.
+    """
+    if any(type(m).__module__.split(".")[0] == "timm" for m in model.modules()):
+        from timm.layers import convert_sync_batchnorm as timm_convert
+
+        return timm_convert(model)
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
 def torchrun_command(nproc: int, argv: list[str]) -> list[str]:
@@ -146,4 +214,5 @@ def torchrun_command(nproc: int, argv: list[str]) -> list[str]:
             "-m", "lcdense", *argv]
 
 
-__all__ = ["World", "join", "launched_by_torchrun", "torchrun_command", "visible_gpus"]
+__all__ = ["GROUP_TIMEOUT", "World", "convert_sync_batchnorm", "join", "launched_by_torchrun", "leave", "rank_device",
+           "torchrun_command", "visible_gpus"]

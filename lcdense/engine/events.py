@@ -162,12 +162,6 @@ class Events:
         self.callbacks = list(callbacks)
         self.stdout, self.stderr = sys.stdout, sys.stderr
 
-    def __getstate__(self) -> dict[str, Any]:  # into ultralytics' DDP workers: their own console
-        return {"callbacks": self.callbacks}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["callbacks"])
-
     def print(self, text: str) -> None:
         """Print ``text`` to the console (also while framework output is captured)."""
         print(text, file=self.stdout, flush=True)

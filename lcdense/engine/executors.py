@@ -41,10 +41,10 @@ from ..base.errors import LcdenseError, require_extra
 from ..base.files import write_json
 from ..base.registry import Registry
 from .config import load_yaml
-from .distributed import visible_gpus
+from .distributed import leave, visible_gpus
 from .events import Events
 from .rundir import RunDir
-from .runner import execute, load_run, setup_world
+from .runner import execute, load_run, prepare_data, setup_world
 from .variants import CellSpec
 
 #: Every setting an executor config may hold, with its default.
@@ -80,14 +80,13 @@ class Executor:
     def __init__(self, name: str) -> None:
         self.name = name
 
-    def make(self, folder: Path, job_name: str, settings: dict[str, Any], task_per_gpu: bool) -> Any:
+    def make(self, folder: Path, job_name: str, settings: dict[str, Any]) -> Any:
         """The submitit executor writing its logs into ``folder``.
 
         Args:
             folder: the jobs' log folder (``RUN_DIR/jobs/%j``).
             job_name: the name of the jobs.
             settings: the executor settings (:func:`executor_settings`).
-            task_per_gpu: one task (rank) per GPU of a job, or one task that launches its own workers.
 
         Returns:
             A configured ``submitit.Executor``.
@@ -157,13 +156,13 @@ class SlurmExecutor(Executor):
     summary = "slurm (a job array)"
     outlives_command = True
 
-    def make(self, folder: Path, job_name: str, settings: dict[str, Any], task_per_gpu: bool) -> Any:
+    def make(self, folder: Path, job_name: str, settings: dict[str, Any]) -> Any:
         import submitit
 
         executor = submitit.AutoExecutor(folder, cluster="slurm")
         gpus = int(settings["gpus_per_job"])
         shares = max(gpus, 1)  # a CPU-only job gets one GPU's share of CPUs and memory
-        tasks = gpus if task_per_gpu and gpus else 1  # one rank per GPU, or one process (CPU, or its own workers)
+        tasks = gpus or 1  # one rank per GPU, or one process on CPU
         params: dict[str, Any] = dict(
             timeout_min=int(settings["timeout_min"]), name=job_name, tasks_per_node=tasks,
             nodes=1, cpus_per_task=int(settings["cpus_per_gpu"]) * shares // tasks,
@@ -234,7 +233,7 @@ class LocalExecutor(Executor):
     summary = "local (one job per visible GPU; one on CPU)"
     defaults = {"timeout_min": 10080}  # a local job runs all its cells in turn: a week
 
-    def make(self, folder: Path, job_name: str, settings: dict[str, Any], task_per_gpu: bool) -> Any:
+    def make(self, folder: Path, job_name: str, settings: dict[str, Any]) -> Any:
         import submitit
 
         executor = submitit.LocalExecutor(folder)  # it takes no job name
@@ -262,7 +261,7 @@ class DebugExecutor(Executor):
 
     summary = "debug (in-process)"
 
-    def make(self, folder: Path, job_name: str, settings: dict[str, Any], task_per_gpu: bool) -> Any:
+    def make(self, folder: Path, job_name: str, settings: dict[str, Any]) -> Any:
         import submitit
 
         executor = submitit.AutoExecutor(folder, cluster="debug")
@@ -315,13 +314,15 @@ def run_cells_job(run_dir: str, cell_ids: list[str], cache_dir: str,
 
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
     config, task, cells, axis_keys = load_run(Path(run_dir))
-    if task.data_parallel == "own" and (gpus := visible_gpus()) > 1:  # e.g. ultralytics launches its own workers
-        config["run"]["device"] = ",".join(str(i) for i in range(gpus))
     by_id = {c.id: c for c in cells}
+    data = prepare_data(task, config, Path(cache_dir))  # before the ranks join their group
     world, device = setup_world(config)
     events = Events([*(make_callbacks(config) if make_callbacks else []), *callbacks])
-    records = execute(task, config, Path(run_dir), [by_id[i] for i in cell_ids], axis_keys, Path(cache_dir),
-                      world, device, events)
+    try:
+        records = execute(task, config, Path(run_dir), [by_id[i] for i in cell_ids], axis_keys, data, world, device,
+                          events)
+    finally:
+        leave()
     return {r.id: r.status for r in records}
 
 
@@ -372,15 +373,14 @@ def cells_to_submit(run_dir: Path, pending: list[CellSpec], executor: str) -> tu
 
 
 def submit(run_dir: Path, cells: list[CellSpec], cache_dir: Path, name: str, settings: dict[str, Any],
-           task_per_gpu: bool = True, make_callbacks: Callable[[dict[str, Any]], list[Any]] | None = None,
+           make_callbacks: Callable[[dict[str, Any]], list[Any]] | None = None,
            callbacks: list[Any] = ()) -> list[Any]:
     """Submit ``cells`` of ``run_dir`` to executor ``name``; records the jobs in ``jobs.json``.
     Each job builds its callbacks with ``make_callbacks(config)`` (a module-level function, pickled
     by reference) and adds ``callbacks``.
 
     The executor groups the cells into jobs (:meth:`Executor.groups`): Slurm one job per cell (a
-    job array), with several GPUs per job one task (rank) per GPU, or one task if the task
-    launches its own workers (``task_per_gpu=False``); local one job per visible GPU (one on CPU),
+    job array), with several GPUs per job one task (rank) per GPU; local one job per visible GPU (one on CPU),
     each running its share of the cells in turn; debug one in-process job per cell.
 
     Returns:
@@ -389,7 +389,7 @@ def submit(run_dir: Path, cells: list[CellSpec], cache_dir: Path, name: str, set
     kind = get_executor(name)
     groups = kind.groups(cells)
     try:
-        executor = kind.make(RunDir(run_dir).job_folder, f"lcdense-{run_dir.name}", settings, task_per_gpu)
+        executor = kind.make(RunDir(run_dir).job_folder, f"lcdense-{run_dir.name}", settings)
     except RuntimeError as exc:  # submitit: no srun on this machine
         raise LcdenseError(f"cannot use the {name} executor here ({exc}); submit from a Slurm login node, "
                            "or use --executor local") from None

@@ -14,6 +14,7 @@ run itself is started by :func:`lcdense.run` (or the CLI, which calls it).
 """
 from __future__ import annotations
 
+import fcntl
 import itertools
 import math
 import os
@@ -218,11 +219,12 @@ def _same_on_every_rank(world: World, digest: str, spec: CellSpec, when: str) ->
 
 def run_cell(task: Task, data: Any, config: dict[str, Any], spec: CellSpec, run: RunDir,
              device: torch.device, axis_keys: dict[str, str], quiet: bool, world: World | None = None,
-             gpus: tuple[int, ...] = (), events: Events | None = None) -> CellRecord:
+             events: Events | None = None) -> CellRecord:
     """Train and evaluate one cell of ``run``; returns its record, which rank 0 writes. Raises on moved filters.
 
     Under data parallelism every rank trains; the frozen digests are compared across ranks
-    before and after training. Rank 0 emits the cell's epochs and its end to ``events``.
+    before and after training, and every rank's peak memory is recorded beside the per-rank
+    prediction. Rank 0 emits the cell's epochs and its end to ``events``.
     """
     world = world or World()
     events = events or Events()
@@ -236,7 +238,7 @@ def run_cell(task: Task, data: Any, config: dict[str, Any], spec: CellSpec, run:
     model = task.build_model(cfg, data)
     lc = spec.variant.spec.blocks  # refused here, before the conversion builds the banks:
     predicted = check_cell(model, task.footprint(cfg), cfg, convert_fn, device, name=spec.id, expansion=spec.variant.E if lc else None,
-                           spatial=spec.variant.spatial if lc else None, ranks=max(world.size, len(gpus) or 1))
+                           spatial=spec.variant.spatial if lc else None, ranks=world.size)
     report = convert_fn(model)
     model = report.model.to(device)
     if world.is_main:
@@ -248,7 +250,7 @@ def run_cell(task: Task, data: Any, config: dict[str, Any], spec: CellSpec, run:
     cell = Cell(variant=spec.variant.name, seed=spec.seed, init_seed=spec.seed, data_seed=data_seed,
                 dir=cell_dir.path, device=device, convert=convert_fn, quiet=quiet,
                 log=(lambda _msg: None) if quiet else events.print,  # the console, not train.log
-                world=world, gpus=gpus, init=init, id=spec.id, events=events, verbose=bool(cfg["run"].get("verbose")))
+                world=world, init=init, id=spec.id, events=events, verbose=bool(cfg["run"].get("verbose")))
     began = time.perf_counter()
     if world.is_main:
         with open(cell.log_path, "a", encoding="utf-8") as f:
@@ -266,8 +268,9 @@ def run_cell(task: Task, data: Any, config: dict[str, Any], spec: CellSpec, run:
             )
         metrics = task.evaluate(model, data, cfg, cell)
         _check_evaluated_copies(cell, digest_after, spec)
-    costs = {"train_time_s": train_time, "wall_time_s": time.perf_counter() - began, "peak_memory_mb": memory.peak_mb,
-             "peak_memory_kind": memory.kind, "predicted_peak_memory_mb": predicted.peak_bytes / 2**20,
+    peaks = world.gather(memory.peak_mb)  # each rank's own peak, in rank order
+    costs = {"train_time_s": train_time, "wall_time_s": time.perf_counter() - began, "peak_memory_mb": max(peaks),
+             "peak_memory_mb_per_rank": peaks, "peak_memory_kind": memory.kind, "predicted_peak_memory_mb": predicted.peak_bytes / 2**20,
              "device": str(device), "world_size": world.size}
     record = make_cell_record(task, spec, data_seed, metrics, history, (digest_before, digest_after), report, costs,
                               _provenance(cell, digest_after), cfg)
@@ -314,6 +317,7 @@ def make_cell_record(task: Task, spec: CellSpec, data_seed: int, metrics: dict[s
             "total_params": report.params_after["total"], "forward_macs_per_sample": report.macs_after,
             "train_time_s": measured["train_time_s"], "wall_time_s": measured["wall_time_s"],
             "peak_memory_mb": measured["peak_memory_mb"], "peak_memory_kind": measured["peak_memory_kind"],
+            "peak_memory_mb_per_rank": measured["peak_memory_mb_per_rank"],
             "predicted_peak_memory_mb": measured["predicted_peak_memory_mb"], "device": measured["device"], "world_size": measured["world_size"], "host": platform.node(),
             "data_wait_share": _mean([h.get("data_wait_share") for h in history]),
         },
@@ -395,16 +399,48 @@ def new_run_dir(out: str | Path, task: str, name: str | None) -> Path:
     raise AssertionError("unreachable")
 
 
+def prepare_data(task: Task, config: dict[str, Any], cache_dir: Path) -> Any:
+    """The task's data (``task.prepare_data``), one process at a time: the first to come generates
+    the embedded dataset into ``cache_dir``, the others find it there.
+
+    Under data parallelism every rank calls this before it joins the process group: no rank then
+    waits in a collective (NCCL gives up after 10 minutes by default) while another generates,
+    converts or scans a large dataset, and a framework that synchronises the ranks when imported
+    (ultralytics does) meets no group yet. The lock is a file in ``cache_dir`` (``flock``, which
+    also holds between the machines of a shared file system that supports it).
+
+    Args:
+        task: the task.
+        config: the run's config.
+        cache_dir: where generated datasets are cached.
+
+    Returns:
+        What ``task.prepare_data`` returns.
+    """
+    cache_dir = Path(cache_dir)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LcdenseError(f"cannot create the dataset cache {cache_dir}: {exc.strerror}; the output directory must be "
+                           "writable: choose another with --out (or run.cache_dir)") from None
+    with open(cache_dir / ".prepare.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return task.prepare_data(config, cache_dir)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def execute(task: Task, config: dict[str, Any], run_dir: Path, cells: list[CellSpec],
-            axis_keys: dict[str, str], cache_dir: Path, world: World | None = None,
+            axis_keys: dict[str, str], data: Any, world: World | None = None,
             device: torch.device | None = None, events: Events | None = None) -> list[CellRecord]:
-    """Run every unfinished cell of ``run_dir``; returns all finished records (old and new).
+    """Run every unfinished cell of ``run_dir`` on ``data`` (from :func:`prepare_data`); returns all
+    finished records (old and new).
 
     A cell that fails (e.g. its frozen filters moved) is recorded as failed and the others go on;
     the caller reports failures. Ctrl-C stops at once; the cell's last epoch checkpoint remains.
     Under data parallelism (``world`` of several ranks, see :mod:`lcdense.engine.distributed`) every
-    rank runs every cell and rank 0 writes; rank 0 prepares the data first (the embedded
-    dataset is generated once), the other ranks then read it.
+    rank runs every cell and rank 0 writes.
     """
     world = world or World()
     run = RunDir(run_dir)
@@ -416,14 +452,10 @@ def execute(task: Task, config: dict[str, Any], run_dir: Path, cells: list[CellS
         torch.set_num_threads(int(config["run"]["threads"]))
     if world.active and task.data_parallel != "torchrun":
         raise LcdenseError(f"task '{task.name}' does not train under torchrun; run it with lcdense run --ddp N")
-    gpus = gpu_list(str(config["run"]["device"]))
-    if gpus and task.data_parallel != "own":
+    if gpu_list(str(config["run"]["device"])):
         raise LcdenseError(f"run.device '{config['run']['device']}' lists several GPUs; start the run with "
                            f"lcdense run --device {config['run']['device']} (or --ddp N)")
     check_global_batch(config, world.size)
-    prepared: list[Any] = []
-    world.on_main(lambda: prepared.append(task.prepare_data(config, cache_dir)))  # errors reach every rank
-    data = prepared[0] if prepared else task.prepare_data(config, cache_dir)
     if world.is_main:
         write_json(run.environment_json, {**environment(device), "world_size": world.size})
     records, failures = [], []
@@ -435,7 +467,7 @@ def execute(task: Task, config: dict[str, Any], run_dir: Path, cells: list[CellS
             records.append(done)
             continue
         try:
-            record = run_cell(task, data, config, spec, run, device, axis_keys, quiet, world, gpus, events)
+            record = run_cell(task, data, config, spec, run, device, axis_keys, quiet, world, events)
         except DiskFull as exc:
             raise LcdenseError(f"{exc}; {space_needed(run, cells[index - 1:], exc)}; the files written before are "
                                f"intact: free space, then continue with --resume {run_dir}") from None

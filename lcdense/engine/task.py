@@ -79,7 +79,6 @@ class Cell:
 
     Under data-parallel training ``world`` says which rank this is: a task takes its share of each
     global batch with ``cell.world.shard(indices)``; ``train.batch_size`` stays the global batch.
-    ``gpus`` lists the GPUs of a task that launches its own workers (``data_parallel = "own"``).
     ``init`` is the init of the cell's converted spatial filters. A task notes what it actually did
     (precision, resume, which weights it evaluated) in ``provenance``. A task reports every finished
     epoch with :meth:`epoch_end` (the shared :func:`lcdense.train_loop` does it), which delivers it to
@@ -98,7 +97,6 @@ class Cell:
         quiet: Suppress the task's own progress messages.
         log: Prints the task's progress messages to the console (a no-op when quiet).
         world: This process's rank in data-parallel training.
-        gpus: The GPUs of a task that launches its own workers.
         init: The init of the converted spatial filters.
         provenance: What the task records of its precision, resume and evaluated weights.
         id: The cell's id (empty: ``<variant>__seed<seed>``).
@@ -116,7 +114,6 @@ class Cell:
     quiet: bool = False
     log: Callable[[str], None] = print
     world: World = field(default_factory=World)
-    gpus: tuple[int, ...] = ()
     init: str = "kaiming_uniform"
     provenance: Provenance = field(default_factory=Provenance)
     id: str = ""
@@ -172,8 +169,8 @@ class Task(ABC):
     sweep_axes: ClassVar[dict[str, str]] = {}
     #: How one cell trains on several GPUs (``lcdense run --ddp N`` or ``--device 0,1,...``):
     #: ``"torchrun"``: lcdense starts N ranks with torchrun and ``fit`` trains on
-    #: ``cell.world.shard(...)`` of each global batch; ``"own"``: ``fit`` hands ``cell.gpus`` to a
-    #: framework that launches its own workers (ultralytics); ``None``: one device only.
+    #: ``cell.world.shard(...)`` of each global batch (a framework's trainer may run in each rank
+    #: as one of its own DDP workers, as ultralytics' does); ``None``: one device only.
     data_parallel: ClassVar[str | None] = None
 
     @abstractmethod

@@ -30,6 +30,7 @@ from torch import nn
 
 from ..base.errors import LcdenseError
 from ..core.precondition import PreconditionedConv, check_preconditioned_optimizer
+from .distributed import convert_sync_batchnorm
 from .provenance import autocast_precision
 from .task import Cell
 
@@ -319,7 +320,8 @@ def train_loop(
     LC layers (:func:`lcdense.check_preconditioned_optimizer`).
 
     Data-parallel (``cell.world`` of several ranks): ``batches`` yields this rank's shard, the
-    model is wrapped in DDP (``sync_bn`` turns BatchNorm into SyncBatchNorm, CUDA only), random
+    model is wrapped in DDP (``sync_bn`` turns BatchNorm into SyncBatchNorm, CUDA only, with
+    :func:`lcdense.engine.distributed.convert_sync_batchnorm`), random
     augmentation and dropout are seeded with ``data_seed + rank``, normalisation statistics are
     averaged over the ranks after every epoch, the logged loss is the mean over ranks, and only
     rank 0 writes the checkpoint.
@@ -342,7 +344,7 @@ def train_loop(
     if settings.sync_bn and world.active:
         if cell.device.type != "cuda":
             raise LcdenseError("train.sync_bn needs CUDA (torch's SyncBatchNorm); set train.sync_bn=false on CPU")
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = convert_sync_batchnorm(model)
     recipe = recipe or LoopRecipe(settings, steps_per_epoch)
     recipe.scaler = grad_scaler(settings.amp, cell.device)
     recipe.setup(model)

@@ -28,7 +28,6 @@ clips gradients.
 from __future__ import annotations
 
 import copy
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -82,7 +81,7 @@ class DetectionTask(Task):
     primary_metric: ClassVar[str] = "map50_95"
     higher_is_better: ClassVar[bool] = True
     sweep_axes: ClassVar[dict[str, str]] = {"width": "model.width", "depth": "model.depth"}
-    data_parallel: ClassVar[str] = "own"  # ultralytics launches its DDP workers for cell.gpus
+    data_parallel: ClassVar[str] = "torchrun"  # ultralytics' trainer runs in each rank as one of its DDP workers
 
     def default_config(self) -> dict[str, Any]:
         return {
@@ -152,8 +151,16 @@ class DetectionTask(Task):
                 "plots": False, "verbose": not cell.quiet, "amp": amp, "save_json": False}
 
     def fit(self, model: nn.Module, data: DetectionData, config: dict[str, Any], cell: Cell) -> tuple[nn.Module, list[dict[str, float]]]:
-        from .trainer import (CellContext, LcdenseDetectionTrainer, finished_state, last_checkpoint, model_yaml,
-                              ultralytics_device)
+        from ultralytics.utils.torch_utils import unwrap_model
+
+        from .trainer import (
+            CellContext,
+            LcdenseDetectionTrainer,
+            finished_state,
+            last_checkpoint,
+            model_yaml,
+            ultralytics_device,
+        )
 
         train, expected = config["train"], frozen_digest(model)
         done = finished_state(cell, int(train["epochs"]))
@@ -166,7 +173,7 @@ class DetectionTask(Task):
         last = last_checkpoint(save_dir)
         model_cfg = model_yaml(config["model"]["name"], config["model"].get("depth"), config["model"].get("width"))
         overrides = {
-            **self._common_args(config, data, cell, ",".join(map(str, cell.gpus)) or ultralytics_device(cell.device)),
+            **self._common_args(config, data, cell, ultralytics_device(cell.device)),
             **{k: train[k] for k in _TRAIN_KEYS},
             "model": model_cfg["yaml_file"], "save_dir": str(save_dir), "batch": int(train["batch_size"]),
             "nbs": train["nbs"] or int(train["batch_size"]),
@@ -180,21 +187,12 @@ class DetectionTask(Task):
         trainer = LcdenseDetectionTrainer(overrides=overrides, context=context)
         try:
             trainer.train()
-        except subprocess.CalledProcessError as exc:  # ultralytics' DDP launcher: a worker failed
-            raise LcdenseError(f"ultralytics' DDP workers of cell {cell.variant} seed {cell.seed} failed (exit status "
-                               f"{exc.returncode}); their output and traceback are in {cell.log_path}") from None
         finally:
             torch.set_num_threads(threads)
-        if trainer.ddp:  # ultralytics trained in its own DDP workers; rank 0 saved the fp32 model each epoch
-            state = finished_state(cell, int(train["epochs"]))
-            if state is None:
-                raise LcdenseError(f"the DDP workers of cell {cell.variant} seed {cell.seed} left no final state in {cell.dir}")
-            model.load_state_dict(state["model"])
-            cell.provenance.restore(state.get("provenance", {}))  # what the workers noted
-            return model, list(state["history"])
+        cell.world.barrier()  # rank 0's last checkpoint (the fp32 EMA that evaluate reads) is written
         if cell.provenance.resumes:
             cell.log(f"resumed from {last} ({cell.provenance.resumes[-1]['source']})")
-        return trainer.model, trainer.history
+        return unwrap_model(trainer.model), trainer.history
 
     def preconditioned_inexact(self, config: dict[str, Any]) -> str | None:
         optimizer = config["train"]["optimizer"]
@@ -229,8 +227,9 @@ class DetectionTask(Task):
 
     def _validate(self, model: nn.Module, data: DetectionData, config: dict[str, Any], cell: Cell,
                   name: str) -> tuple[Any, dict[str, float]]:
-        """ultralytics' validator on a fused deep copy of ``model``, in fp32 (no ``quantize``)."""
-        from .trainer import CollectingValidator, ultralytics_device
+        """ultralytics' validator on a fused deep copy of ``model``, in fp32 (no ``quantize``); under data
+        parallelism every rank evaluates every image (:func:`~lcdense_tasks.detection.trainer.outside_ddp`)."""
+        from .trainer import CollectingValidator, outside_ddp, ultralytics_device
 
         train = config["train"]
         args = {**self._common_args(config, data, cell, ultralytics_device(cell.device)),
@@ -240,7 +239,8 @@ class DetectionTask(Task):
         validator = CollectingValidator(args=args, save_dir=cell.dir / name)
         validator.add_callback("on_val_start", lambda _: torch.set_num_threads(threads))
         try:
-            stats = validator(model=model)
+            with outside_ddp():
+                stats = validator(model=model)
         finally:
             torch.set_num_threads(threads)
         return validator, stats

@@ -20,11 +20,11 @@ Frozen filters through the ultralytics training loop:
   approximate). ``cell.provenance`` records which. The digest is verified either way, and the
   resumed EMA copy gets the model's exact frozen tensors back as well.
 
-Under multi-GPU training ultralytics relaunches the trainer in its own DDP worker processes. A
-trainer re-created there sends the worker's output (ultralytics' trainer and validator) to the
-cell's ``train.log`` as the runner does in the launching process (:meth:`lcdense.Cell.framework_output`;
-shown on the console from rank 0 with ``--verbose``), while the cell's progress still reaches the
-console through the run's events.
+Under data parallelism (``lcdense run --ddp N``) lcdense's torchrun starts the ranks and joins their
+process group (NCCL, or gloo on CPU); in each rank ultralytics' trainer runs as one of its own DDP
+workers (``LOCAL_RANK`` is set, so it never launches workers of its own and never pickles the
+trainer): it shards each global batch over the ranks, wraps the model in DDP and trains on the
+rank's device. Every rank builds its model, its callbacks and its run's trackers itself.
 
 >>> LCDetectionModel.__mro__[1].__name__
 'DetectionModel'
@@ -32,11 +32,11 @@ console through the run's events.
 from __future__ import annotations
 
 import contextlib
-import os
-import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import torch
 from torch import nn
@@ -128,10 +128,8 @@ def _epoch_record(epoch: int, metrics: dict[str, float]) -> dict[str, float]:
 class CellContext:
     """What :class:`LcdenseDetectionTrainer` needs besides ultralytics' arguments.
 
-    It is registered as the trainer's ``on_train_epoch_end`` callback, so it travels with the
-    callbacks that ultralytics pickles for its DDP workers (multi-GPU training re-creates the
-    trainer from its class, arguments and callbacks in each worker). As a callback it checks,
-    under DDP, that every rank holds the same frozen filters.
+    It is registered as the trainer's ``on_train_epoch_end`` callback: under data parallelism it
+    checks after every epoch that every rank holds the same frozen filters.
     """
 
     cell: Cell
@@ -141,53 +139,53 @@ class CellContext:
     threads: int
 
     def __call__(self, trainer: DetectionTrainer) -> None:
-        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        if not self.cell.world.active:
             return
-        model = unwrap_model(trainer.model)
-        digests: list[Any] = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(digests, frozen_digest(model))
+        digests = self.cell.world.gather(frozen_digest(unwrap_model(trainer.model)))
         if len(set(digests)) > 1 or digests[0] != self.expected_digest:
             raise LcdenseError(f"frozen filters differ between DDP ranks or moved (cell {self.cell.variant}, "
                                f"seed {self.cell.seed}): {', '.join(d[:12] for d in digests)}")
 
 
+class _CpuDistributedDataParallel(nn.parallel.DistributedDataParallel):
+    """DDP of a CPU module, as ultralytics builds it: ultralytics passes ``device_ids=[device.index]``
+    (``[None]`` on the CPU), which DDP refuses for a CPU module; gloo ranks need none."""
+
+    def __init__(self, module: nn.Module, device_ids: Any = None, **kwargs: Any) -> None:
+        super().__init__(module, device_ids=None, **kwargs)
+
+
 class LcdenseDetectionTrainer(DetectionTrainer):
     """DetectionTrainer that trains an lcdense-converted model and keeps its frozen filters exact.
 
-    Constructed like any ultralytics trainer plus ``context=``; in a DDP worker the context is
-    found among the callbacks ultralytics hands over, and the worker's framework output goes to the
-    cell's ``train.log`` from construction until :meth:`train` returns.
+    Constructed like any ultralytics trainer plus ``context=``. In a rank of a data-parallel cell
+    (``context.cell.world`` of several ranks) it trains as one of ultralytics' DDP workers, in the
+    process group and on the device lcdense's rank joined.
     """
 
     def __init__(self, cfg: Any = DEFAULT_CFG, overrides: dict[str, Any] | None = None,
-                 _callbacks: dict | None = None, *, context: CellContext | None = None) -> None:
-        found = [c for c in (_callbacks or {}).get("on_train_epoch_end", []) if isinstance(c, CellContext)]
-        context = context or (found[0] if found else None)
-        if context is None:
-            raise LcdenseError("LcdenseDetectionTrainer needs its CellContext (context=...)")
+                 _callbacks: dict | None = None, *, context: CellContext) -> None:
         self.context, self.cell = context, context.cell
         self.history: list[dict[str, float]] = []
         self.exact_state: dict[str, Any] | None = None  # the fp32 state an exact resume restores
-        self.worker_output, self.in_worker = contextlib.ExitStack(), bool(found)
-        if found:  # re-created in one of ultralytics' DDP workers (torch.distributed.run sets RANK)
-            self.worker_output.enter_context(self.cell.framework_output(main=int(os.environ.get("RANK", "0")) == 0))
         super().__init__(cfg, overrides, _callbacks)
-        if not found:
-            self.add_callback("on_train_epoch_end", context)
+        self.add_callback("on_train_epoch_end", context)
+        if self.cell.world.active:  # ultralytics counts the devices of its device string: one per rank here
+            self.world_size = self.cell.world.size
         torch.set_num_threads(context.threads)  # ultralytics' select_device set (cores - 1)
 
-    def train(self) -> Any:
-        """ultralytics' training. In a DDP worker its output goes to the cell's ``train.log``, and so
-        does the traceback of an error, after which the worker exits with status 1 (the launching
-        process reports the failure in one line)."""
-        with self.worker_output:
-            try:
-                return super().train()
-            except Exception:
-                if not self.in_worker:
-                    raise
-                traceback.print_exc()  # into train.log
-        raise SystemExit(1)
+    def _setup_ddp(self) -> None:
+        """lcdense's rank has joined the process group already: ultralytics trains on its device."""
+        self.device = self.cell.device
+
+    def _setup_train(self) -> None:
+        """ultralytics' setup (DDP on the CPU without device ids), then the precision its amp setting
+        gives (noted in the cell's provenance)."""
+        cpu_ddp = self.world_size > 1 and self.device.type == "cpu"
+        with mock.patch.object(nn.parallel, "DistributedDataParallel", _CpuDistributedDataParallel) if cpu_ddp \
+                else contextlib.nullcontext():
+            super()._setup_train()
+        self.cell.provenance.trained_in(ultralytics_precision(self.args.amp, self.amp))
 
     def _check_digest(self, model: nn.Module, when: str) -> None:
         if frozen_digest(model) != self.context.expected_digest:
@@ -227,11 +225,6 @@ class LcdenseDetectionTrainer(DetectionTrainer):
             self._check_digest(self.model, "on resume")
         return ckpt
 
-    def _setup_train(self) -> None:
-        """ultralytics' setup, then the precision its amp setting gives (noted in the cell's provenance)."""
-        super()._setup_train()
-        self.cell.provenance.trained_in(ultralytics_precision(self.args.amp, self.amp))
-
     def _load_checkpoint_state(self, ckpt: dict) -> None:
         """ultralytics' restore from its fp16 ``last.pt``; then, for an exact resume, the fp32 optimizer
         state and EMA saved with the model; the EMA's frozen tensors are reset to the model's either way."""
@@ -269,6 +262,20 @@ class LcdenseDetectionTrainer(DetectionTrainer):
 
     def final_eval(self) -> None:
         """Skipped: the task evaluates the fp32 EMA and model itself (ultralytics would re-validate fp16 best.pt)."""
+
+
+@contextlib.contextmanager
+def outside_ddp() -> Iterator[None]:
+    """Inside the block ultralytics' validator runs as in a single process, also in a rank of a
+    data-parallel cell. ultralytics reads the rank from the environment when imported, and takes a
+    validator created in a rank for its share of a DDP validation: it would gather every rank's
+    results (counting each image once per rank here, where every rank evaluates the whole set, as
+    in the other tasks), wait for the other ranks, and ask CUDA for the rank's device on a CPU."""
+    from ultralytics.engine import validator
+    from ultralytics.models.yolo.detect import val
+
+    with mock.patch.multiple(validator, RANK=-1, LOCAL_RANK=-1), mock.patch.multiple(val, RANK=-1, LOCAL_RANK=-1):
+        yield
 
 
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -326,6 +333,7 @@ __all__ = [
     "finished_state",
     "last_checkpoint",
     "model_yaml",
+    "outside_ddp",
     "ultralytics_device",
     "ultralytics_precision",
 ]
