@@ -36,7 +36,7 @@ from .engine.distributed import World
 from .engine.events import Callback, CellEnd, CellStart, EpochEnd, RunEnd, RunStart
 from .engine.provenance import Provenance, autocast_precision
 from .engine.records import CellRecord, PlanRecord, RecordFormatError, SummaryRecord
-from .engine.task import Cell, Task, get_task, list_tasks, register_task
+from .engine.task import Cell, Scope, Task, get_task, list_tasks, register_task
 from .engine.training import (
     Recipe,
     TrainSettings,
@@ -53,7 +53,7 @@ __all__ = [
     "framework_output",
     "LCConv", "combine_filters", "prefold", "ConversionReport", "LayerRecord", "convert", "is_spatial_conv", "stem_convs", "frozen_digest",
     "frozen_tensors", "LcdenseError", "MissingExtra", "require_extra", "unknown_name", "combined_weight", "fold",
-    "fold_block", "INITS", "seeded_filters", "Registry", "Cell", "Task", "get_task", "list_tasks",
+    "fold_block", "INITS", "seeded_filters", "Registry", "Cell", "Scope", "Task", "get_task", "list_tasks",
     "register_task", "count_parameters", "forward_macs", "PreconditionedConv", "check_preconditioned_optimizer",
     "World", "cifar_resnet", "create_model", "TrainSettings", "Recipe", "epoch_generator", "epoch_seed", "train_loop",
     "dry_run", "autocast", "autocast_precision", "preconditioned_inexact", "Provenance", "Footprint", "bench", "run",

@@ -49,6 +49,7 @@ RUN_DEFAULTS: dict[str, Any] = {
         "loggers": [],  # experiment trackers: tensorboard, mlflow, wandb (lcdense.engine.trackers)
     },
     "conversion": {
+        "scope": None,  # a named scope of the task (Task.scopes); null: the task's default_scope
         "init": "kaiming_uniform",
         "include": None,
         "exclude": None,

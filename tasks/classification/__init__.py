@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lcdense import (Cell, Footprint, LcdenseError, Task, TrainSettings, cifar_resnet, create_model, epoch_generator,
+from lcdense import (Cell, Footprint, LcdenseError, Scope, Task, TrainSettings, cifar_resnet, create_model, epoch_generator,
                      epoch_seed, preconditioned_inexact, require_extra, train_loop, unknown_name)
 
 from . import timm_recipe
@@ -34,6 +34,12 @@ from .models import Normalized
 from .scoring import batch_sums, class_hits, fgsm, metrics_from_sums, per_class_top1
 
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+#: The conversion scopes: name → (what it converts, convert's ``stem``); the stem is :func:`lcdense.stem_convs`'s.
+SCOPES: dict[str, tuple[str, bool | str]] = {
+    "all": ("every spatial conv, the stem included (the paper's setting; the classifier is linear and learnable)", True),
+    "stem": ("the stem alone (e.g. ResNet-D's three 3x3 convs); every other spatial conv stays learnable", "only"),
+    "body": ("every spatial conv but the stem, which stays learnable", False),
+}
 RECIPES = ("lcdense", "timm")  # the shared SGD/AdamW loop, or timm's training stack (tasks/classification/timm_recipe.py)
 
 
@@ -42,7 +48,14 @@ class ClassificationTask(Task):
     primary_metric = "top1"
     higher_is_better = True
     sweep_axes = {"width": "model.width", "depth": "model.depth", "kernel_size": "model.kernel_size"}
+    scopes = {name: text for name, (text, _) in SCOPES.items()}
+    default_scope = "all"
     data_parallel = "torchrun"
+
+    def scope(self, name: str, model: nn.Module) -> Scope:
+        """The scope ``name`` of :data:`SCOPES`."""
+        text, stem = SCOPES[name]
+        return Scope(name, text, stem=stem)
 
     def __init__(self) -> None:
         self._fitted: dict[Path, timm_recipe.Fitted] = {}  # timm recipe: fit's results, until evaluate
