@@ -223,3 +223,65 @@ def test_every_resume_of_a_cell_is_kept_in_its_provenance(tmp_path):
     assert [r["after_epoch"] for r in cell.provenance.resumes] == [1, 3]
     assert cell.provenance.to_dict("kaiming_uniform")["resume"]["exact"] is True
     assert cell.provenance.train_precisions == ["fp32"]
+
+
+def _shared_loop_experiments() -> list[str]:
+    from lcdense.paper import experiments
+
+    return [name for name, e in experiments().items() if e.recipe and e.task in ("classification", "segmentation")]
+
+
+@pytest.mark.parametrize("name", _shared_loop_experiments())
+def test_paper_recipes_keep_decaying_every_trainable_parameter(name):
+    """``train.wd_norm_bias`` defaults to true: every paper recipe on the shared loop still decays norms and
+    biases with the rest, in one parameter group equal to the optimizer it built before the setting existed."""
+    from torch import nn
+
+    from lcdense.engine.config import load_yaml, resolve
+    from lcdense.engine.task import get_task
+    from lcdense.engine.training import TrainSettings, make_optimizer
+    from lcdense.paper import get_experiment
+
+    experiment = get_experiment(name)
+    task = get_task(experiment.task)
+    config = resolve(task.default_config(), load_yaml(experiment.recipe_path()), {})
+    config = task.resolve_config(config) if hasattr(task, "resolve_config") else config
+    if config["train"].get("recipe") == "timm":
+        pytest.skip("timm's own optimizer (never decays norms and biases)")
+    settings = TrainSettings.from_config(config["train"])
+    assert settings.wd_norm_bias is True and settings.weight_decay > 0
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(2))
+    model(torch.zeros(1, 3, 5, 5))
+    optimizer = make_optimizer(model, settings)
+    (group,) = optimizer.param_groups
+    assert group["weight_decay"] == settings.weight_decay and len(group["params"]) == 6
+    before = (torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum, nesterov=settings.nesterov,
+                              weight_decay=settings.weight_decay) if settings.optimizer == "sgd" else
+              torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay))
+    assert optimizer.state_dict() == before.state_dict()
+
+
+def test_wd_norm_bias_false_spares_norms_and_biases_and_the_cell_records_it(tmp_path):
+    """``train.wd_norm_bias: false`` (ultralytics' and timm's choice): conv and linear weights decay, norm
+    scales/shifts and biases do not — in the update itself and in the provenance the loop records."""
+    from torch import nn
+
+    from lcdense import Cell, TrainSettings, train_loop
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(36, 2))
+    start = {k: v.detach().clone() for k, v in model.named_parameters()}
+    cell = Cell(variant="learnable", seed=0, init_seed=0, data_seed=1, dir=tmp_path, device=torch.device("cpu"),
+                convert=lambda m: None, quiet=True)
+    settings = TrainSettings(epochs=1, lr=0.1, optimizer="sgd", momentum=0.0, weight_decay=0.5, wd_norm_bias=False,
+                             schedule="constant")
+    batch = torch.zeros(2, 3, 5, 5)
+    train_loop(model, batches=lambda epoch: [batch], steps_per_epoch=1, settings=settings, cell=cell,
+               loss=lambda net, x: 0.0 * net(x).sum())  # zero gradients: what moves is the decay alone
+    moved = {k: not torch.equal(v, start[k]) for k, v in model.named_parameters()}
+    assert moved == {"0.weight": True, "0.bias": False, "1.weight": False, "1.bias": False, "3.weight": True,
+                     "3.bias": False}
+    assert torch.allclose(model[0].weight, start["0.weight"] * (1 - 0.1 * 0.5))
+    assert cell.provenance.to_dict("kaiming_uniform")["weight_decay"] == {
+        "rates": [0.5], "decayed": {"tensors": 2, "params": 4 * 3 * 9 + 2 * 36},
+        "not_decayed": {"tensors": 4, "params": 4 + 4 + 4 + 2}, "norms_and_biases": "not decayed"}

@@ -153,7 +153,7 @@ def test_runs_are_never_overwritten(toy_installed, tmp_path, capsys):
      "needs its files: pass --data PATH (nothing is downloaded; fetch it once with: python scripts/fetch_dataset.py"),
     (["sweep", "--task", "toy", "--depth", "8,14"], "task 'toy' cannot sweep 'depth'"),
     (["sweep", "--task", "toy", "--axis", "hidden=3"],
-     "task 'toy' cannot sweep 'hidden'; it can sweep: E, init, mid, norm_groups, width"),
+     "task 'toy' cannot sweep 'hidden'; it can sweep: E, init, mid, norm_groups, scope, width"),
     (["sweep", "--task", "toy", "--axis", "width"], "--axis takes NAME=V1,V2"),
     (["sweep", "--task", "toy", "--width", "4", "--axis", "width=8"], "sweep axis 'width' is given twice"),
     (["run", "--resume", "/nonexistent/run"], "is not an lcdense run directory"),

@@ -46,7 +46,7 @@ from .records import (
     write_plan,
 )
 from .rundir import RunDir, runs_folder
-from .task import Cell, Task, get_task
+from .task import Cell, Scope, Task, get_task
 from .trackers import check_loggers
 from .variants import CellSpec, Variant
 
@@ -186,14 +186,14 @@ def scope_name(task: Task, cfg: dict[str, Any]) -> str:
     return name
 
 
-def _scope_stem(user: bool | str, scope: bool | str) -> bool | str:
-    """``conversion.stem`` within a scope's ``stem``: the narrower one; contradicting ones are an error."""
-    if user is True or user == scope:
-        return scope
-    if scope is True:
+def _scope_stem(user: bool | str, scope: Scope) -> bool | str:
+    """``conversion.stem`` within the scope's ``stem``: the narrower one; contradicting ones are an error."""
+    if user is True or user == scope.stem:
+        return scope.stem
+    if scope.stem is True:
         return user
-    raise LcdenseError(f"conversion.stem {user!r} contradicts the scope's stem {scope!r}; "
-                       "set conversion.stem=true or pick another conversion.scope")
+    raise LcdenseError(f"conversion.stem {str(user).lower()} contradicts conversion scope '{scope.name}' (stem "
+                       f"{str(scope.stem).lower()}); set conversion.stem=true or pick another conversion.scope")
 
 
 def converter(cfg: dict[str, Any], spec: CellSpec, task: Task) -> Callable[[torch.nn.Module], ConversionReport]:
@@ -213,7 +213,7 @@ def converter(cfg: dict[str, Any], spec: CellSpec, task: Task) -> Callable[[torc
     def convert_cell(model: torch.nn.Module) -> ConversionReport:
         scope = task.scope(name, model)
         exclude = [*(conv["exclude"] or []), *scope.exclude]
-        report = convert(model, variant.mode, exclude=exclude or None, stem=_scope_stem(conv["stem"], scope.stem),
+        report = convert(model, variant.mode, exclude=exclude or None, stem=_scope_stem(conv["stem"], scope),
                          **kwargs)
         report.scope = scope.label()
         return report

@@ -228,9 +228,11 @@ class LcdenseDetectionTrainer(DetectionTrainer):
         return ckpt
 
     def _setup_train(self) -> None:
-        """ultralytics' setup, then the precision its amp setting gives (noted in the cell's provenance)."""
+        """ultralytics' setup, then the precision its amp setting gives and what its optimizer decays
+        (weights only: it never decays norms and biases), noted in the cell's provenance."""
         super()._setup_train()
         self.cell.provenance.trained_in(ultralytics_precision(self.args.amp, self.amp))
+        self.cell.provenance.note_weight_decay(self.optimizer, unwrap_model(self.model))  # no decay on norms, biases
 
     def _load_checkpoint_state(self, ckpt: dict) -> None:
         """ultralytics' restore from its fp16 ``last.pt``; then, for an exact resume, the fp32 optimizer

@@ -114,6 +114,7 @@ class SegmentationTask(Task):
             },
             "train": {
                 "epochs": None, "batch_size": 16, "lr": None, "optimizer": "adamw", "weight_decay": 1e-4,
+                "wd_norm_bias": True,
                 "schedule": "cosine", "warmup_epochs": 0.0, "amp": True, "sync_bn": False, "grad_clip": None,
                 "eval_every": 1,
             },
