@@ -285,3 +285,35 @@ def test_wd_norm_bias_false_spares_norms_and_biases_and_the_cell_records_it(tmp_
     assert cell.provenance.to_dict("kaiming_uniform")["weight_decay"] == {
         "rates": [0.5], "decayed": {"tensors": 2, "params": 4 * 3 * 9 + 2 * 36},
         "not_decayed": {"tensors": 4, "params": 4 + 4 + 4 + 2}, "norms_and_biases": "not decayed"}
+
+
+def _ema_record(variant: str, seed: int, metrics: dict, weights: str, scope: str) -> CellRecord:
+    kind, _, e = variant.partition("@")
+    return CellRecord.from_dict({
+        "id": f"{variant}__seed{seed}", "task": "detection", "variant": variant, "kind": kind, "mode": "x",
+        "E": int(e) if e else None, "seed": seed, "metrics": metrics, "costs": {"trainable_params": 1, "wall_time_s": 1.0},
+        "conversion": {"scope": f"{scope}: what it converts"},
+        "provenance": {"precision": {"train": "fp32", "eval": "fp32"}, "init": "kaiming_uniform",
+                       "resume": {"resumed": False, "exact": None, "resumes": []}, "primary_weights": weights}})
+
+
+def test_the_summary_reports_the_raw_weights_beside_the_ema_and_says_why_for_lc_learnable():
+    """Detection's primary metric is the EMA's: raw_map50_95 gets a column beside it, and with an lc-learnable
+    variant the summary says that its EMA (of P and W apart) is not the EMA of W' = P·W. timm's primary is the
+    raw weights': the EMA's ema_top1_best is the column beside it. Every group names its conversion scope."""
+    records = [_ema_record(v, s, {"map50_95": 0.5 + s / 10, "raw_map50_95": 0.4 + s / 10}, "ema", "backbone+neck")
+               for v in ("learnable", "lc-learnable@8") for s in (0, 1)]
+    table = markdown_table(summarize(records, "map50_95", True))
+    assert "| variant | seeds | map50_95 (mean ± std) | raw_map50_95 (mean ± std) | trainable params |" in table
+    assert "| lc-learnable@8 | 2 | 0.5500 ± 0.0707 | 0.4500 ± 0.0707 | 1 |" in table
+    assert "EMA: map50_95 is of the EMA weights, raw_map50_95 of the trained (raw) weights; both are in the table." in table
+    assert "not the EMA of its combined filters W' = P·W" in table
+    assert "Conversion scope: backbone+neck (every variant)" in table
+    records = [_ema_record(v, 0, {"top1": 0.7, "ema_top1_best": 0.72}, "model", "all") for v in ("learnable", "lc-frozen@8")]
+    table = markdown_table(summarize(records, "top1", True))
+    assert "| top1 (mean ± std) | ema_top1_best (mean ± std) |" in table
+    assert "EMA: top1 is of the trained (raw) weights, ema_top1_best of the EMA weights" in table
+    assert "W' = P·W" not in table  # no lc-learnable variant: the averages are exact
+    records = [_ema_record("frozen", 0, {"dice": 0.7}, "model", "encoder+decoder")]
+    table = markdown_table(summarize(records, "dice", True))
+    assert "EMA" not in table and "| dice (mean ± std) | trainable params |" in table
