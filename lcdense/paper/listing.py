@@ -34,6 +34,10 @@ def describe(experiment: Experiment) -> str:
              f"  grid       {_grid(e)}",
              f"             {e.grid_note}",
              f"  recipe     {e.recipe}"]
+    if e.architecture:
+        lines.append(f"  network    {e.architecture}")
+    if e.scope:
+        lines.append(f"  scope      {e.scope}" + (f" — {e.scope_note}" if e.scope_note else ""))
     if not e.published:
         lines.append("  published  none" + (" (figure only)" if e.source.startswith("Figure") else
                                             " (lcdense's numbers will be the first)"))

@@ -59,6 +59,11 @@ class Experiment:
     unit: str
     published: tuple[Published, ...]
     smoke: dict[str, Any] | None
+    #: the network lcdense runs where the paper names none precisely (downstream tasks), and why
+    architecture: str | None = None
+    #: the conversion scope (a name of the task's ``scopes``) a run of it converts, and why
+    scope: str | None = None
+    scope_note: str | None = None
 
     @property
     def axes(self) -> dict[str, list[Any]]:
@@ -103,7 +108,8 @@ def _experiment(name: str, e: dict[str, Any]) -> Experiment:
                       model=e["model"], recipe=e["recipe"], grid=dict(e["grid"]), grid_note=e["grid_note"],
                       metric=e["metric"], unit=e["unit"],
                       published=tuple(_published(p, e["metric"]) for p in e["published"]),
-                      smoke=e["smoke"])
+                      smoke=e["smoke"], architecture=e.get("architecture"), scope=e.get("scope"),
+                      scope_note=e.get("scope_note"))
 
 
 @functools.cache
