@@ -11,7 +11,7 @@ The conversion core:
 
 The benchmark: :func:`run`, :func:`sweep`, :func:`report`, :func:`analyze` and :func:`load`
 (:mod:`lcdense.api`), their records (:mod:`lcdense.engine.records`) and events (:mod:`lcdense.engine.events`).
-What a task adapter builds on is exported here too: :class:`Task`, :class:`Cell`,
+What a task adapter builds on is exported here too: :class:`Task`, :class:`Cell`, :class:`Scope` (a named conversion scope),
 :func:`train_loop` with :class:`TrainSettings` / :class:`Recipe`, :func:`epoch_seed` / :func:`epoch_generator`,
 :func:`autocast` / :func:`autocast_precision` and :class:`Provenance` (what a cell records of its
 precision and resumes), :func:`preconditioned_inexact`, :class:`Footprint` (how a task trains, for the memory estimate),
