@@ -165,6 +165,15 @@ def test_bad_input_is_one_line_and_exit_2(toy_installed, tmp_path, capsys, argv,
     assert len(err.splitlines()) == 1 and message in err, err
 
 
+def test_tasks_verbose_lists_axes_and_conversion_scopes(capsys):
+    assert main(["tasks", "-v"]) == 0
+    out = capsys.readouterr().out
+    assert "sweep axes: E, width, depth, kernel_size, init, mid, scope" in out
+    assert "scope encoder+decoder (default): encoder and decoder; the segmentation head's 3x3 conv stays learnable" in out
+    assert "scope backbone+neck (default): backbone and neck; the Detect head (its 3x3 and 1x1 convs) stays learnable" in out
+    assert "scope stem: the stem alone" in out and "scope all (default): every spatial conv, the stem included" in out
+
+
 def test_read_only_output_directory(toy_installed, tmp_path, capsys):
     if os.geteuid() == 0:
         target = "/proc/lcdense-out"  # root ignores permission bits; /proc refuses new directories
