@@ -71,7 +71,7 @@ def test_the_default_scope_keeps_the_detect_head_learnable(yolo) -> None:
     report = _cell_conversion("frozen")
     skipped = [r.name for r in report.layers if r.action == "skipped"]
     assert len(skipped) == 12 and all(n.startswith("model.24.cv") for n in skipped)
-    assert {r.reason for r in report.layers if r.action == "skipped"} == {"matched by exclude"}
+    assert {r.reason for r in report.layers if r.action == "skipped"} == {"outside scope 'backbone+neck' (learnable)"}
     assert report.counts() == {"frozen": 18, "skipped": 12} and report.layers[0].name == "model.0.conv"
     assert all(p.requires_grad for p in report.model.model[24].parameters() if p.dim() == 4 and p.shape[-1] == 3)
     assert report.scope.startswith("backbone+neck: ") and report.selection["exclude"] == ["model.24.*"]

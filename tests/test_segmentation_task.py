@@ -170,7 +170,7 @@ def test_the_default_scope_keeps_the_segmentation_head_learnable(carvana_root):
     weight a parameter with smp's init), every other spatial conv is frozen; the report names the scope."""
     report = _cell_conversion(_tiny_config(carvana_root), "frozen")
     actions = {r.name: (r.action, r.reason) for r in report.layers}
-    assert actions.pop("segmentation_head.0") == ("skipped", "matched by exclude")
+    assert actions.pop("segmentation_head.0") == ("skipped", "outside scope 'encoder+decoder' (learnable)")
     assert set(actions.values()) == {("frozen", "")} and len(actions) == 15
     assert report.model.segmentation_head[0].weight.requires_grad
     assert report.scope.startswith("encoder+decoder: encoder and decoder; the segmentation head's 3x3 conv stays")

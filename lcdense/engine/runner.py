@@ -14,6 +14,7 @@ run itself is started by :func:`lcdense.run` (or the CLI, which calls it).
 """
 from __future__ import annotations
 
+import fnmatch
 import itertools
 import os
 import platform
@@ -216,6 +217,10 @@ def converter(cfg: dict[str, Any], spec: CellSpec, task: Task) -> Callable[[torc
         report = convert(model, variant.mode, exclude=exclude or None, stem=_scope_stem(conv["stem"], scope),
                          **kwargs)
         report.scope = scope.label()
+        for layer in report.layers:  # say which excludes were the scope's
+            user = any(fnmatch.fnmatchcase(layer.name, p) for p in conv["exclude"] or ())
+            if layer.reason == "matched by exclude" and not user:
+                layer.reason = f"outside scope '{scope.name}' (learnable)"
         return report
 
     return convert_cell
