@@ -228,7 +228,8 @@ def converter(cfg: dict[str, Any], spec: CellSpec, task: Task) -> Callable[[torc
 
 def check_before_training(task: Task, config: dict[str, Any], cells: list[CellSpec]) -> None:
     """Refuse, before any cell trains, settings that would make a run silently inexact or fail late:
-    an unknown ``run.baseline_init``, and ``conversion.impl: preconditioned`` for lc-frozen cells
+    an unknown ``run.baseline_init`` or conversion scope (``conversion.scope`` or a value of the
+    ``scope`` axis), and ``conversion.impl: preconditioned`` for lc-frozen cells
     unless the task verifies that its optimizer trains that form exactly (plain SGD, no clipping)."""
     check_init(str(config["run"].get("baseline_init", "kaiming_uniform")))
     for scope in {config["conversion"].get("scope"), *(c.axes["scope"] for c in cells if "scope" in c.axes)}:
