@@ -181,7 +181,7 @@ def test_the_default_scope_keeps_the_segmentation_head_learnable(carvana_root):
     encoder = _cell_conversion(_tiny_config(carvana_root), "lc-frozen", "encoder")
     assert {r.name.split(".")[0] for r in encoder.layers if r.action == "lc"} == {"encoder"}
     assert {r.name.split(".")[0] for r in encoder.layers if r.action == "skipped"} == {"decoder", "segmentation_head"}
-    with pytest.raises(LcdenseError, match="unknown conversion scope of task 'segmentation' 'decoder'"):
+    with pytest.raises(LcdenseError, match=r"unknown conversion scope 'decoder'; did you mean 'encoder'\? Known: all, encoder, encoder\+decoder \(task 'segmentation'\)"):
         _cell_conversion(_tiny_config(carvana_root), "frozen", "decoder")
 
 

@@ -183,7 +183,7 @@ def scope_name(task: Task, cfg: dict[str, Any]) -> str:
     """
     name = cfg["conversion"].get("scope") or task.default_scope  # runs made before the key existed: the default
     if name not in task.scopes:
-        raise unknown_name(f"conversion scope of task '{task.name}'", str(name), task.scopes)
+        raise LcdenseError(f"{unknown_name('conversion scope', str(name), task.scopes)} (task '{task.name}')")
     return name
 
 
