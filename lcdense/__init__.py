@@ -11,7 +11,7 @@ The conversion core:
 
 The benchmark: :func:`run`, :func:`sweep`, :func:`report`, :func:`analyze` and :func:`load`
 (:mod:`lcdense.api`), their records (:mod:`lcdense.engine.records`) and events (:mod:`lcdense.engine.events`).
-What a task adapter builds on is exported here too: :class:`Task`, :class:`Cell`,
+What a task adapter builds on is exported here too: :class:`Task`, :class:`Cell`, :class:`Scope` (a named conversion scope),
 :func:`train_loop` with :class:`TrainSettings` / :class:`Recipe`, :func:`epoch_seed` / :func:`epoch_generator`,
 :func:`autocast` / :func:`autocast_precision` and :class:`Provenance` (what a cell records of its
 precision and resumes), :func:`preconditioned_inexact`, :class:`Footprint` (how a task trains, for the memory estimate),
@@ -23,7 +23,7 @@ from .base.errors import LcdenseError, MissingExtra, require_extra, unknown_name
 from .base.registry import Registry
 from .core.accounting import count_parameters, forward_macs
 from .core.blocks import LCConv, combine_filters, prefold
-from .core.convert import ConversionReport, LayerRecord, convert, is_spatial_conv
+from .core.convert import ConversionReport, LayerRecord, convert, is_spatial_conv, stem_convs
 from .core.digest import frozen_digest, frozen_tensors
 from .core.fold import combined_weight, fold, fold_block
 from .core.inits import INITS, seeded_filters
@@ -36,7 +36,7 @@ from .engine.distributed import World
 from .engine.events import Callback, CellEnd, CellStart, EpochEnd, RunEnd, RunStart
 from .engine.provenance import Provenance, autocast_precision
 from .engine.records import CellRecord, PlanRecord, RecordFormatError, SummaryRecord
-from .engine.task import Cell, Task, get_task, list_tasks, register_task
+from .engine.task import Cell, Scope, Task, get_task, list_tasks, register_task
 from .engine.training import (
     Recipe,
     TrainSettings,
@@ -51,9 +51,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "framework_output",
-    "LCConv", "combine_filters", "prefold", "ConversionReport", "LayerRecord", "convert", "is_spatial_conv", "frozen_digest",
+    "LCConv", "combine_filters", "prefold", "ConversionReport", "LayerRecord", "convert", "is_spatial_conv", "stem_convs", "frozen_digest",
     "frozen_tensors", "LcdenseError", "MissingExtra", "require_extra", "unknown_name", "combined_weight", "fold",
-    "fold_block", "INITS", "seeded_filters", "Registry", "Cell", "Task", "get_task", "list_tasks",
+    "fold_block", "INITS", "seeded_filters", "Registry", "Cell", "Scope", "Task", "get_task", "list_tasks",
     "register_task", "count_parameters", "forward_macs", "PreconditionedConv", "check_preconditioned_optimizer",
     "World", "cifar_resnet", "create_model", "TrainSettings", "Recipe", "epoch_generator", "epoch_seed", "train_loop",
     "dry_run", "autocast", "autocast_precision", "preconditioned_inexact", "Provenance", "Footprint", "bench", "run",

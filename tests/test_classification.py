@@ -221,3 +221,31 @@ def test_fetching_is_a_separate_setup_script_never_part_of_a_run(tmp_path, capsy
     monkeypatch.setattr(tvd, "CIFAR10", lambda root, train, download: calls.append((train, download)))
     assert script.main(["cifar10", str(tmp_path)]) == 0 and calls == [(True, False), (False, False)]
     assert script.main(["cifar10", str(tmp_path), "--download"]) == 0 and calls[2:] == [(True, True), (False, True)]
+
+
+def test_a_sweep_over_the_conversion_scope_records_it_in_every_cell(tmp_path, capsys):
+    """``--axis scope=all,stem,body``: one cell per scope; each cell's record and conversion.txt name its
+    scope, and the stem (a single 3x3 conv in ResNet-D-W) is frozen or left learnable accordingly."""
+    out = tmp_path / "runs"
+    assert main(["sweep", "--task", "classification", "--axis", "scope=body,all,stem", "--variants", "frozen",
+                 "--epochs", "1", "--set", "data.train_limit=128", "--set", "data.val_limit=64",
+                 "--out", str(out), "--quiet", "--no-analysis"]) == 0
+    (run_dir,) = (out / "classification").iterdir()
+    records = {p.parent.name: json.loads(p.read_text()) for p in (run_dir / "cells").glob("*/cell.json")}
+    assert sorted(records) == ["frozen__scope=all__seed0", "frozen__scope=body__seed0", "frozen__scope=stem__seed0"]
+    for name, record in records.items():
+        scope = record["axes"]["scope"]
+        assert record["conversion"]["scope"].startswith(f"{scope}: ")
+        assert f"scope: {scope}: " in (run_dir / "cells" / name / "conversion.txt").read_text()
+        frozen = [layer["name"] for layer in record["conversion"]["layers"] if layer["action"] == "frozen"]
+        assert frozen == {"all": frozen, "stem": ["net.conv1"], "body": frozen}[scope]
+        assert ("net.conv1" in frozen) == (scope != "body") and len(frozen) == {"all": 7, "stem": 1, "body": 6}[scope]
+    assert {r["axes"]["scope"] for r in records.values()} == {"all", "stem", "body"}
+    rows = list(csv.DictReader((run_dir / "results.csv").open()))
+    assert sorted(r["scope"] for r in rows) == ["all", "body", "stem"]
+    capsys.readouterr()
+    assert main(["run", "--task", "classification", "--set", "conversion.scope=stem", "--set", "conversion.stem=false",
+                 "--variants", "frozen", "--out", str(tmp_path / "bad"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("lcdense: error: conversion.stem false contradicts conversion scope 'stem' (stem only); "
+                   "set conversion.stem=true or pick another conversion.scope")

@@ -162,6 +162,38 @@ def test_include_exclude_stem_head():
     assert [r.action for r in report.layers] == ["frozen", "skipped"]
 
 
+def test_stem_false_skips_the_whole_stem_of_resnet_d_and_of_torchvision_resnet():
+    """ResNet-D's stem is three 3x3 convs (timm conv1.0/.3/.6); stem=False leaves all three learnable,
+    stem='only' converts those alone; torchvision's ResNet has one 7x7 conv1."""
+    timm = pytest.importorskip("timm", reason='needs the timm extra: pip install "lcdense[timm]"')
+    from lcdense import stem_convs
+
+    resnet_d = timm.create_model("resnet18d", num_classes=10)
+    assert stem_convs(resnet_d) == ["conv1.0", "conv1.3", "conv1.6"]
+    report = convert(resnet_d, "frozen", stem=False)
+    actions = {r.name: (r.action, r.reason) for r in report.layers}
+    assert [n for n, (a, _) in actions.items() if a == "skipped"] == ["conv1.0", "conv1.3", "conv1.6"]
+    assert actions["conv1.6"] == ("skipped", "stem excluded (stem=False)")
+    assert actions["layer1.0.conv1"][0] == "frozen" and report.counts() == {"skipped": 3, "frozen": 16}
+    assert all(m.weight.requires_grad for m in resnet_d.conv1 if isinstance(m, nn.Conv2d))
+    report = convert(timm.create_model("resnet18d", num_classes=10), "frozen", stem="only")
+    assert [r.name for r in report.layers if r.action == "frozen"] == ["conv1.0", "conv1.3", "conv1.6"]
+    assert report.layers[3].reason == "outside the stem (stem='only')"
+    assert report.selection["stem"] == "only" and "stem=only" in str(report)
+
+    resnet = torchvision.models.resnet18(num_classes=10)
+    assert stem_convs(resnet) == ["conv1"]
+    report = convert(resnet, "lc", E=2, stem=False)
+    assert [r.name for r in report.layers if r.action == "skipped"] == ["conv1"]
+    assert report.counts() == {"skipped": 1, "lc": 16}
+    wrapped = nn.Sequential()
+    wrapped.add_module("net", timm.create_model("resnet18d", num_classes=10))
+    assert stem_convs(wrapped) == ["net.conv1.0", "net.conv1.3", "net.conv1.6"]
+    assert stem_convs(_tiny()) == ["0"]  # a flat model: its first conv alone
+    with pytest.raises(LcdenseError, match="stem must be true, false or 'only', got 'first'"):
+        convert(_tiny(), "frozen", stem="first")
+
+
 def test_conv_subclass_with_own_forward_is_skipped_with_reason():
     pytest.importorskip("timm", reason='needs the timm extra: pip install "lcdense[timm]"')
     import timm.layers

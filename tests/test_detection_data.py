@@ -11,7 +11,6 @@ import pytest
 if any(find_spec(m) is None for m in ("ultralytics", "pycocotools")):
     pytest.skip('needs the detection extra: pip install "lcdense[detection]"', allow_module_level=True)
 
-from lcdense_tasks.detection import scope_include  # noqa: E402
 from lcdense_tasks.detection.shapes import SHAPE_CLASSES, generate_shapes_voc  # noqa: E402
 from lcdense_tasks.detection.voc import (  # noqa: E402
     VOC_CLASSES,
@@ -131,11 +130,3 @@ def test_shapes_dataset_is_deterministic_and_valid(tmp_path: Path) -> None:
     dataset = build_yolo_dataset(first, SPLITS, tmp_path / "cache", classes=SHAPE_CLASSES)
     assert dataset.summary["train"]["images"] == 6 and dataset.summary["val"]["images"] == 3
     assert dataset.summary["train"]["objects"] + dataset.summary["train"]["difficult_dropped"] >= 6
-
-
-def test_conversion_scopes() -> None:
-    assert scope_include("all") == ["model.*"]
-    assert scope_include("head") == ["model.24.*"]
-    assert len(scope_include("backbone+neck")) == 24
-    with pytest.raises(LcdenseError, match="unknown conversion scope 'neckk'"):
-        scope_include("backbone+neckk")

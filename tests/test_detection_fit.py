@@ -229,8 +229,15 @@ def test_detection_cell_records_ema_as_primary_with_both_digests(tmp_path: Path,
     assert provenance["frozen_digests"] == {"model": record["frozen_digest_after"], "ema": record["frozen_digest_after"]}
     assert provenance["precision"] == {"train": "fp32", "eval": "fp32"}
     assert 0.0 <= record["metrics"]["raw_map50_95"] <= record["metrics"]["raw_map50"] <= 1.0
+    decay = provenance["weight_decay"]  # ultralytics' optimizer: conv weights decay, norms and biases do not
+    assert decay["norms_and_biases"] == "not decayed" and decay["decayed"]["tensors"] > 0 and len(decay["rates"]) == 1
+    assert record["conversion"]["scope"].startswith("backbone+neck: ")  # the default: the Detect head learnable
+    assert {layer["name"].split(".")[1] for layer in record["conversion"]["layers"] if layer["action"] == "skipped"} == {"24"}
     summary = (record_path.parents[2] / "summary.md").read_text()
     assert "Primary metric from the ema weights (lc-frozen@2)" in summary
+    assert "| map50_95 (mean ± std) | raw_map50_95 (mean ± std) |" in summary
+    assert "EMA: map50_95 is of the EMA weights, raw_map50_95 of the trained (raw) weights" in summary
+    assert "Conversion scope: backbone+neck (every variant)" in summary
 
 
 def test_fit_and_evaluate_make_no_network_access(tmp_path: Path) -> None:

@@ -49,6 +49,40 @@ def test_lc_model_survives_ultralytics_fuse(yolo) -> None:
     assert torch.allclose(before, after, rtol=1e-9, atol=1e-9)
 
 
+def _cell_conversion(variant: str, scope: str | None = None, name: str = "yolov5n") -> lcdense.ConversionReport:
+    """The conversion report of a detection cell as the runner makes it (its converter, the scope applied)."""
+    from lcdense_tasks.detection import DetectionTask
+    from lcdense_tasks.detection.trainer import build_detection_model, model_yaml
+
+    from lcdense.engine.config import RUN_DEFAULTS, resolve
+    from lcdense.engine.runner import converter
+    from lcdense.engine.variants import CellSpec, Variant
+
+    task = DetectionTask()
+    cfg = resolve({**RUN_DEFAULTS, **task.default_config()}, {}, {"conversion.scope": scope, "model.name": name})
+    torch.manual_seed(0)
+    model = build_detection_model(model_yaml(name, None, 0.125), NAMES)
+    return converter(cfg, CellSpec(Variant.parse(variant, 2), 0), task)(model)
+
+
+def test_the_default_scope_keeps_the_detect_head_learnable(yolo) -> None:
+    """Frozen YOLOv5n-u, default scope backbone+neck: the Detect layer's twelve 3x3 convs stay learnable
+    parameters, the backbone (6x6 stem included) and neck are frozen; scopes follow the model's own yaml."""
+    report = _cell_conversion("frozen")
+    skipped = [r.name for r in report.layers if r.action == "skipped"]
+    assert len(skipped) == 12 and all(n.startswith("model.24.cv") for n in skipped)
+    assert {r.reason for r in report.layers if r.action == "skipped"} == {"outside scope 'backbone+neck' (learnable)"}
+    assert report.counts() == {"frozen": 18, "skipped": 12} and report.layers[0].name == "model.0.conv"
+    assert all(p.requires_grad for p in report.model.model[24].parameters() if p.dim() == 4 and p.shape[-1] == 3)
+    assert report.scope.startswith("backbone+neck: ") and report.selection["exclude"] == ["model.24.*"]
+    assert _cell_conversion("frozen", "all").counts() == {"frozen": 30}
+    backbone = _cell_conversion("lc-frozen", "backbone")
+    converted = {int(r.name.split(".")[1]) for r in backbone.layers if r.action == "lc"}
+    assert converted == {0, 1, 2, 3, 4, 5, 6, 7, 8} and backbone.counts() == {"lc": 12, "skipped": 18}
+    v8 = _cell_conversion("frozen", name="yolov8n")  # another layout: its Detect layer is model.22
+    assert {r.name.split(".")[1] for r in v8.layers if r.action == "skipped"} == {"22"}
+
+
 def test_model_names_and_scales(yolo) -> None:
     cfg = yolo.model_yaml("yolov5s", width=0.125)
     assert cfg["yaml_file"] == "yolov5su.yaml" and cfg["scales"] == {"s": [0.33, 0.125, 1024]}

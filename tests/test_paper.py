@@ -292,6 +292,22 @@ def test_every_experiment_resolves_at_both_scales(name):
     assert full["paper"]["recipe"] == experiment.recipe
 
 
+@pytest.mark.parametrize("name", ["a1-yolov5-voc", "a1-unet-carvana", "a1-unet-lgg"])
+def test_downstream_experiments_name_architecture_and_scope_as_lcdense_choice(name, capsys):
+    """The downstream experiments say which network and which conversion scope they run, both as lcdense's
+    choice (the prediction head learnable, as the paper's classifier), and their runs convert that scope."""
+    experiment = get_experiment(name)
+    assert experiment.architecture.startswith("lcdense's choice: ") and experiment.scope_note.startswith("lcdense's choice")
+    for scale in ("full", "smoke"):
+        config, task, _, _ = _planned(experiment, scale)
+        assert config["conversion"]["scope"] == experiment.scope == task.default_scope
+        assert "stays learnable" in task.scopes[experiment.scope] and config["paper"]["overrides"] == []
+    assert main(["paper", "list"]) == 0
+    section = _section(capsys.readouterr().out, name)
+    assert f"  scope      {experiment.scope} — lcdense's choice: " in section
+    assert "  network    lcdense's choice: " in section and section.index("recipe") < section.index("network")
+
+
 def test_seed_override_is_recorded_as_a_change():
     config, _, cells, _ = _planned(get_experiment("table1-svhn"), "full", seeds="0,1")
     assert config["run"]["seeds"] == [0, 1] and len(cells) == 6

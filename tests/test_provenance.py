@@ -223,3 +223,97 @@ def test_every_resume_of_a_cell_is_kept_in_its_provenance(tmp_path):
     assert [r["after_epoch"] for r in cell.provenance.resumes] == [1, 3]
     assert cell.provenance.to_dict("kaiming_uniform")["resume"]["exact"] is True
     assert cell.provenance.train_precisions == ["fp32"]
+
+
+def _shared_loop_experiments() -> list[str]:
+    from lcdense.paper import experiments
+
+    return [name for name, e in experiments().items() if e.recipe and e.task in ("classification", "segmentation")]
+
+
+@pytest.mark.parametrize("name", _shared_loop_experiments())
+def test_paper_recipes_keep_decaying_every_trainable_parameter(name):
+    """``train.wd_norm_bias`` defaults to true: every paper recipe on the shared loop still decays norms and
+    biases with the rest, in one parameter group equal to the optimizer it built before the setting existed."""
+    from torch import nn
+
+    from lcdense.engine.config import load_yaml, resolve
+    from lcdense.engine.task import get_task
+    from lcdense.engine.training import TrainSettings, make_optimizer
+    from lcdense.paper import get_experiment
+
+    experiment = get_experiment(name)
+    task = get_task(experiment.task)
+    config = resolve(task.default_config(), load_yaml(experiment.recipe_path()), {})
+    config = task.resolve_config(config) if hasattr(task, "resolve_config") else config
+    if config["train"].get("recipe") == "timm":
+        pytest.skip("timm's own optimizer (never decays norms and biases)")
+    settings = TrainSettings.from_config(config["train"])
+    assert settings.wd_norm_bias is True and settings.weight_decay > 0
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(2))
+    model(torch.zeros(1, 3, 5, 5))
+    optimizer = make_optimizer(model, settings)
+    (group,) = optimizer.param_groups
+    assert group["weight_decay"] == settings.weight_decay and len(group["params"]) == 6
+    before = (torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum, nesterov=settings.nesterov,
+                              weight_decay=settings.weight_decay) if settings.optimizer == "sgd" else
+              torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay))
+    assert optimizer.state_dict() == before.state_dict()
+
+
+def test_wd_norm_bias_false_spares_norms_and_biases_and_the_cell_records_it(tmp_path):
+    """``train.wd_norm_bias: false`` (ultralytics' and timm's choice): conv and linear weights decay, norm
+    scales/shifts and biases do not — in the update itself and in the provenance the loop records."""
+    from torch import nn
+
+    from lcdense import Cell, TrainSettings, train_loop
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(36, 2))
+    start = {k: v.detach().clone() for k, v in model.named_parameters()}
+    cell = Cell(variant="learnable", seed=0, init_seed=0, data_seed=1, dir=tmp_path, device=torch.device("cpu"),
+                convert=lambda m: None, quiet=True)
+    settings = TrainSettings(epochs=1, lr=0.1, optimizer="sgd", momentum=0.0, weight_decay=0.5, wd_norm_bias=False,
+                             schedule="constant")
+    batch = torch.zeros(2, 3, 5, 5)
+    train_loop(model, batches=lambda epoch: [batch], steps_per_epoch=1, settings=settings, cell=cell,
+               loss=lambda net, x: 0.0 * net(x).sum())  # zero gradients: what moves is the decay alone
+    moved = {k: not torch.equal(v, start[k]) for k, v in model.named_parameters()}
+    assert moved == {"0.weight": True, "0.bias": False, "1.weight": False, "1.bias": False, "3.weight": True,
+                     "3.bias": False}
+    assert torch.allclose(model[0].weight, start["0.weight"] * (1 - 0.1 * 0.5))
+    assert cell.provenance.to_dict("kaiming_uniform")["weight_decay"] == {
+        "rates": [0.5], "decayed": {"tensors": 2, "params": 4 * 3 * 9 + 2 * 36},
+        "not_decayed": {"tensors": 4, "params": 4 + 4 + 4 + 2}, "norms_and_biases": "not decayed"}
+
+
+def _ema_record(variant: str, seed: int, metrics: dict, weights: str, scope: str) -> CellRecord:
+    kind, _, e = variant.partition("@")
+    return CellRecord.from_dict({
+        "id": f"{variant}__seed{seed}", "task": "detection", "variant": variant, "kind": kind, "mode": "x",
+        "E": int(e) if e else None, "seed": seed, "metrics": metrics, "costs": {"trainable_params": 1, "wall_time_s": 1.0},
+        "conversion": {"scope": f"{scope}: what it converts"},
+        "provenance": {"precision": {"train": "fp32", "eval": "fp32"}, "init": "kaiming_uniform",
+                       "resume": {"resumed": False, "exact": None, "resumes": []}, "primary_weights": weights}})
+
+
+def test_the_summary_reports_the_raw_weights_beside_the_ema_and_says_why_for_lc_learnable():
+    """Detection's primary metric is the EMA's: raw_map50_95 gets a column beside it, and with an lc-learnable
+    variant the summary says that its EMA (of P and W apart) is not the EMA of W' = P·W. timm's primary is the
+    raw weights': the EMA's ema_top1_best is the column beside it. Every group names its conversion scope."""
+    records = [_ema_record(v, s, {"map50_95": 0.5 + s / 10, "raw_map50_95": 0.4 + s / 10}, "ema", "backbone+neck")
+               for v in ("learnable", "lc-learnable@8") for s in (0, 1)]
+    table = markdown_table(summarize(records, "map50_95", True))
+    assert "| variant | seeds | map50_95 (mean ± std) | raw_map50_95 (mean ± std) | trainable params |" in table
+    assert "| lc-learnable@8 | 2 | 0.5500 ± 0.0707 | 0.4500 ± 0.0707 | 1 |" in table
+    assert "EMA: map50_95 is of the EMA weights, raw_map50_95 of the trained (raw) weights; both are in the table." in table
+    assert "not the EMA of its combined filters W' = P·W" in table
+    assert "Conversion scope: backbone+neck (every variant)" in table
+    records = [_ema_record(v, 0, {"top1": 0.7, "ema_top1_best": 0.72}, "model", "all") for v in ("learnable", "lc-frozen@8")]
+    table = markdown_table(summarize(records, "top1", True))
+    assert "| top1 (mean ± std) | ema_top1_best (mean ± std) |" in table
+    assert "EMA: top1 is of the trained (raw) weights, ema_top1_best of the EMA weights" in table
+    assert "W' = P·W" not in table  # no lc-learnable variant: the averages are exact
+    records = [_ema_record("frozen", 0, {"dice": 0.7}, "model", "encoder+decoder")]
+    table = markdown_table(summarize(records, "dice", True))
+    assert "EMA" not in table and "| dice (mean ± std) | trainable params |" in table

@@ -153,8 +153,11 @@ def test_runs_are_never_overwritten(toy_installed, tmp_path, capsys):
      "needs its files: pass --data PATH (nothing is downloaded; fetch it once with: python scripts/fetch_dataset.py"),
     (["sweep", "--task", "toy", "--depth", "8,14"], "task 'toy' cannot sweep 'depth'"),
     (["sweep", "--task", "toy", "--axis", "hidden=3"],
-     "task 'toy' cannot sweep 'hidden'; it can sweep: E, init, mid, norm_groups, width"),
+     "task 'toy' cannot sweep 'hidden'; it can sweep: E, init, mid, norm_groups, scope, width"),
     (["sweep", "--task", "toy", "--axis", "width"], "--axis takes NAME=V1,V2"),
+    (["sweep", "--task", "toy", "--axis", "scope=all,head"], "unknown conversion scope 'head'; Known: all (task 'toy')"),
+    (["run", "--task", "toy", "--set", "conversion.scope=encoder"],
+     "unknown conversion scope 'encoder'; Known: all (task 'toy')"),
     (["sweep", "--task", "toy", "--width", "4", "--axis", "width=8"], "sweep axis 'width' is given twice"),
     (["run", "--resume", "/nonexistent/run"], "is not an lcdense run directory"),
     (["report", "/nonexistent/run"], "is not an lcdense run directory"),
@@ -163,6 +166,15 @@ def test_bad_input_is_one_line_and_exit_2(toy_installed, tmp_path, capsys, argv,
     assert main([*argv, *(["--out", str(tmp_path)] if argv[0] != "report" else [])]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_tasks_verbose_lists_axes_and_conversion_scopes(capsys):
+    assert main(["tasks", "-v"]) == 0
+    out = capsys.readouterr().out
+    assert "sweep axes: E, width, depth, kernel_size, init, mid, scope" in out
+    assert "scope encoder+decoder (default): encoder and decoder; the segmentation head's 3x3 conv stays learnable" in out
+    assert "scope backbone+neck (default): backbone and neck; the Detect head (its 3x3 and 1x1 convs) stays learnable" in out
+    assert "scope stem: the stem alone" in out and "scope all (default): every spatial conv, the stem included" in out
 
 
 def test_read_only_output_directory(toy_installed, tmp_path, capsys):

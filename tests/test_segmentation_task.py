@@ -13,7 +13,7 @@ if any(find_spec(m) is None for m in ("segmentation_models_pytorch", "albumentat
 from lcdense_tasks.segmentation import PROFILES, SegmentationTask  # noqa: E402
 from lcdense_tasks.segmentation.embedded import generate_carvana, generate_lgg  # noqa: E402
 from lcdense_tasks.segmentation.metrics import ConfusionCounts  # noqa: E402
-from lcdense_tasks.segmentation.model import SCOPES, init_sources  # noqa: E402
+from lcdense_tasks.segmentation.model import PARTS, init_sources  # noqa: E402
 
 import lcdense  # noqa: E402
 from lcdense import Cell, LcdenseError  # noqa: E402
@@ -140,7 +140,7 @@ def test_init_sources_name_the_conversion_or_smp_scheme(carvana_root):
     task = SegmentationTask()
     config = _tiny_config(carvana_root)
     model = task.build_model(config, None)
-    lcdense.convert(model, "learnable", include=SCOPES["encoder"], seed=0)
+    lcdense.convert(model, "learnable", include=PARTS["encoder"], seed=0)
     sources = init_sources(model, "kaiming_uniform")
     assert sources["encoder.conv1"] == "lcdense kaiming_uniform"  # the 7x7 stride-2 stem is in scope
     assert sources["decoder.blocks.0.conv1.0"] == "smp decoder scheme (kaiming_uniform fan_in, relu gain)"
@@ -150,6 +150,39 @@ def test_init_sources_name_the_conversion_or_smp_scheme(carvana_root):
     assert report.counts() == {"lc": len(init_sources(model, "kaiming_uniform"))}  # default scope: every spatial conv
     assert set(init_sources(model, "kaiming_uniform").values()) == {
         "lcdense kaiming_uniform (LC-Block spatial bank)"}
+
+
+def _cell_conversion(config: dict, variant: str, scope: str | None = None) -> lcdense.ConversionReport:
+    """The conversion report of a cell as the runner makes it (its converter, the scope axis applied)."""
+    from lcdense.engine.config import RUN_DEFAULTS, resolve
+    from lcdense.engine.runner import converter
+    from lcdense.engine.variants import CellSpec, Variant
+
+    task = SegmentationTask()
+    cfg = resolve({**RUN_DEFAULTS, **task.default_config()}, {k: config[k] for k in ("data", "model", "train")},
+                  {"conversion.scope": scope})
+    torch.manual_seed(0)
+    return converter(cfg, CellSpec(Variant.parse(variant, 2), 0), task)(task.build_model(cfg, None))
+
+
+def test_the_default_scope_keeps_the_segmentation_head_learnable(carvana_root):
+    """Frozen U-Net, default scope encoder+decoder: smp's 3x3 segmentation head stays learnable (its
+    weight a parameter with smp's init), every other spatial conv is frozen; the report names the scope."""
+    report = _cell_conversion(_tiny_config(carvana_root), "frozen")
+    actions = {r.name: (r.action, r.reason) for r in report.layers}
+    assert actions.pop("segmentation_head.0") == ("skipped", "outside scope 'encoder+decoder' (learnable)")
+    assert set(actions.values()) == {("frozen", "")} and len(actions) == 15
+    assert report.model.segmentation_head[0].weight.requires_grad
+    assert report.scope.startswith("encoder+decoder: encoder and decoder; the segmentation head's 3x3 conv stays")
+    assert report.selection["exclude"] == ["segmentation_head.*"]
+    assert "scope: encoder+decoder" in str(report) and report.to_dict()["scope"] == report.scope
+    every = _cell_conversion(_tiny_config(carvana_root), "frozen", "all")
+    assert every.counts() == {"frozen": 16} and every.scope.startswith("all: ")
+    encoder = _cell_conversion(_tiny_config(carvana_root), "lc-frozen", "encoder")
+    assert {r.name.split(".")[0] for r in encoder.layers if r.action == "lc"} == {"encoder"}
+    assert {r.name.split(".")[0] for r in encoder.layers if r.action == "skipped"} == {"decoder", "segmentation_head"}
+    with pytest.raises(LcdenseError, match=r"unknown conversion scope 'decoder'; did you mean 'encoder'\? Known: all, encoder, encoder\+decoder \(task 'segmentation'\)"):
+        _cell_conversion(_tiny_config(carvana_root), "frozen", "decoder")
 
 
 def test_lc_frozen_fit_evaluate_and_resume_replays_exactly(carvana_root, tmp_path):

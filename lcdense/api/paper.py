@@ -81,6 +81,8 @@ def experiment_settings(experiment: Experiment, scale: str = "full", *, data: st
             settings.update(embedded.get("set", {}))
             if embedded.get("recipe"):
                 recipe, recipe_name = find_recipe(embedded["recipe"]), embedded["recipe"]
+    if experiment.scope:
+        settings["conversion.scope"] = experiment.scope
     settings.update({"paper.experiment": experiment.name, "paper.scale": scale,
                      "paper.recipe": recipe_name, "paper.overrides": overrides})
     if delta is not None:

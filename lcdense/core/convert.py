@@ -72,6 +72,11 @@ class ConversionReport:
         layers: One record per spatial conv, in module order.
         params_before: Trainable, frozen and total parameters before (:func:`lcdense.count_parameters`).
         params_after: The same after.
+        selection: Which convs the call was asked to convert: ``include``, ``exclude``, ``stem``,
+            ``head`` and ``min_kernel`` as given to :func:`convert`.
+        scope: The named conversion scope the caller converted under (a task's, e.g.
+            ``"encoder+decoder"``, with its description), or None; :func:`convert` leaves it
+            for the caller to set.
         input_size: The (C, H, W) the MACs were counted at, or None.
         macs_before: Forward MACs per sample before, when ``input_size`` was given.
         macs_after: The same after.
@@ -83,6 +88,8 @@ class ConversionReport:
     layers: list[LayerRecord] = field(default_factory=list)
     params_before: dict[str, int] = field(default_factory=dict)
     params_after: dict[str, int] = field(default_factory=dict)
+    selection: dict[str, Any] = field(default_factory=dict)
+    scope: str | None = None
     input_size: tuple[int, ...] | None = None
     macs_before: int | None = None
     macs_after: int | None = None
@@ -119,7 +126,12 @@ class ConversionReport:
         lines = ["  ".join(c.ljust(w) for c, w in zip(row[:4], widths)) + f"  {row[4]}".rstrip() for row in rows]
         lines.insert(1, "-" * len(lines[0]))
         settings = ", ".join(f"{k}={v}" for k, v in self.settings.items())
-        lines += ["", f"mode={self.mode}  {settings}", f"layers: {self.counts()}"]
+        lines += ["", f"mode={self.mode}  {settings}"]
+        if self.scope:
+            lines.append(f"scope: {self.scope}")
+        if self.selection:
+            lines.append("selection: " + ", ".join(f"{k}={v}" for k, v in self.selection.items()))
+        lines.append(f"layers: {self.counts()}")
         for key in ("trainable", "frozen", "total"):
             lines.append(f"{key} parameters: {self.params_before[key]:,} -> {self.params_after[key]:,}")
         if self.macs_before is not None:
@@ -140,6 +152,40 @@ def is_spatial_conv(module: nn.Module, min_kernel: int = 2) -> bool:
             dimension of at least ``min_kernel``.
     """
     return isinstance(module, nn.modules.conv._ConvNd) and max(module.kernel_size) >= min_kernel
+
+
+def stem_convs(model: nn.Module, min_kernel: int = 2) -> list[str]:
+    """The names of the spatial convs that make up ``model``'s stem.
+
+    The stem is the first spatial conv (in module order) together with the other spatial convs
+    of the largest module around it that is a plain sequence of conv layers: every spatial conv
+    in it sits at the same depth below it, and it does not hold every spatial conv of the model.
+    So ResNet-D's three-conv ``conv1`` (timm ``resnet18d``: ``conv1.0``, ``conv1.3``,
+    ``conv1.6``) is one stem, as are a single ``conv1`` (torchvision ResNets), YOLOv5's
+    ``model.0`` and smp's ``encoder.conv1``.
+
+    >>> import torchvision
+    >>> stem_convs(torchvision.models.resnet18())
+    ['conv1']
+
+    Args:
+        model: Any model.
+        min_kernel: The smallest kernel size that counts as spatial (:func:`is_spatial_conv`).
+
+    Returns:
+        The stem's conv names in module order (empty for a model without spatial convs).
+    """
+    spatial = [n for n, m in model.named_modules() if is_spatial_conv(m, min_kernel)]
+    if not spatial:
+        return []
+    stem, parts = spatial[:1], spatial[0].split(".") if spatial[0] else []
+    for depth in range(len(parts) - 1, 0, -1):  # the first conv's ancestors, innermost first; never the root
+        prefix = ".".join(parts[:depth]) + "."
+        inside = [n for n in spatial if n.startswith(prefix)]
+        if len(inside) == len(spatial) or len({n.count(".") for n in inside}) > 1:
+            break
+        stem = inside
+    return stem
 
 
 def _matches(name: str, patterns: Sequence[str] | None) -> bool:
@@ -336,7 +382,7 @@ def convert(
     include: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
     min_kernel: int = 2,
-    stem: bool = True,
+    stem: bool | Literal["only"] = True,
     head: bool = True,
     head_patterns: Sequence[str] = HEAD_PATTERNS,
     mid: str | None = None,
@@ -365,7 +411,8 @@ More modes can be registered (:data:`MODES`, :func:`register_mode`).
         include: Module-name globs; only the convs they match are converted (default: all).
         exclude: Module-name globs of convs left alone.
         min_kernel: The smallest kernel size that counts as spatial (:func:`is_spatial_conv`).
-        stem: False leaves the first spatial conv alone.
+        stem: True converts the stem with the rest; False leaves the whole stem alone (every
+            conv of :func:`stem_convs`, e.g. ResNet-D's three); ``"only"`` converts the stem alone.
         head: False leaves the convs whose names match ``head_patterns`` alone.
         head_patterns: Module-name globs of a model's head.
         mid: Mode "lc": an op between the block's two convs (``"relu"``, ``"bn"``,
@@ -383,22 +430,29 @@ More modes can be registered (:data:`MODES`, :func:`register_mode`).
         What changed, layer by layer, with the converted model as ``report.model``.
 
     Raises:
-        LcdenseError: An unknown ``mode``, ``init``, ``mid`` or ``impl``, ``E`` < 1, or ``E``,
-            ``mid`` or ``impl="preconditioned"`` where they do not apply.
+        LcdenseError: An unknown ``mode``, ``init``, ``mid`` or ``impl``, ``E`` < 1, ``E``,
+            ``mid`` or ``impl="preconditioned"`` where they do not apply, or a ``stem`` other
+            than True, False and ``"only"``.
     """
     spec = MODES.get(mode)
     _check_args(spec, E, spatial, init, mid, impl)
+    if stem not in (True, False, "only"):
+        raise LcdenseError(f"stem must be true, false or 'only', got {stem!r}")
     given = {"E": E, "spatial": spatial, "init": init, "seed": seed, "mid": mid, "impl": impl, "batch_size": batch_size}
     report = ConversionReport(
         mode=mode,
         settings={key: given[key] for key in spec.settings},
         params_before=count_parameters(model),
+        selection={"include": list(include) if include is not None else None,
+                   "exclude": list(exclude) if exclude is not None else None,
+                   "stem": stem, "head": head, "min_kernel": min_kernel},
         input_size=tuple(input_size) if input_size else None,
     )
     if input_size:
         report.macs_before = sum(c.macs(batch_size) for c in trace_layers(model, input_size))
     spatial_convs = [(n, m) for n, m in model.named_modules() if is_spatial_conv(m, min_kernel)]
-    for index, (name, module) in enumerate(spatial_convs):
+    stem_names = set(stem_convs(model, min_kernel)) if stem is not True else set()
+    for name, module in spatial_convs:
         shape = tuple(module.weight.shape)
         record = LayerRecord(name or "(model)", type(module).__name__, shape, "skipped")
         report.layers.append(record)
@@ -406,8 +460,10 @@ More modes can be registered (:data:`MODES`, :func:`register_mode`).
             record.reason = "not matched by include"
         elif _matches(name, exclude):
             record.reason = "matched by exclude"
-        elif not stem and index == 0:
+        elif stem is False and name in stem_names:
             record.reason = "stem excluded (stem=False)"
+        elif stem == "only" and name not in stem_names:
+            record.reason = "outside the stem (stem='only')"
         elif not head and _matches(name, head_patterns):
             record.reason = "head excluded (head=False)"
         elif why := spec.unsupported(module):
@@ -436,4 +492,4 @@ More modes can be registered (:data:`MODES`, :func:`register_mode`).
 
 
 __all__ = ["MODES", "ConversionMode", "ConversionReport", "HEAD_PATTERNS", "LayerRecord", "block_modes", "convert",
-           "is_spatial_conv", "register_mode", "variant_kinds"]
+           "is_spatial_conv", "register_mode", "stem_convs", "variant_kinds"]

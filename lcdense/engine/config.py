@@ -50,6 +50,7 @@ RUN_DEFAULTS: dict[str, Any] = {
         "allow_diverged": False,  # a cell whose loss or metrics went non-finite does not fail the run
     },
     "conversion": {
+        "scope": None,  # a named scope of the task (Task.scopes); null: the task's default_scope
         "init": "kaiming_uniform",
         "include": None,
         "exclude": None,

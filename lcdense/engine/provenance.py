@@ -71,6 +71,7 @@ class Provenance:
         resumes: One entry per resume: ``after_epoch``, ``source``, ``exact``, ``data_order``.
         primary_weights: Which weights the primary metric comes from (``"model"``, or e.g. ``"ema"``).
         frozen_digests: Frozen digests of evaluated copies other than the trained model.
+        weight_decay: What the optimizer decays (:meth:`note_weight_decay`), or None if not noted.
     """
 
     #: precisions used for training, in order (several only if a resume changed it)
@@ -80,6 +81,34 @@ class Provenance:
     primary_weights: str = "model"
     #: frozen digests of evaluated copies other than the trained model, e.g. {"ema": ...}
     frozen_digests: dict[str, str] = field(default_factory=dict)
+    weight_decay: dict[str, Any] | None = None
+
+    def note_weight_decay(self, optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> None:
+        """Note what ``optimizer`` decays: its rates, and the trainable parameters of ``model`` it
+        decays and does not, norms and biases (parameters of one dimension) counted apart.
+
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+        >>> p = Provenance()
+        >>> p.note_weight_decay(torch.optim.SGD(net.parameters(), lr=0.1, weight_decay=1e-4), net)
+        >>> p.weight_decay["norms_and_biases"], p.weight_decay["decayed"]
+        ('decayed', {'tensors': 4, 'params': 120})
+
+        Args:
+            optimizer: The optimizer that trains ``model``.
+            model: The model (its frozen filters are buffers, outside any optimizer).
+        """
+        rate = {id(p): float(g.get("weight_decay", 0.0)) for g in optimizer.param_groups for p in g["params"]}
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        decayed = [p for p in trainable if rate.get(id(p), 0.0) > 0]
+        kept = [p for p in trainable if rate.get(id(p), 0.0) == 0]
+        small = [rate.get(id(p), 0.0) > 0 for p in trainable if p.ndim <= 1]
+        self.weight_decay = {
+            "rates": sorted({r for r in rate.values() if r > 0}),
+            "decayed": {"tensors": len(decayed), "params": sum(p.numel() for p in decayed)},
+            "not_decayed": {"tensors": len(kept), "params": sum(p.numel() for p in kept)},
+            "norms_and_biases": "decayed" if small and all(small) else "partly decayed" if any(small) else "not decayed",
+        }
 
     def trained_in(self, precision: str) -> None:
         """Note the precision of (this part of) training."""
@@ -95,12 +124,14 @@ class Provenance:
 
     def state(self) -> dict[str, Any]:
         """What a checkpoint keeps so that a later resume still knows the earlier ones."""
-        return {"train_precisions": list(self.train_precisions), "resumes": [dict(r) for r in self.resumes]}
+        return {"train_precisions": list(self.train_precisions), "resumes": [dict(r) for r in self.resumes],
+                "weight_decay": self.weight_decay}
 
     def restore(self, state: dict[str, Any]) -> None:
         """Take back :meth:`state` from a checkpoint (before noting this resume)."""
         self.train_precisions = list(state.get("train_precisions", []))
         self.resumes = [dict(r) for r in state.get("resumes", [])]
+        self.weight_decay = state.get("weight_decay") or self.weight_decay
 
     def to_dict(self, init: str) -> dict[str, Any]:
         """The record's ``provenance`` section (``init``: the cell's spatial init)."""
@@ -112,6 +143,7 @@ class Provenance:
                        "resumes": [dict(r) for r in self.resumes]},
             "primary_weights": self.primary_weights,
             "frozen_digests": dict(self.frozen_digests),
+            "weight_decay": self.weight_decay,
         }
 
 

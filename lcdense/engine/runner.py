@@ -15,6 +15,7 @@ run itself is started by :func:`lcdense.run` (or the CLI, which calls it).
 from __future__ import annotations
 
 import fcntl
+import fnmatch
 import itertools
 import math
 import os
@@ -29,7 +30,7 @@ from typing import Any
 
 import torch
 
-from ..base.errors import LcdenseError
+from ..base.errors import LcdenseError, unknown_name
 from ..base.files import DiskFull, human_bytes, write_json, write_text
 from ..core.convert import ConversionReport, convert
 from ..core.digest import frozen_digest
@@ -48,7 +49,7 @@ from .records import (
     write_plan,
 )
 from .rundir import RunDir, check_run_name, runs_folder
-from .task import Cell, Task, get_task
+from .task import Cell, Scope, Task, get_task
 from .trackers import check_loggers
 from .variants import CellSpec, Variant
 
@@ -68,14 +69,14 @@ def plan_cells(variants: list[Variant], seeds: list[int], axes: dict[str, list[A
 
 
 #: The sweep axes of every task, the runner's own: axis → the config key it sets.
-RUNNER_AXES: dict[str, str] = {"init": "conversion.init", "mid": "conversion.mid"}
+RUNNER_AXES: dict[str, str] = {"init": "conversion.init", "mid": "conversion.mid", "scope": "conversion.scope"}
 
 
 def sweep_axes(task: Task) -> dict[str, str]:
     """Every axis ``task`` can be swept along besides E: its own ``sweep_axes``, then the runner's.
 
     >>> list(sweep_axes(get_task("classification")))
-    ['width', 'depth', 'kernel_size', 'model', 'init', 'mid']
+    ['width', 'depth', 'kernel_size', 'model', 'init', 'mid', 'scope']
 
     Args:
         task: the task.
@@ -176,26 +177,66 @@ def cell_init(cfg: dict[str, Any], variant: Variant) -> str:
     return cfg["conversion"]["init"]
 
 
+def scope_name(task: Task, cfg: dict[str, Any]) -> str:
+    """The conversion scope of a (cell's) config: ``conversion.scope``, or the task's default; an
+    unknown name is a one-line error naming the task's scopes.
+
+    >>> scope_name(get_task("segmentation"), {"conversion": {"scope": None}})
+    'encoder+decoder'
+    """
+    name = cfg["conversion"].get("scope") or task.default_scope  # runs made before the key existed: the default
+    if name not in task.scopes:
+        raise LcdenseError(f"{unknown_name('conversion scope', str(name), task.scopes)} (task '{task.name}')")
+    return name
+
+
+def _scope_stem(user: bool | str, scope: Scope) -> bool | str:
+    """``conversion.stem`` within the scope's ``stem``: the narrower one; contradicting ones are an error."""
+    if user is True or user == scope.stem:
+        return scope.stem
+    if scope.stem is True:
+        return user
+    raise LcdenseError(f"conversion.stem {str(user).lower()} contradicts conversion scope '{scope.name}' (stem "
+                       f"{str(scope.stem).lower()}); set conversion.stem=true or pick another conversion.scope")
+
+
 def converter(cfg: dict[str, Any], spec: CellSpec, task: Task) -> Callable[[torch.nn.Module], ConversionReport]:
-    """The conversion of ``spec``'s variant, seeded with the cell's init seed. The settings only
-    its mode takes come from the variant (``E``, ``spatial``) or else from ``conversion.<setting>``."""
+    """The conversion of ``spec``'s variant, seeded with the cell's init seed, within the cell's
+    conversion scope (:func:`scope_name`: its excludes join ``conversion.exclude``; the report and
+    the record name it). The settings only its mode takes come from the variant (``E``,
+    ``spatial``) or else from ``conversion.<setting>``."""
     conv = cfg["conversion"]
-    variant = spec.variant
+    variant, name = spec.variant, scope_name(task, cfg)
     kwargs: dict[str, Any] = {
-        "init": cell_init(cfg, variant), "seed": spec.seed, "include": conv["include"], "exclude": conv["exclude"],
-        "stem": conv["stem"], "head": conv["head"],
+        "init": cell_init(cfg, variant), "seed": spec.seed, "include": conv["include"], "head": conv["head"],
         "input_size": task.input_size(cfg), "batch_size": int(cfg["train"].get("batch_size", 1)),
     }
     from_variant = {"E": variant.E, "spatial": variant.spatial}
     kwargs.update({key: from_variant[key] if key in from_variant else conv[key] for key in variant.spec.options})
-    return lambda model: convert(model, variant.mode, **kwargs)
+
+    def convert_cell(model: torch.nn.Module) -> ConversionReport:
+        scope = task.scope(name, model)
+        exclude = [*(conv["exclude"] or []), *scope.exclude]
+        report = convert(model, variant.mode, exclude=exclude or None, stem=_scope_stem(conv["stem"], scope),
+                         **kwargs)
+        report.scope = scope.label()
+        for layer in report.layers:  # say which excludes were the scope's
+            user = any(fnmatch.fnmatchcase(layer.name, p) for p in conv["exclude"] or ())
+            if layer.reason == "matched by exclude" and not user:
+                layer.reason = f"outside scope '{scope.name}' (learnable)"
+        return report
+
+    return convert_cell
 
 
 def check_before_training(task: Task, config: dict[str, Any], cells: list[CellSpec]) -> None:
     """Refuse, before any cell trains, settings that would make a run silently inexact or fail late:
-    an unknown ``run.baseline_init``, and ``conversion.impl: preconditioned`` for lc-frozen cells
+    an unknown ``run.baseline_init`` or conversion scope (``conversion.scope`` or a value of the
+    ``scope`` axis), and ``conversion.impl: preconditioned`` for lc-frozen cells
     unless the task verifies that its optimizer trains that form exactly (plain SGD, no clipping)."""
     check_init(str(config["run"].get("baseline_init", "kaiming_uniform")), native=True)
+    for scope in {config["conversion"].get("scope"), *(c.axes["scope"] for c in cells if "scope" in c.axes)}:
+        scope_name(task, {"conversion": {"scope": scope}})
     check_loggers(config["run"].get("loggers"))
     if config["run"].get("quiet") and config["run"].get("verbose"):
         raise LcdenseError("--quiet and --verbose contradict each other; pick one")

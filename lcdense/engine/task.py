@@ -73,6 +73,36 @@ def get_task(name: str) -> Task:
     return TASKS.get(name)()
 
 
+@dataclass(frozen=True)
+class Scope:
+    """A named conversion scope of a task: which of its model's spatial convs a variant converts
+    (``conversion.scope``, the sweep axis ``scope``); the convs outside it stay learnable.
+
+    >>> Scope("encoder+decoder", "the segmentation head stays learnable", exclude=("segmentation_head.*",)).exclude
+    ('segmentation_head.*',)
+
+    Attributes:
+        name: The scope's name, e.g. ``"backbone+neck"``.
+        description: What it converts and what stays learnable, in words (the conversion report shows it).
+        exclude: Module-name globs of the convs it leaves learnable (added to ``conversion.exclude``).
+        stem: :func:`lcdense.convert`'s ``stem``: True (with the rest), False (the whole stem stays
+            learnable) or ``"only"`` (the stem alone is converted).
+    """
+
+    name: str
+    description: str
+    exclude: tuple[str, ...] = ()
+    stem: bool | str = True
+
+    def label(self) -> str:
+        """``name: description``, as the conversion report and the cell record show it.
+
+        Returns:
+            The label.
+        """
+        return f"{self.name}: {self.description}"
+
+
 @dataclass
 class Cell:
     """One (variant, seed) of a run, as a task sees it while training and evaluating.
@@ -167,11 +197,20 @@ class Task(ABC):
     higher_is_better: ClassVar[bool] = True
     #: Sweepable model settings: sweep axis name → dotted config key (e.g. "width": "model.width").
     sweep_axes: ClassVar[dict[str, str]] = {}
+    #: The named conversion scopes (``conversion.scope``, sweep axis ``scope``): name → what it converts.
+    scopes: ClassVar[dict[str, str]] = {"all": "every spatial conv"}
+    #: The scope a run converts when ``conversion.scope`` is null.
+    default_scope: ClassVar[str] = "all"
     #: How one cell trains on several GPUs (``lcdense run --ddp N`` or ``--device 0,1,...``):
     #: ``"torchrun"``: lcdense starts N ranks with torchrun and ``fit`` trains on
     #: ``cell.world.shard(...)`` of each global batch (a framework's trainer may run in each rank
     #: as one of its own DDP workers, as ultralytics' does); ``None``: one device only.
     data_parallel: ClassVar[str | None] = None
+
+    def scope(self, name: str, model: nn.Module) -> Scope:
+        """The conversion scope ``name`` (a key of :attr:`scopes`) for ``model``, whose layout its
+        globs may depend on. The default: the whole model, every spatial conv."""
+        return Scope(name, self.scopes[name])
 
     @abstractmethod
     def default_config(self) -> dict[str, Any]:

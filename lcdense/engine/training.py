@@ -48,7 +48,11 @@ class TrainSettings:
         optimizer: ``"sgd"`` or ``"adamw"``.
         momentum: SGD's momentum.
         nesterov: Nesterov momentum for SGD (when ``momentum`` > 0).
-        weight_decay: Weight decay on every trainable parameter.
+        weight_decay: The weight decay rate.
+        wd_norm_bias: Whether ``weight_decay`` applies to norm parameters and biases too. True (the
+            default, the paper's recipes): every trainable parameter is decayed; False: only
+            parameters of two or more dimensions (conv and linear weights, LC-Block banks and
+            combinations), as ultralytics and timm do — norm scales and shifts and biases are not.
         schedule: ``"cosine"`` (to 0, per update) or ``"constant"``, after the warmup.
         warmup_epochs: Epochs of linear warmup (may be fractional).
         amp: Mixed precision on CUDA: true or ``"bf16"`` (bf16 autocast), ``"fp16"`` (fp16 autocast
@@ -64,6 +68,7 @@ class TrainSettings:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 0.0
+    wd_norm_bias: bool = True
     schedule: str = "cosine"
     warmup_epochs: float = 0.0
     amp: bool | str = True
@@ -85,14 +90,38 @@ class TrainSettings:
         return settings
 
 
-def make_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
-    """SGD (Nesterov) or AdamW over the trainable parameters only (weight decay on all of them)."""
+def decay_groups(model: nn.Module, weight_decay: float, norm_bias: bool = True) -> list[dict[str, Any]]:
+    """The optimizer's parameter groups: the trainable parameters with their weight decay.
+
+    >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    >>> [(len(g["params"]), g["weight_decay"]) for g in decay_groups(net, 0.05, norm_bias=False)]
+    [(1, 0.05), (3, 0.0)]
+
+    Args:
+        model: The model; its parameters without ``requires_grad`` (none, in lcdense: frozen
+            filters are buffers) are left out.
+        weight_decay: The rate.
+        norm_bias: True: one group, every parameter decayed; False: parameters of one dimension
+            (norm scales and shifts, biases) in a second group without decay.
+
+    Returns:
+        One group, or two (decayed, not decayed), in parameter order.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
+    if norm_bias:
+        return [{"params": params, "weight_decay": weight_decay}]
+    return [{"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+
+
+def make_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
+    """SGD (Nesterov) or AdamW over the trainable parameters only, with weight decay on all of them
+    or, with ``settings.wd_norm_bias`` False, not on norms and biases (:func:`decay_groups`)."""
+    groups = decay_groups(model, settings.weight_decay, settings.wd_norm_bias)
     if settings.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum,
-                               nesterov=settings.nesterov and settings.momentum > 0,
-                               weight_decay=settings.weight_decay)
-    return torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+        return torch.optim.SGD(groups, lr=settings.lr, momentum=settings.momentum,
+                               nesterov=settings.nesterov and settings.momentum > 0)
+    return torch.optim.AdamW(groups, lr=settings.lr)
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
@@ -316,7 +345,8 @@ def train_loop(
     resumed from the cell's checkpoint replays exactly; the checkpoint holds the model, the
     recipe's state (optimizer, schedule, EMA) and the history, in fp32. The training precision
     and any resume (an exact ``fp32_state`` one, data order replayed) go to ``cell.provenance``;
-    the checkpoint keeps them. An optimizer outside the SGD family is refused for preconditioned
+    the checkpoint keeps them, and so does what the optimizer decays (:meth:`Provenance.note_weight_decay
+    <lcdense.Provenance.note_weight_decay>`). An optimizer outside the SGD family is refused for preconditioned
     LC layers (:func:`lcdense.check_preconditioned_optimizer`).
 
     Data-parallel (``cell.world`` of several ranks): ``batches`` yields this rank's shard, the
@@ -349,6 +379,7 @@ def train_loop(
     recipe.scaler = grad_scaler(settings.amp, cell.device)
     recipe.setup(model)
     check_preconditioned_optimizer(recipe.optimizer, model)
+    cell.provenance.note_weight_decay(recipe.optimizer, model)
     history: list[dict[str, float]] = []
     start = 0
     if (state := cell.load_checkpoint()) is not None:

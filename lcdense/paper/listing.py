@@ -37,6 +37,10 @@ def describe(experiment: Experiment) -> str:
              *([f"             {e.recipe_note}"] if e.recipe_note else []),
              f"  metric     {e.metric}" + (f" (best epoch; last epoch: {', '.join(e.last_epoch.values())})"
                                            if e.last_epoch else "")]
+    if e.architecture:
+        lines.append(f"  network    {e.architecture}")
+    if e.scope:
+        lines.append(f"  scope      {e.scope}" + (f" — {e.scope_note}" if e.scope_note else ""))
     if not e.published and not e.published_gaps:
         lines.append("  published  none" + (" (figure only)" if e.source.startswith("Figure") else
                                             " (lcdense's numbers will be the first)"))

@@ -89,6 +89,11 @@ class Experiment:
     recipe_note: str | None = None
     last_epoch: dict[str, str] = field(default_factory=dict)
     published_gaps: tuple[PublishedGap, ...] = ()
+    #: the network lcdense runs where the paper names none precisely (downstream tasks), and why
+    architecture: str | None = None
+    #: the conversion scope (a name of the task's ``scopes``) a run of it converts, and why
+    scope: str | None = None
+    scope_note: str | None = None
 
     @property
     def axes(self) -> dict[str, list[Any]]:
@@ -153,7 +158,8 @@ def _experiment(name: str, e: dict[str, Any]) -> Experiment:
                       published=tuple(_published(name, p, e["metric"]) for p in e["published"]),
                       smoke=e["smoke"], recipe_version=_version(name, e.get("recipe_version", LCDENSE), "recipe_version"),
                       recipe_note=e.get("recipe_note"), last_epoch=dict(e.get("last_epoch") or {}),
-                      published_gaps=tuple(_gap(name, g, e["metric"]) for g in e.get("published_gaps") or ()))
+                      published_gaps=tuple(_gap(name, g, e["metric"]) for g in e.get("published_gaps") or ()),
+                      architecture=e.get("architecture"), scope=e.get("scope"), scope_note=e.get("scope_note"))
 
 
 @functools.cache

@@ -127,7 +127,8 @@ def _gaps(by_variant: dict[str, list[CellRecord]], metric: str) -> list[dict[str
 
 def variant_provenance(records: list[CellRecord]) -> dict[str, Any]:
     """What the cells of one variant did (``provenance`` of their records): spatial inits, train and
-    eval precisions, the weights the primary metric came from, and which cells resumed, exactly or not.
+    eval precisions, the weights the primary metric came from, the conversion scope (of the
+    conversion report), and which cells resumed, exactly or not.
 
     >>> cell = CellRecord(id="frozen__seed0", variant="frozen", provenance={"init": "orthogonal",
     ...     "precision": {"train": "bf16", "eval": "fp32"}, "primary_weights": "model",
@@ -145,14 +146,47 @@ def variant_provenance(records: list[CellRecord]) -> dict[str, Any]:
         "precision_train": values(lambda p: p.get("precision", {}).get("train")),
         "precision_eval": values(lambda p: p.get("precision", {}).get("eval")),
         "primary_weights": values(lambda p: p.get("primary_weights")),
+        "scope": sorted({str((r.conversion or {}).get("scope") or "not recorded").split(":")[0] for r in records}),
         "resumed": [i for i, p in provenance if p.get("resume", {}).get("resumed")],
         "approximate_resumes": [i for i, p in provenance if p.get("resume", {}).get("exact") is False],
     }
 
 
-def provenance_lines(variants: dict[str, Any]) -> list[str]:
-    """Markdown lines under a group's tables: the spatial init of each variant, and — only where they
-    apply — precisions other than fp32, primary metrics from other than the trained weights, and
+def beside_metric(primary: str, metrics: Any) -> str | None:
+    """The metric of the other weights reported beside ``primary``: ``raw_<primary>`` (the trained
+    weights, where the primary metric is an EMA's), else the EMA's ``ema_<primary>`` or
+    ``ema_<primary>_best`` (where the primary metric is the trained weights'); None without an EMA.
+
+    >>> beside_metric("map50_95", ["map50_95", "raw_map50_95"]), beside_metric("top1", ["top1", "ema_top1_best"])
+    ('raw_map50_95', 'ema_top1_best')
+    """
+    return next((m for m in (f"raw_{primary}", f"ema_{primary}", f"ema_{primary}_best") if m in metrics), None)
+
+
+def ema_lines(variants: dict[str, Any], primary: str) -> list[str]:
+    """What a group's table says of an EMA: whose weights the primary metric and the metric beside
+    it are of, and, where an LC-learnable variant is in the table, that its EMA is not the EMA of
+    the combined filters."""
+    names = {m for v in variants.values() for m in v["metrics"]}
+    other = beside_metric(primary, names)
+    if other is None:
+        return []
+    ema_primary = other.startswith("raw_")
+    line = (f"EMA: {primary} is of the EMA weights, {other} of the trained (raw) weights" if ema_primary else
+            f"EMA: {primary} is of the trained (raw) weights, {other} of the EMA weights") + \
+        "; both are in the table."
+    if any(v["kind"] == "lc-learnable" for v in variants.values()):
+        line += (" For lc-learnable the EMA averages each LC-Block's spatial bank P and combination W separately, "
+                 "which is not the EMA of its combined filters W' = P·W (a product of averages, not the average "
+                 "of products): its EMA metric is of a model no training step produced, so read its raw weights' "
+                 "metric beside it. (lc-frozen: P is fixed, and the EMA of W gives exactly P·EMA(W).)")
+    return [line]
+
+
+def provenance_lines(variants: dict[str, Any], primary: str = "") -> list[str]:
+    """Markdown lines under a group's tables: the spatial init and the conversion scope of each
+    variant, whose weights an EMA metric is of (:func:`ema_lines`), and — only where they apply —
+    precisions other than fp32, primary metrics from other than the trained weights, and
     approximate resumes."""
     prov = {name: v["provenance"] for name, v in variants.items() if "provenance" in v}
     if not prov:
@@ -167,6 +201,10 @@ def provenance_lines(variants: dict[str, Any]) -> list[str]:
     weights = {n: "/".join(p["primary_weights"]) for n, p in prov.items() if p["primary_weights"] != ["model"]}
     if weights:
         lines.append("Primary metric from the " + "; ".join(f"{w} weights ({n})" for n, w in weights.items()))
+    scopes = {"/".join(p.get("scope", ["not recorded"])) for p in prov.values()}
+    lines.append("Conversion scope: " + (f"{scopes.pop()} (every variant)" if len(scopes) == 1 else "; ".join(
+        f"{n} {'/'.join(p.get('scope', ['not recorded']))}" for n, p in prov.items())))
+    lines += ema_lines(variants, primary)
     approximate = [i for p in prov.values() for i in p["approximate_resumes"]]
     if approximate:
         lines.append("**Approximate resumes** (continued from ultralytics' fp16 EMA checkpoint, not an exact fp32 "
@@ -189,17 +227,20 @@ def markdown_table(summary: SummaryRecord) -> str:
     for group, content in summary.groups.items():
         if group:
             lines += [f"### {group}", ""]
-        lines += [f"| variant | seeds | {primary} (mean ± std) | trainable params | MACs/sample | time/cell (s) |",
-                  "|---|---|---|---|---|---|"]
+        other = beside_metric(primary, {m for v in content["variants"].values() for m in v["metrics"]})
+        beside = f" {other} (mean ± std) |" if other else ""
+        lines += [f"| variant | seeds | {primary} (mean ± std) |{beside} trainable params | MACs/sample | time/cell (s) |",
+                  "|---|---|---|---|---|---|" + ("---|" if other else "")]
         for name, v in content["variants"].items():
             if not v["seeds"]:  # every cell of the variant diverged
-                lines.append(f"| {name} | 0 ({len(v['diverged'])} diverged) | diverged | n/a | n/a | n/a |")
+                lines.append(f"| {name} | 0 ({len(v['diverged'])} diverged) | diverged |{' n/a |' if other else ''} n/a | n/a | n/a |")
                 continue
             m = v["metrics"].get(primary)
             c = v["costs"]
             seeds = f"{len(v['seeds'])}" + (f" (+{len(v['diverged'])} diverged)" if v.get("diverged") else "")
+            shown = f" {_fmt(v['metrics'][other]) if v['metrics'].get(other) else 'n/a'} |" if other else ""
             lines.append(
-                f"| {name} | {seeds} | {_fmt(m) if m else 'n/a'} | "
+                f"| {name} | {seeds} | {_fmt(m) if m else 'n/a'} |{shown} "
                 f"{c['trainable_params']['mean']:,.0f} | {c.get('forward_macs_per_sample', {}).get('mean', float('nan')):,.0f} | "
                 f"{c['wall_time_s']['mean']:.1f} |"
             )
@@ -214,7 +255,7 @@ def markdown_table(summary: SummaryRecord) -> str:
         if content.get("diverged"):
             lines += ["", "**Diverged** (loss or metrics not finite; left out of the statistics and the gaps): "
                       + "; ".join(f"{cell} ({why})" for cell, why in content["diverged"].items()) + "  "]
-        lines += provenance_lines(content["variants"])
+        lines += provenance_lines(content["variants"], primary)
         lines.append("")
     if summary.paper:
         lines += paper_table(summary.paper, primary)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lcdense import (Cell, Footprint, LcdenseError, Task, TrainSettings, cifar_resnet, create_model, epoch_generator,
+from lcdense import (Cell, Footprint, LcdenseError, Scope, Task, TrainSettings, cifar_resnet, create_model, epoch_generator,
                      epoch_seed, preconditioned_inexact, require_extra, train_loop, unknown_name)
 
 from . import timm_recipe
@@ -34,6 +34,12 @@ from .models import Normalized
 from .scoring import batch_sums, class_hits, fgsm, metrics_from_sums, per_class_top1
 
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+#: The conversion scopes: name → (what it converts, convert's ``stem``); the stem is :func:`lcdense.stem_convs`'s.
+SCOPES: dict[str, tuple[str, bool | str]] = {
+    "all": ("every spatial conv, the stem included (the paper's setting; the classifier is linear and learnable)", True),
+    "stem": ("the stem alone (e.g. ResNet-D's three 3x3 convs); every other spatial conv stays learnable", "only"),
+    "body": ("every spatial conv but the stem, which stays learnable", False),
+}
 RECIPES = ("lcdense", "timm")  # the shared SGD/AdamW loop, or timm's training stack (tasks/classification/timm_recipe.py)
 
 
@@ -43,7 +49,14 @@ class ClassificationTask(Task):
     higher_is_better = True
     sweep_axes = {"width": "model.width", "depth": "model.depth", "kernel_size": "model.kernel_size",
                   "model": "model.name"}
+    scopes = {name: text for name, (text, _) in SCOPES.items()}
+    default_scope = "all"
     data_parallel = "torchrun"
+
+    def scope(self, name: str, model: nn.Module) -> Scope:
+        """The scope ``name`` of :data:`SCOPES`."""
+        text, stem = SCOPES[name]
+        return Scope(name, text, stem=stem)
 
     def __init__(self) -> None:
         self._fitted: dict[Path, timm_recipe.Fitted] = {}  # timm recipe: fit's results, until evaluate
@@ -58,7 +71,8 @@ class ClassificationTask(Task):
                      "image_size": 224, "train_limit": None, "val_limit": None},
             "model": {"name": "resnet_lc", "depth": 8, "width": 16, "kernel_size": 3},
             "train": {"epochs": 4, "batch_size": 128, "lr": 0.05, "optimizer": "sgd", "momentum": 0.9,
-                      "nesterov": True, "weight_decay": 5e-4, "schedule": "cosine", "warmup_epochs": 0.0,
+                      "nesterov": True, "weight_decay": 5e-4, "wd_norm_bias": True, "schedule": "cosine",
+                      "warmup_epochs": 0.0,
                       "label_smoothing": 0.1, "augment": True, "amp": True, "sync_bn": False, "eval_every": 1,
                       "recipe": "lcdense", "timm": dict(timm_recipe.TIMM_DEFAULTS)},
             "eval": {"batch_size": 500, "fgsm_eps": 1 / 255},

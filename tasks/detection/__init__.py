@@ -13,6 +13,6 @@ from lcdense import require_extra
 require_extra("detection", "ultralytics", "pycocotools", what="task 'detection'")
 
 from . import offline  # noqa: F401  (sets YOLO_OFFLINE / YOLO_AUTOINSTALL before any ultralytics import)
-from .task import DetectionTask, scope_include
+from .task import SCOPES, DetectionTask, layer_parts
 
-__all__ = ["DetectionTask", "scope_include"]
+__all__ = ["SCOPES", "DetectionTask", "layer_parts"]

@@ -10,9 +10,12 @@ Config (``default_config()`` is the embedded tiny setting; ``configs/detection/*
   ``model.depth`` / ``model.width``: optional overrides of the scale's multipliers.
 - ``train``: ultralytics hyper-parameters, pinned (``optimizer``, ``lr0``, ``nbs`` = batch when
   null, ``mosaic``, ``amp`` false or "bf16" — ``true`` would run a check that downloads weights).
-- ``conversion.include``: module-name globs of the convs to convert, see :data:`SCOPE_PATTERNS`
-  and :func:`scope_include` (ultralytics' yolov5 layout: backbone = layers 0-9, neck = 10-23,
-  head = 24, the Detect layer). The default converts every spatial conv, the 6×6 stem included.
+- ``conversion.scope`` (sweep axis ``scope``): which parts of the model are converted, named in
+  :data:`SCOPES`; the layers come from the model's own yaml (``backbone`` layers, then the
+  ``head`` section's layers, whose last is the Detect layer): for YOLOv5u backbone = ``model.0-9``
+  (the 6×6 stem included), neck = ``model.10-23``, head = ``model.24``. The default,
+  ``backbone+neck``, keeps the Detect head learnable: its 3×3 convs (two per branch and scale)
+  are not in YOLOv5's 1×1-only head, and the paper's classifier stays learnable too.
 
 Metrics, of the EMA weights as ultralytics and YOLOv5 report them (``provenance.primary_weights:
 ema`` in ``cell.json``; evaluated in fp32): ``map50_95`` (primary), ``map50``, ``precision``,
@@ -22,8 +25,8 @@ classes without a validation instance are left out); ``raw_map50_95`` / ``raw_ma
 of the trained (non-averaged) weights. ``conversion.impl: preconditioned`` is refused: ultralytics
 clips gradients.
 
->>> scope_include("backbone+head")
-['model.0.*', 'model.1.*', 'model.2.*', 'model.3.*', 'model.4.*', 'model.5.*', 'model.6.*', 'model.7.*', 'model.8.*', 'model.9.*', 'model.24.*']
+>>> list(DetectionTask.scopes), DetectionTask.default_scope
+(['backbone', 'backbone+neck', 'all'], 'backbone+neck')
 """
 from __future__ import annotations
 
@@ -35,31 +38,37 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from lcdense import Cell, Footprint, LcdenseError, Task, frozen_digest
+from lcdense import Cell, Footprint, LcdenseError, Scope, Task, frozen_digest
 
 from .evaluation import coco_metrics
 from .offline import load_ultralytics
 from .shapes import SHAPE_CLASSES, generate_shapes_voc
 from .voc import VOC_CLASSES, YoloDataset, build_yolo_dataset
 
-SCOPE_PATTERNS: dict[str, list[str]] = {
-    "all": ["model.*"],
-    "backbone": [f"model.{i}.*" for i in range(10)],
-    "neck": [f"model.{i}.*" for i in range(10, 24)],
-    "head": ["model.24.*"],
+#: The conversion scopes: name → (what it converts, the parts it leaves learnable).
+SCOPES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "backbone": ("the backbone (its 6x6 stem included); the neck and the Detect head stay learnable", ("neck", "head")),
+    "backbone+neck": ("backbone and neck; the Detect head (its 3x3 and 1x1 convs) stays learnable", ("head",)),
+    "all": ("every spatial conv, the Detect head's 3x3 convs included", ()),
 }
 DATASETS: dict[str, tuple[str, ...]] = {"shapes": SHAPE_CLASSES, "voc": VOC_CLASSES}
 _TRAIN_KEYS = ("epochs", "optimizer", "lr0", "lrf", "momentum", "weight_decay", "warmup_epochs",
                "cos_lr", "mosaic", "close_mosaic", "scale", "translate", "fliplr", "hsv_h", "hsv_s", "hsv_v", "deterministic")
 
 
-def scope_include(scope: str) -> list[str]:
-    """Include globs for a conversion scope: "all", or parts joined by "+" ("backbone+neck")."""
-    parts = scope.split("+")
-    unknown = [p for p in parts if p not in SCOPE_PATTERNS]
-    if unknown:
-        raise LcdenseError(f"unknown conversion scope '{unknown[0]}'; use {', '.join(SCOPE_PATTERNS)} joined by '+'")
-    return [pattern for part in parts for pattern in SCOPE_PATTERNS[part]]
+def layer_parts(model: nn.Module) -> dict[str, list[str]]:
+    """The module-name globs of the backbone, neck and head of an ultralytics detection model, from its
+    yaml: the ``backbone`` section's layers, then the ``head`` section's, whose last is the Detect layer.
+
+    Args:
+        model: an ultralytics ``DetectionModel`` (``model.model`` its layers, ``model.yaml`` its config).
+
+    Returns:
+        ``{"backbone": ["model.0.*", ...], "neck": [...], "head": ["model.<last>.*"]}``.
+    """
+    backbone, layers = len(model.yaml["backbone"]), len(model.model)
+    globs = [f"model.{i}.*" for i in range(layers)]
+    return {"backbone": globs[:backbone], "neck": globs[backbone:-1], "head": globs[-1:]}
 
 
 @dataclass
@@ -81,6 +90,8 @@ class DetectionTask(Task):
     primary_metric: ClassVar[str] = "map50_95"
     higher_is_better: ClassVar[bool] = True
     sweep_axes: ClassVar[dict[str, str]] = {"width": "model.width", "depth": "model.depth"}
+    scopes: ClassVar[dict[str, str]] = {name: text for name, (text, _) in SCOPES.items()}
+    default_scope: ClassVar[str] = "backbone+neck"
     data_parallel: ClassVar[str] = "torchrun"  # ultralytics' trainer runs in each rank as one of its DDP workers
 
     def default_config(self) -> dict[str, Any]:
@@ -98,8 +109,13 @@ class DetectionTask(Task):
                 "amp": False, "val_every_epoch": False, "deterministic": True, "conf": 0.001, "iou": 0.7,
                 "max_det": 300,
             },
-            "conversion": {"include": scope_include("all")},
         }
+
+    def scope(self, name: str, model: nn.Module) -> Scope:
+        """The scope ``name`` of :data:`SCOPES`: the parts it leaves learnable, as globs of ``model``'s layers."""
+        text, learnable = SCOPES[name]
+        parts = layer_parts(model)
+        return Scope(name, text, exclude=tuple(glob for part in learnable for glob in parts[part]))
 
     def prepare_data(self, config: dict[str, Any], cache_dir: Path) -> DetectionData:
         data = config["data"]

@@ -180,12 +180,14 @@ class LcdenseDetectionTrainer(DetectionTrainer):
 
     def _setup_train(self) -> None:
         """ultralytics' setup (DDP on the CPU without device ids), then the precision its amp setting
-        gives (noted in the cell's provenance)."""
+        gives and what its optimizer decays (weights only: it never decays norms and biases), noted in
+        the cell's provenance."""
         cpu_ddp = self.world_size > 1 and self.device.type == "cpu"
         with mock.patch.object(nn.parallel, "DistributedDataParallel", _CpuDistributedDataParallel) if cpu_ddp \
                 else contextlib.nullcontext():
             super()._setup_train()
         self.cell.provenance.trained_in(ultralytics_precision(self.args.amp, self.amp))
+        self.cell.provenance.note_weight_decay(self.optimizer, unwrap_model(self.model))  # no decay on norms, biases
 
     def _check_digest(self, model: nn.Module, when: str) -> None:
         if frozen_digest(model) != self.context.expected_digest:

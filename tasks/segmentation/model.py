@@ -4,7 +4,7 @@ smp initialises the decoder (Kaiming uniform, fan_in, ReLU gain) and the segment
 (Xavier uniform) with its own scheme inside ``smp.Unet(...)``. The runner converts the model
 *after* it is built, and :func:`lcdense.convert` re-draws every conv it touches from its seeded
 ``init``, so the conversion's init is what every converted conv starts from. Convs left out of
-the conversion scope keep smp's scheme (decoder/head) or the encoder's own default;
+the conversion scope (``conversion.scope``; the segmentation head by default) keep smp's scheme (decoder/head) or the encoder's own default;
 :func:`init_sources` says which is which, and ``fit`` writes it to the cell's ``init_sources.json``.
 
 >>> import torch
@@ -26,11 +26,11 @@ from torch import nn
 
 from lcdense import LCConv, LcdenseError, is_spatial_conv
 
-#: Module-name globs for ``conversion.include`` (passed straight to :func:`lcdense.convert`).
-SCOPES: dict[str, list[str]] = {
-    "encoder": ["encoder.*"],
-    "decoder": ["decoder.*"],
-    "head": ["segmentation_head.*"],
+#: The U-Net's parts as module-name globs (smp's layout), which the conversion scopes name.
+PARTS: dict[str, tuple[str, ...]] = {
+    "encoder": ("encoder.*",),
+    "decoder": ("decoder.*",),
+    "head": ("segmentation_head.*",),
 }
 
 _BUILD_DIGESTS = "lcdense_build_digests"

@@ -23,7 +23,7 @@ import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
-from lcdense import (Cell, Footprint, LcdenseError, Task, TrainSettings, autocast, autocast_precision, epoch_generator,
+from lcdense import (Cell, Footprint, LcdenseError, Scope, Task, TrainSettings, autocast, autocast_precision, epoch_generator,
                      preconditioned_inexact, train_loop)
 
 from .data import PairDataset, eval_batches, train_batches
@@ -37,7 +37,7 @@ from .layouts import (
     split_by_group,
 )
 from .metrics import ConfusionCounts
-from .model import build_unet, init_sources
+from .model import PARTS, build_unet, init_sources
 
 _TINY_UNET = {"model.name": "resnet18", "model.encoder_depth": 3, "model.decoder_channels": [32, 16, 8],
               "train.lr": 3e-3}
@@ -50,6 +50,16 @@ PROFILES: dict[tuple[str, str], dict[str, Any]] = {
     ("brain-mri", "embedded"): {**_TINY_UNET, "data.image_size": [64, 64], "train.epochs": 12},
     ("carvana", "real"): {**_FULL_UNET, "data.image_size": [640, 960], "train.epochs": 20},
     ("brain-mri", "real"): {**_FULL_UNET, "data.image_size": [256, 256], "train.epochs": 50},
+}
+
+
+#: The conversion scopes: name → (what it converts, the parts of :data:`PARTS` it leaves learnable).
+SCOPES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "encoder": ("the encoder (its stem included); the decoder and the segmentation head stay learnable",
+                ("decoder", "head")),
+    "encoder+decoder": ("encoder and decoder; the segmentation head's 3x3 conv stays learnable (the classic "
+                        "U-Net's output layer is a learnable 1x1)", ("head",)),
+    "all": ("every spatial conv, the segmentation head's 3x3 conv included", ()),
 }
 
 
@@ -69,13 +79,21 @@ class SegmentationTask(Task):
 
     Metrics: ``dice`` (primary) and ``iou``, micro-averaged over the validation pixels, and for
     brain MRI ``patient_dice``, the mean per-patient volume Dice (empty masks: see
-    :mod:`lcdense_tasks.segmentation.metrics`).
+    :mod:`lcdense_tasks.segmentation.metrics`). Conversion scopes: :data:`SCOPES` (default
+    ``encoder+decoder``: the prediction head stays learnable, as the paper's classifier does).
     """
 
     name: ClassVar[str] = "segmentation"
     primary_metric: ClassVar[str] = "dice"
     higher_is_better: ClassVar[bool] = True
     data_parallel: ClassVar[str] = "torchrun"
+    scopes: ClassVar[dict[str, str]] = {name: text for name, (text, _) in SCOPES.items()}
+    default_scope: ClassVar[str] = "encoder+decoder"
+
+    def scope(self, name: str, model: nn.Module) -> Scope:
+        """The scope ``name`` of :data:`SCOPES`, its learnable parts as globs of :data:`PARTS`."""
+        text, learnable = SCOPES[name]
+        return Scope(name, text, exclude=tuple(glob for part in learnable for glob in PARTS[part]))
 
     def default_config(self) -> dict[str, Any]:
         return {
@@ -96,6 +114,7 @@ class SegmentationTask(Task):
             },
             "train": {
                 "epochs": None, "batch_size": 16, "lr": None, "optimizer": "adamw", "weight_decay": 1e-4,
+                "wd_norm_bias": True,
                 "schedule": "cosine", "warmup_epochs": 0.0, "amp": True, "sync_bn": False, "grad_clip": None,
                 "eval_every": 1,
             },
