@@ -302,7 +302,7 @@ def test_detection_cell_records_ema_as_primary_with_both_digests(tmp_path: Path,
     provenance = record["provenance"]
     assert provenance["primary_weights"] == "ema"
     assert provenance["frozen_digests"] == {"model": record["frozen_digest_after"], "ema": record["frozen_digest_after"]}
-    assert provenance["precision"] == {"train": "fp32", "eval": "fp32"}
+    assert provenance["precision"] == {"train": "fp32", "eval": "fp32", "fp32_math": "ieee", "epoch_eval": None}
     assert 0.0 <= record["metrics"]["raw_map50_95"] <= record["metrics"]["raw_map50"] <= 1.0
     summary = (record_path.parents[2] / "summary.md").read_text()
     assert "Primary metric from the ema weights (lc-frozen@2)" in summary

@@ -26,6 +26,7 @@ import math
 from collections.abc import Callable, Sequence
 
 import torch
+from torch._guards import detect_fake_mode
 
 from ..base.errors import unknown_name
 
@@ -204,6 +205,8 @@ def seeded_filters(
     if fan_out is None:
         fan_out = shape[0] * math.prod(shape[2:])
     fan = (fan_in + fan_out) / 2 if uses_fan_avg else fan_in
+    if detect_fake_mode() is not None:  # a shape-only copy (lcdense.cost.estimate): nothing to draw
+        return torch.empty(shape, dtype=dtype, device=device)
     gen = torch.Generator().manual_seed(layer_seed(seed, name, shape, init))
     sample_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     weights = sampler(shape, 1.0 / math.sqrt(3.0 * fan), gen, sample_dtype)

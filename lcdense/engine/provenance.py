@@ -19,6 +19,12 @@ would (``replayed``) or the framework restarted its data order (``restarted``).
 False
 >>> autocast_precision(True, torch.device("cpu"))
 'fp32'
+
+The fp32 math mode (``train.tf32``): with this torch, cuDNN convolutions on CUDA run in TF32
+unless told otherwise, so a cell that claims fp32 may not have run it. The runner sets the mode
+explicitly for every cell (:func:`set_fp32_math`) before training, keeps it through evaluation
+and FGSM, and records what was in force (``precision.fp32_math``: ``ieee`` or ``tf32``); with
+``tf32`` the record names the fp32 parts ``tf32``.
 """
 from __future__ import annotations
 
@@ -28,6 +34,8 @@ from typing import Any
 import torch
 
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+#: the fp32 math modes: true IEEE fp32, or TF32 tensor cores for fp32 matmuls and convolutions (CUDA)
+FP32_MATH: tuple[str, ...] = ("ieee", "tf32")
 #: resume source → whether it restores the training state exactly
 RESUME_SOURCES: dict[str, bool] = {"fp32_state": True, "ultralytics_fp16_ema": False}
 
@@ -46,6 +54,47 @@ def autocast_precision(amp: bool, device: torch.device) -> str:
     return "bf16" if amp and device.type == "cuda" else "fp32"
 
 
+def set_fp32_math(device: torch.device, tf32: bool) -> str:
+    """Set the fp32 math mode of this process explicitly (torch's ``fp32_precision`` API, which
+    replaces the deprecated ``allow_tf32`` flags): fp32 matmuls (cuBLAS) and cuDNN convolutions and
+    RNNs in TF32 when ``tf32``, else in IEEE fp32 (torch's own default leaves cuDNN convolutions on
+    TF32).
+
+    Args:
+        device: The device the cell runs on.
+        tf32: Allow TF32 (``train.tf32``).
+
+    Returns:
+        What fp32 work on ``device`` now runs as (:func:`fp32_math`).
+
+    >>> set_fp32_math(torch.device("cpu"), False)
+    'ieee'
+    >>> torch.backends.cudnn.conv.fp32_precision
+    'ieee'
+    """
+    value = "tf32" if tf32 else "ieee"
+    torch.backends.cuda.matmul.fp32_precision = value
+    torch.backends.cudnn.conv.fp32_precision = value
+    torch.backends.cudnn.rnn.fp32_precision = value
+    return fp32_math(device)
+
+
+def fp32_math(device: torch.device) -> str:
+    """What fp32 matmuls and convolutions on ``device`` run as, read back from torch: ``tf32`` on a
+    CUDA GPU with TF32 units (compute capability 8 or later) where either is allowed, else ``ieee``.
+
+    Args:
+        device: The device the cell runs on.
+
+    Returns:
+        One of :data:`FP32_MATH`.
+    """
+    if device.type != "cuda" or torch.cuda.get_device_capability(device)[0] < 8:
+        return "ieee"
+    allowed = {torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision}
+    return "tf32" if "tf32" in allowed else "ieee"
+
+
 @dataclass
 class Provenance:
     """A cell's provenance, filled in while it trains and evaluates.
@@ -56,6 +105,11 @@ class Provenance:
         resumes: One entry per resume: ``after_epoch``, ``source``, ``exact``, ``data_order``.
         primary_weights: Which weights the primary metric comes from (``"model"``, or e.g. ``"ema"``).
         frozen_digests: Frozen digests of evaluated copies other than the trained model.
+        fp32_math: The fp32 math mode training and evaluation ran in (:data:`FP32_MATH`), or None
+            if not noted; several joined by ``+`` if it changed (e.g. across a resume).
+        epoch_eval_precision: The precision of the per-epoch evaluations during training where it
+            differs from ``eval_precision`` (e.g. ultralytics validates in fp16 autocast while it
+            trains in mixed precision), else None.
     """
 
     #: precisions used for training, in order (several only if a resume changed it)
@@ -65,6 +119,16 @@ class Provenance:
     primary_weights: str = "model"
     #: frozen digests of evaluated copies other than the trained model, e.g. {"ema": ...}
     frozen_digests: dict[str, str] = field(default_factory=dict)
+    fp32_math: str | None = None
+    epoch_eval_precision: str | None = None
+
+    def ran_in(self, mode: str) -> None:
+        """Note the fp32 math mode (of :data:`FP32_MATH`) in force for (this part of) the cell."""
+        if mode not in FP32_MATH:
+            raise ValueError(f"unknown fp32 math mode '{mode}'; use one of {FP32_MATH}")
+        modes = self.fp32_math.split("+") if self.fp32_math else []
+        if mode not in modes:
+            self.fp32_math = "+".join([*modes, mode])
 
     def trained_in(self, precision: str) -> None:
         """Note the precision of (this part of) training."""
@@ -80,17 +144,29 @@ class Provenance:
 
     def state(self) -> dict[str, Any]:
         """What a checkpoint keeps so that a later resume still knows the earlier ones."""
-        return {"train_precisions": list(self.train_precisions), "resumes": [dict(r) for r in self.resumes]}
+        return {"train_precisions": list(self.train_precisions), "resumes": [dict(r) for r in self.resumes],
+                "fp32_math": self.fp32_math, "epoch_eval_precision": self.epoch_eval_precision}
 
     def restore(self, state: dict[str, Any]) -> None:
         """Take back :meth:`state` from a checkpoint (before noting this resume)."""
         self.train_precisions = list(state.get("train_precisions", []))
         self.resumes = [dict(r) for r in state.get("resumes", [])]
+        if state.get("fp32_math"):
+            for mode in state["fp32_math"].split("+"):
+                self.ran_in(mode)
+        self.epoch_eval_precision = state.get("epoch_eval_precision", self.epoch_eval_precision)
 
     def to_dict(self, init: str) -> dict[str, Any]:
         """The record's ``provenance`` section (``init``: the cell's spatial init)."""
+        tf32 = self.fp32_math == "tf32"  # the fp32 parts ran on TF32 units: say so
+
+        def named(precision: str | None) -> str | None:
+            return "tf32" if tf32 and precision == "fp32" else precision
+
         return {
-            "precision": {"train": "+".join(self.train_precisions) or None, "eval": self.eval_precision},
+            "precision": {"train": "+".join(named(p) for p in self.train_precisions) or None,
+                          "eval": named(self.eval_precision), "fp32_math": self.fp32_math,
+                          "epoch_eval": named(self.epoch_eval_precision)},
             "init": init,
             "resume": {"resumed": bool(self.resumes),
                        "exact": all(r["exact"] for r in self.resumes) if self.resumes else None,
@@ -100,4 +176,4 @@ class Provenance:
         }
 
 
-__all__ = ["PRECISIONS", "RESUME_SOURCES", "Provenance", "autocast_precision"]
+__all__ = ["PRECISIONS", "FP32_MATH", "RESUME_SOURCES", "Provenance", "autocast_precision", "set_fp32_math", "fp32_math"]

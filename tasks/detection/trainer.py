@@ -45,7 +45,7 @@ from ultralytics.nn.tasks import DetectionModel, yaml_model_load
 from ultralytics.utils import DEFAULT_CFG
 from ultralytics.utils.torch_utils import unwrap_model
 
-from lcdense import Cell, LcdenseError, fold, frozen_digest, frozen_tensors
+from lcdense import Cell, LcdenseError, fold, frozen_digest, frozen_tensors, set_fp32_math
 
 from .evaluation import Predictions
 
@@ -228,9 +228,14 @@ class LcdenseDetectionTrainer(DetectionTrainer):
         return ckpt
 
     def _setup_train(self) -> None:
-        """ultralytics' setup, then the precision its amp setting gives (noted in the cell's provenance)."""
+        """The cell's fp32 math mode (again: a DDP worker is a new process), ultralytics' setup, then the
+        precision its amp setting gives, and that of its per-epoch validation (noted in the cell's provenance):
+        under amp, ultralytics validates while training in fp16 autocast, whatever the training dtype."""
+        self.cell.provenance.ran_in(set_fp32_math(torch.device(self.device), self.cell.tf32))
         super()._setup_train()
         self.cell.provenance.trained_in(ultralytics_precision(self.args.amp, self.amp))
+        if self.amp:
+            self.cell.provenance.epoch_eval_precision = "fp16"
 
     def _load_checkpoint_state(self, ckpt: dict) -> None:
         """ultralytics' restore from its fp16 ``last.pt``; then, for an exact resume, the fp32 optimizer
