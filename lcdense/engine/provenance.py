@@ -40,18 +40,43 @@ FP32_MATH: tuple[str, ...] = ("ieee", "tf32")
 RESUME_SOURCES: dict[str, bool] = {"fp32_state": True, "ultralytics_fp16_ema": False}
 
 
-def autocast_precision(amp: bool, device: torch.device) -> str:
-    """The precision the shared training loop runs in: bf16 autocast on CUDA when ``amp``, else fp32
-    (on CPU ``amp`` does nothing).
+def autocast_precision(amp: bool, device: torch.device, bf16: bool | None = None) -> str:
+    """The precision the shared training loop runs in: with ``amp`` on CUDA, bf16 autocast on a GPU
+    that computes in bf16 (compute capability 8 or later) and fp16 autocast with a GradScaler on an
+    older one; fp32 otherwise (on CPU ``amp`` does nothing).
 
     Args:
         amp: Whether mixed precision is asked for (``train.amp``).
         device: The device the model runs on.
+        bf16: Whether the GPU computes in bf16; None: ask torch about ``device`` (a plan made on a
+            machine without CUDA assumes a bf16 GPU).
 
     Returns:
-        ``"bf16"`` or ``"fp32"``.
+        ``"bf16"``, ``"fp16"`` or ``"fp32"``.
+
+    >>> autocast_precision(True, torch.device("cuda"), bf16=False), autocast_precision(True, torch.device("cuda"), bf16=True)
+    ('fp16', 'bf16')
     """
-    return "bf16" if amp and device.type == "cuda" else "fp32"
+    if not amp or device.type != "cuda":
+        return "fp32"
+    if bf16 is None:
+        bf16 = not torch.cuda.is_available() or bf16_capable(torch.cuda.get_device_capability(device))
+    return "bf16" if bf16 else "fp16"
+
+
+def bf16_capable(capability: tuple[int, int]) -> bool:
+    """Whether a CUDA GPU of compute ``capability`` computes in bf16 natively (Ampere, 8.0, and later).
+
+    Args:
+        capability: ``torch.cuda.get_device_capability()``, e.g. (7, 0) for a V100.
+
+    Returns:
+        True from (8, 0) on.
+
+    >>> bf16_capable((7, 0)), bf16_capable((9, 0))
+    (False, True)
+    """
+    return tuple(capability) >= (8, 0)
 
 
 def set_fp32_math(device: torch.device, tf32: bool) -> str:
@@ -176,4 +201,4 @@ class Provenance:
         }
 
 
-__all__ = ["PRECISIONS", "FP32_MATH", "RESUME_SOURCES", "Provenance", "autocast_precision", "set_fp32_math", "fp32_math"]
+__all__ = ["PRECISIONS", "FP32_MATH", "RESUME_SOURCES", "Provenance", "autocast_precision", "bf16_capable", "set_fp32_math", "fp32_math"]

@@ -1,5 +1,5 @@
 """A compact supervised training loop that tasks share: optimizer, per-batch cosine schedule,
-bf16 autocast on GPU, per-epoch resume points, data-wait accounting and reproducible epochs.
+bf16 autocast on GPU (fp16 with a GradScaler on GPUs without bf16), no host synchronisation per step, per-epoch resume points, data-wait accounting and reproducible epochs.
 
 A task supplies ``batches(epoch)`` (an iterable of batches, ordered by :func:`epoch_generator`) and
 ``loss(model, batch)``; the loop does the rest: resume, sync-BN, the per-epoch record, the
@@ -50,7 +50,7 @@ class TrainSettings:
         weight_decay: Weight decay on every trainable parameter.
         schedule: ``"cosine"`` (to 0, per update) or ``"constant"``, after the warmup.
         warmup_epochs: Epochs of linear warmup (may be fractional).
-        amp: Train in bf16 autocast on CUDA.
+        amp: Train in mixed precision on CUDA: bf16 autocast, or fp16 with a GradScaler on a GPU without bf16.
         sync_bn: Under data parallel, turn BatchNorm into SyncBatchNorm (CUDA only).
         grad_clip: The gradient-norm clip, or None for no clipping.
         eval_every: Evaluate every this many epochs (and after the last).
@@ -148,19 +148,23 @@ def preconditioned_inexact(settings: TrainSettings) -> str | None:
     return None
 
 
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def autocast(device: torch.device, amp: bool):
-    """The loop's autocast: bf16 on CUDA when ``amp``, nothing on CPU (see
-    :func:`lcdense.engine.provenance.autocast_precision`, which names the precision it gives).
+    """The loop's autocast: on CUDA when ``amp``, bf16 (fp16 on a GPU without bf16); nothing on CPU
+    (see :func:`lcdense.engine.provenance.autocast_precision`, which names the precision it gives).
 
     Args:
         device: The device the model runs on.
         amp: Whether mixed precision is asked for (``train.amp``).
 
     Returns:
-        A ``torch.autocast`` context manager, enabled only for bf16.
+        A ``torch.autocast`` context manager, enabled only for bf16 or fp16.
     """
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
-                          enabled=autocast_precision(amp, device) == "bf16")
+    precision = autocast_precision(amp, device)
+    return torch.autocast(device_type=device.type, dtype=AUTOCAST_DTYPES.get(precision, torch.bfloat16),
+                          enabled=precision in AUTOCAST_DTYPES)
 
 
 def _seed_rngs(seed: int) -> None:
@@ -182,6 +186,17 @@ class Recipe(ABC):
 
     optimizer: torch.optim.Optimizer
     epochs: int  # how many epochs the schedule runs
+    #: the loop's GradScaler (enabled for fp16 autocast only), set before :meth:`setup`
+    scaler: torch.amp.GradScaler | None = None
+
+    def step(self) -> None:
+        """``optimizer.step()``, through the loop's GradScaler when it is enabled (fp16: the step is
+        skipped where the scaled gradients overflowed, and the scale adapts)."""
+        if self.scaler is not None and self.scaler.is_enabled():
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
 
     @abstractmethod
     def setup(self, model: nn.Module) -> None:
@@ -210,9 +225,11 @@ class Recipe(ABC):
         """What the checkpoint keeps of the recipe besides the model.
 
         Returns:
-            Checkpoint entries by name (the optimizer's state under ``optimizer``).
+            Checkpoint entries by name (the optimizer's state under ``optimizer``; an enabled
+            GradScaler's under ``scaler``).
         """
-        return {"optimizer": self.optimizer.state_dict()}
+        scaler = self.scaler is not None and self.scaler.is_enabled()
+        return {"optimizer": self.optimizer.state_dict(), **({"scaler": self.scaler.state_dict()} if scaler else {})}
 
     def restore(self, state: dict[str, Any]) -> None:
         """Take back what :meth:`state` saved, on resume.
@@ -221,6 +238,8 @@ class Recipe(ABC):
             state: the whole checkpoint (``epoch`` is the last finished epoch, from 0; ``history`` its records).
         """
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and self.scaler.is_enabled() and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
 
 
 class LoopRecipe(Recipe):
@@ -250,8 +269,10 @@ class LoopRecipe(Recipe):
 
     def update(self, updates: int) -> None:
         if self.settings.grad_clip:
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)  # clip the true gradients (a no-op unless fp16)
             nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.grad_clip)
-        self.optimizer.step()
+        self.step()
         self.scheduler.step()
 
     def state(self) -> dict[str, Any]:
@@ -308,6 +329,8 @@ def train_loop(
             raise LcdenseError("train.sync_bn needs CUDA (torch's SyncBatchNorm); set train.sync_bn=false on CPU")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     recipe = recipe or LoopRecipe(settings, steps_per_epoch)
+    precision = autocast_precision(settings.amp, cell.device)
+    recipe.scaler = torch.amp.GradScaler(cell.device.type, enabled=precision == "fp16")
     recipe.setup(model)
     check_preconditioned_optimizer(recipe.optimizer, model)
     history: list[dict[str, float]] = []
@@ -320,7 +343,7 @@ def train_loop(
         cell.provenance.resumed(after_epoch=start, source="fp32_state", data_order="replayed")
         cell.log(f"resumed {cell.variant} seed {cell.seed} after epoch {start}")
     if start < recipe.epochs:
-        cell.provenance.trained_in(autocast_precision(settings.amp, cell.device))
+        cell.provenance.trained_in(precision)
     net = world.data_parallel(model, cell.device)
     for epoch in range(start, recipe.epochs):
         _seed_rngs(epoch_seed(cell.data_seed + world.rank, epoch))
@@ -333,7 +356,7 @@ def train_loop(
             with autocast(cell.device, settings.amp):
                 value = loss(net, batch)
             recipe.optimizer.zero_grad(set_to_none=True)
-            value.backward()
+            recipe.scaler.scale(value).backward()
             count += 1
             recipe.update(epoch * steps_per_epoch + count)
             total += value.detach().double()

@@ -197,7 +197,7 @@ class TimmRecipe(Recipe):
             if opts["ema"] else None
 
     def update(self, updates: int) -> None:
-        self.optimizer.step()
+        self.step()  # through the loop's GradScaler under fp16 autocast (GPUs without bf16)
         if self.ema is not None:
             self.ema.update(self.model, step=updates)
         if self.scheduler is not None:
@@ -271,11 +271,16 @@ def fit(model: nn.Module, data: dict[str, Any], config: dict[str, Any], cell: Ce
         return scores
 
     settings = TrainSettings.from_config({k: train[k] for k in ("epochs", "lr", "amp", "sync_bn", "eval_every")})
-    history = train_loop(model, batches=batches, steps_per_epoch=len(train_loader), loss=loss, settings=settings,
-                         cell=cell, evaluate=evaluate, recipe=recipe)
+    benchmark = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True  # as timm's train.py sets it: cuDNN picks the fastest kernels once per shape
+    try:
+        history = train_loop(model, batches=batches, steps_per_epoch=len(train_loader), loss=loss, settings=settings,
+                             cell=cell, evaluate=evaluate, recipe=recipe)
+    finally:
+        torch.backends.cudnn.benchmark = benchmark
     ema, world = recipe.ema, cell.world
     facts = {
-        "recipe": "timm", "timm": timm.__version__, "channels_last": channels_last,
+        "recipe": "timm", "timm": timm.__version__, "channels_last": channels_last, "cudnn_benchmark": True,
         "optimizer": type(recipe.optimizer).__name__,
         "scheduler": type(recipe.scheduler).__name__ if recipe.scheduler is not None else None,
         "loss": type(loss_fn).__name__,
