@@ -114,8 +114,10 @@ class ClassificationTask(Task):
         return (1 if config["data"]["dataset"] == "fashion-mnist" else 3, 32, 32)
 
     def footprint(self, config: dict[str, Any]) -> Footprint:
-        """train_loop's step, plus the evaluation: clean at eval.batch_size, then FGSM (a backward to the input)."""
-        fp = super().footprint(config)
+        """train_loop's step, plus the evaluation: clean at eval.batch_size, then FGSM (a backward to the
+        input); the timm recipe's step is its own (:func:`timm_recipe.footprint`)."""
+        fp = timm_recipe.footprint(config, super().footprint(config)) if _recipe(config) == "timm" \
+            else super().footprint(config)
         fp.eval_batch_size, fp.eval_input_grad = int(config["eval"]["batch_size"]), True
         return fp
 
