@@ -222,10 +222,10 @@ def check_collectives(device: torch.device, size: dict[str, Any], out: Path) -> 
         return {"passed": False, "summary": "a process group already exists in this process"}
     backend = "nccl" if device.type == "cuda" else "gloo"
     store = Path(tempfile.mkdtemp(dir=out)) / "store"
-    dist.init_process_group(backend, init_method=f"file://{store}", rank=0, world_size=1)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL binds the group to the current device
+    dist.init_process_group(backend, init_method=f"file://{store.resolve()}", rank=0, world_size=1)
     try:
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
         world, seen = _OneRankGroup(), {}
         seen["gather"] = world.gather({"rank": 0}) == [{"rank": 0}]
         seen["mean"] = world.mean(2.5) == 2.5
