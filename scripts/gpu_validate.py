@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import copy
 import hashlib
-import json
 import math
 import sys
 import tempfile
