@@ -13,8 +13,8 @@ The benchmark: :func:`run`, :func:`sweep`, :func:`report`, :func:`analyze` and :
 (:mod:`lcdense.api`), their records (:mod:`lcdense.engine.records`) and events (:mod:`lcdense.engine.events`).
 What a task adapter builds on is exported here too: :class:`Task`, :class:`Cell`, :class:`Scope` (a named conversion scope),
 :func:`train_loop` with :class:`TrainSettings` / :class:`Recipe`, :func:`epoch_seed` / :func:`epoch_generator`,
-:func:`autocast` / :func:`autocast_precision` and :class:`Provenance` (what a cell records of its
-precision and resumes), :func:`preconditioned_inexact`, :class:`Footprint` (how a task trains, for the memory estimate),
+:func:`autocast` / :func:`autocast_precision`, :func:`set_fp32_math` / :func:`fp32_math` (the fp32 math
+mode, ``train.tf32``) and :class:`Provenance` (what a cell records of its precision and resumes), :func:`preconditioned_inexact`, :class:`Footprint` (how a task trains, for the memory estimate),
 :class:`World` (``world.shard``, ``world.data_parallel``), :func:`create_model` / :func:`cifar_resnet`,
 :func:`bench` (time and memory of the LC-Block forms against the baseline), the errors.
 """
@@ -34,7 +34,7 @@ from .cost.estimate import Footprint
 from .engine.capture import framework_output
 from .engine.distributed import World
 from .engine.events import Callback, CellEnd, CellStart, EpochEnd, RunEnd, RunStart
-from .engine.provenance import Provenance, autocast_precision
+from .engine.provenance import Provenance, autocast_precision, fp32_math, set_fp32_math
 from .engine.records import CellRecord, PlanRecord, RecordFormatError, SummaryRecord
 from .engine.task import Cell, Scope, Task, get_task, list_tasks, register_task
 from .engine.training import (
@@ -56,7 +56,7 @@ __all__ = [
     "fold_block", "INITS", "seeded_filters", "Registry", "Cell", "Scope", "Task", "get_task", "list_tasks",
     "register_task", "count_parameters", "forward_macs", "PreconditionedConv", "check_preconditioned_optimizer",
     "World", "cifar_resnet", "create_model", "TrainSettings", "Recipe", "epoch_generator", "epoch_seed", "train_loop",
-    "dry_run", "autocast", "autocast_precision", "preconditioned_inexact", "Provenance", "Footprint", "bench", "run",
+    "dry_run", "autocast", "autocast_precision", "set_fp32_math", "fp32_math", "preconditioned_inexact", "Provenance", "Footprint", "bench", "run",
     "sweep", "report", "analyze", "load", "RunResult", "CellRecord", "PlanRecord", "SummaryRecord",
     "RecordFormatError", "Callback", "RunStart", "CellStart", "EpochEnd", "CellEnd", "RunEnd", "__version__",
 ]

@@ -227,7 +227,7 @@ def test_detection_cell_records_ema_as_primary_with_both_digests(tmp_path: Path,
     provenance = record["provenance"]
     assert provenance["primary_weights"] == "ema"
     assert provenance["frozen_digests"] == {"model": record["frozen_digest_after"], "ema": record["frozen_digest_after"]}
-    assert provenance["precision"] == {"train": "fp32", "eval": "fp32"}
+    assert provenance["precision"] == {"train": "fp32", "eval": "fp32", "fp32_math": "ieee", "epoch_eval": None}
     assert 0.0 <= record["metrics"]["raw_map50_95"] <= record["metrics"]["raw_map50"] <= 1.0
     decay = provenance["weight_decay"]  # ultralytics' optimizer: conv weights decay, norms and biases do not
     assert decay["norms_and_biases"] == "not decayed" and decay["decayed"]["tensors"] > 0 and len(decay["rates"]) == 1

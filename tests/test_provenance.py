@@ -48,7 +48,7 @@ def test_cells_record_the_precision_actually_used_and_their_init(toy_installed, 
     for cell_id in ("learnable__seed0", "lc-frozen@2__seed0"):
         record = _cell(run_dir, cell_id)
         provenance = record["provenance"]
-        assert provenance["precision"] == {"train": "fp32", "eval": "fp32"}
+        assert provenance["precision"] == {"train": "fp32", "eval": "fp32", "fp32_math": "ieee", "epoch_eval": None}
         assert provenance["init"] == "kaiming_uniform"
         assert provenance["resume"] == {"resumed": False, "exact": None, "resumes": []}
         assert provenance["primary_weights"] == "model"
@@ -317,3 +317,98 @@ def test_the_summary_reports_the_raw_weights_beside_the_ema_and_says_why_for_lc_
     records = [_ema_record("frozen", 0, {"dice": 0.7}, "model", "encoder+decoder")]
     table = markdown_table(summarize(records, "dice", True))
     assert "EMA" not in table and "| dice (mean ± std) | trainable params |" in table
+# ---- the fp32 math mode (issue 21, item 3): explicit per cell, kept through evaluation, recorded ----------------
+
+def _paper_recipes() -> list[Path]:
+    import yaml
+
+    experiments = yaml.safe_load((Path(__file__).parents[1] / "lcdense" / "paper" / "experiments.yaml").read_text())
+    found = set()
+
+    def walk(node):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "recipe" and isinstance(value, str) and value.endswith(".yaml") and "tiny" not in value:
+                    found.add(value)
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(experiments)
+    return sorted(Path(__file__).parents[1] / p for p in found)
+
+
+def test_every_paper_recipe_turns_tf32_off_explicitly():
+    from lcdense.engine.config import RUN_DEFAULTS, load_yaml
+
+    recipes = _paper_recipes()
+    assert len(recipes) >= 7 and any("detection" in str(p) for p in recipes) and any("segmentation" in str(p) for p in recipes)
+    for path in recipes:
+        assert load_yaml(path)["train"]["tf32"] is False, path
+    assert RUN_DEFAULTS["train"] == {"tf32": False}  # the default for every task, downstream included
+
+
+@pytest.mark.parametrize("tf32", [False, True])
+def test_set_fp32_math_sets_torch_explicitly_and_reads_it_back(tf32, monkeypatch):
+    from lcdense import fp32_math, set_fp32_math
+
+    value = "tf32" if tf32 else "ieee"
+    try:
+        assert set_fp32_math(torch.device("cpu"), tf32) == "ieee"  # no TF32 units on a CPU
+        assert (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision,
+                torch.backends.cudnn.rnn.fp32_precision) == (value, value, value)
+        # a GPU with TF32 units (Ampere and later) reads the mode back; an older one runs IEEE fp32 whatever is set
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+        assert fp32_math(torch.device("cuda:0")) == value
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 0))
+        assert fp32_math(torch.device("cuda:0")) == "ieee"
+    finally:
+        set_fp32_math(torch.device("cpu"), False)
+
+
+def test_the_record_names_fp32_work_on_tf32_units_tf32():
+    from lcdense import Provenance
+
+    p = Provenance()
+    p.ran_in("tf32")
+    p.trained_in("fp32")
+    p.eval_precision = "fp32"
+    assert p.to_dict("kaiming_uniform")["precision"] == {"train": "tf32", "eval": "tf32", "fp32_math": "tf32",
+                                                         "epoch_eval": None}
+    p.ran_in("ieee")  # changed mid-cell (a library, a resume on another setting): both are said
+    assert p.to_dict("kaiming_uniform")["precision"]["fp32_math"] == "tf32+ieee"
+    q = Provenance()
+    q.restore(p.state())
+    assert q.fp32_math == "tf32+ieee"
+
+
+@pytest.mark.parametrize("tf32", [False, True])
+def test_training_and_evaluation_run_in_the_configured_math_mode(toy_installed, tmp_path, monkeypatch, tf32):
+    from lcdense.engine.task import get_task
+
+    seen: dict[str, list[str]] = {"fit": [], "evaluate": []}
+    toy = type(get_task("toy"))
+    fit, evaluate = toy.fit, toy.evaluate
+
+    def spy(name, method):
+        def wrapped(self, *args):
+            seen[name].append(torch.backends.cudnn.conv.fp32_precision + "/" + torch.backends.cuda.matmul.fp32_precision)
+            return method(self, *args)
+        return wrapped
+
+    monkeypatch.setattr(toy, "fit", spy("fit", fit))
+    monkeypatch.setattr(toy, "evaluate", spy("evaluate", evaluate))
+    # a previous cell (or torch's default: cuDNN convolutions in TF32) left the other mode behind
+    from lcdense import set_fp32_math
+
+    set_fp32_math(torch.device("cpu"), not tf32)
+    try:
+        assert main(["run", "--task", "toy", "--variants", "learnable", "--epochs", "1", "--set", f"train.tf32={str(tf32).lower()}",
+                     "--out", str(tmp_path), "--quiet", "--no-analysis"]) == 0
+    finally:
+        set_fp32_math(torch.device("cpu"), False)
+    want = "tf32/tf32" if tf32 else "ieee/ieee"
+    assert seen == {"fit": [want], "evaluate": [want]}
+    record = _cell(_run_dir(tmp_path), "learnable__seed0")
+    assert record["provenance"]["precision"]["fp32_math"] == "ieee"  # CPU: no TF32 units, whatever is allowed

@@ -91,7 +91,7 @@ def test_timm_recipe_end_to_end_all_four_variants(tmp_path):
         assert record["metrics"]["top1_best"] == best["top1"] and record["metrics"]["best_epoch"] == best["epoch"]
         assert record["metrics"]["top1_last"] == history[-1]["top1"]
         assert (facts["recipe"], facts["channels_last"]) == ("timm", True)
-        assert record["provenance"]["precision"] == {"train": "fp32", "eval": "fp32"}
+        assert record["provenance"]["precision"] == {"train": "fp32", "eval": "fp32", "fp32_math": "ieee", "epoch_eval": None}
         assert record["provenance"]["resume"]["resumed"] is False and record["provenance"]["primary_weights"] == "model"
         assert (facts["optimizer"], facts["scheduler"], facts["loss"]) == ("Lamb", "CosineLRScheduler", "BinaryCrossEntropy")
         assert facts["auto_augment"] == "rand-m7-mstd0.5-inc1" and facts["mixup"] == {"mixup": 0.1, "cutmix": 1.0}

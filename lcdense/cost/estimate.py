@@ -74,6 +74,9 @@ class Footprint:
             the optimizer still exists (per-epoch validation), and, with ``eval_input_grad``, an
             eval-mode forward and backward to the input once the optimizer is gone.
         eval_input_grad: The evaluation includes a backward to the input (e.g. FGSM robustness).
+        make_optimizer: The task's own optimizer (e.g. timm's LAMB), built over the model as the
+            task builds it; None: the one ``optimizer`` names. ``optimizer`` still names it in
+            the estimate.
     """
 
     batch_size: int
@@ -89,6 +92,7 @@ class Footprint:
     model_copies: int = 0
     eval_batch_size: int | None = None
     eval_input_grad: bool = False
+    make_optimizer: Callable[[nn.Module], torch.optim.Optimizer] | None = None
 
 
 @dataclass
@@ -235,7 +239,7 @@ def estimate(model: nn.Module, footprint: Footprint, *, convert: Callable[[nn.Mo
         counts = count_parameters(fake)
         params = list(fake.parameters())
         trainable = [p for p in params if p.requires_grad]
-        optimizer = _optimizer(trainable, fp, foreach=device.type == "cuda")
+        optimizer = fp.make_optimizer(fake) if fp.make_optimizer else _optimizer(trainable, fp, foreach=device.type == "cuda")
         x = _batch(fp.batch_size, fp)
         autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=fp.amp and device.type == "cuda")
         model_tensors = [*params, *fake.buffers()]

@@ -171,12 +171,23 @@ class PeakMemory:
 def available_memory(device: torch.device) -> tuple[int, str]:
     """Bytes this process can still allocate on ``device``, and where the number comes from.
 
-    CUDA: the device's total memory. CPU: the least of the free memory (``MemAvailable``), the
-    address-space limit (``ulimit -v``) less what is mapped, and a cgroup limit less its usage.
+    CUDA: the device's free memory (``torch.cuda.mem_get_info``: other processes and this one's
+    tensors take their share) plus what this process's caching allocator holds but no tensor uses
+    (it is reused before anything new is asked of the driver). CPU: the least of the free memory
+    (``MemAvailable``), the address-space limit (``ulimit -v``) less what is mapped, and a cgroup
+    limit less its usage.
+
+    Args:
+        device: Where the cell will run.
+
+    Returns:
+        (bytes, the source of the number, for messages).
     """
     if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        return int(props.total_memory), f"{props.name} total memory"
+        free, total = torch.cuda.mem_get_info(device)
+        cached = max(0, torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+        name = torch.cuda.get_device_name(device)
+        return int(free + cached), f"free memory of {name} ({format_bytes(free + cached)} of {format_bytes(total)})"
     limits: list[tuple[int, str]] = []
     meminfo = _read_kv("/proc/meminfo")
     if "MemAvailable" in meminfo:

@@ -40,6 +40,7 @@ from ..cost.memory import PeakMemory
 from .config import cell_config
 from .distributed import World, join
 from .events import CellEnd, CellStart, Events
+from .provenance import fp32_math, set_fp32_math
 from .records import (
     CellRecord,
     PlanRecord,
@@ -291,7 +292,10 @@ def run_cell(task: Task, data: Any, config: dict[str, Any], spec: CellSpec, run:
     cell = Cell(variant=spec.variant.name, seed=spec.seed, init_seed=spec.seed, data_seed=data_seed,
                 dir=cell_dir.path, device=device, convert=convert_fn, quiet=quiet,
                 log=(lambda _msg: None) if quiet else events.print,  # the console, not train.log
-                world=world, init=init, id=spec.id, events=events, verbose=bool(cfg["run"].get("verbose")))
+                world=world, init=init, id=spec.id, events=events, verbose=bool(cfg["run"].get("verbose")),
+                tf32=bool(cfg.get("train", {}).get("tf32", False)))
+    # the fp32 math mode, explicit for every cell: training, evaluation and FGSM run in it
+    cell.provenance.ran_in(set_fp32_math(device, cell.tf32))
     began = time.perf_counter()
     if world.is_main:
         with open(cell.log_path, "a", encoding="utf-8") as f:
@@ -308,6 +312,7 @@ def run_cell(task: Task, data: Any, config: dict[str, Any], spec: CellSpec, run:
                 f"(digest {digest_before[:12]} -> {digest_after[:12]}); its results are not valid"
             )
         metrics = task.evaluate(model, data, cfg, cell)
+        cell.provenance.ran_in(fp32_math(device))  # what was in force at the end (a library could have changed it)
         _check_evaluated_copies(cell, digest_after, spec)
     peaks = world.gather(memory.peak_mb)  # each rank's own peak, in rank order
     costs = {"train_time_s": train_time, "wall_time_s": time.perf_counter() - began, "peak_memory_mb": max(peaks),

@@ -132,6 +132,8 @@ class Cell:
         id: The cell's id (empty: ``<variant>__seed<seed>``).
         events: The run's callbacks, which :meth:`epoch_end` reports to.
         verbose: Show the framework output on the console too.
+        tf32: ``train.tf32``: the fp32 math mode the runner set (:func:`lcdense.set_fp32_math`); a
+            worker process that a task's framework launches sets it again.
     """
 
     variant: str
@@ -149,6 +151,7 @@ class Cell:
     id: str = ""
     events: Events = field(default_factory=Events)
     verbose: bool = False
+    tf32: bool = False
 
     @property
     def log_path(self) -> Path:

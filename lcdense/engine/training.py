@@ -1,5 +1,5 @@
 """A compact supervised training loop that tasks share: optimizer, per-batch cosine schedule,
-bf16 (or fp16, with a gradient scaler) autocast on GPU, per-epoch resume points, data-wait accounting and reproducible epochs.
+bf16 autocast on GPU (fp16 with a gradient scaler when asked, or on GPUs without bf16), no host synchronisation per step, per-epoch resume points, data-wait accounting and reproducible epochs.
 
 A task supplies ``batches(epoch)`` (an iterable of batches, ordered by :func:`epoch_generator`) and
 ``loss(model, batch)``; the loop does the rest: resume, sync-BN, the per-epoch record, the
@@ -55,8 +55,9 @@ class TrainSettings:
             combinations), as ultralytics and timm do — norm scales and shifts and biases are not.
         schedule: ``"cosine"`` (to 0, per update) or ``"constant"``, after the warmup.
         warmup_epochs: Epochs of linear warmup (may be fractional).
-        amp: Mixed precision on CUDA: true or ``"bf16"`` (bf16 autocast), ``"fp16"`` (fp16 autocast
-            with a gradient scaler), false (fp32); see :func:`lcdense.autocast_precision`.
+        amp: Mixed precision on CUDA: true (bf16 autocast; fp16 with a gradient scaler on a GPU
+            without bf16), ``"bf16"``, ``"fp16"`` (fp16 autocast with a gradient scaler), false
+            (fp32); see :func:`lcdense.autocast_precision`.
         sync_bn: Under data parallel, turn BatchNorm into SyncBatchNorm (CUDA only).
         grad_clip: The gradient-norm clip, or None for no clipping.
         eval_every: Evaluate every this many epochs (and after the last).

@@ -129,8 +129,10 @@ class ClassificationTask(Task):
         return (1 if config["data"]["dataset"] == "fashion-mnist" else 3, 32, 32)
 
     def footprint(self, config: dict[str, Any]) -> Footprint:
-        """train_loop's step, plus the evaluation: clean at eval.batch_size, then FGSM (a backward to the input)."""
-        fp = super().footprint(config)
+        """train_loop's step, plus the evaluation: clean at eval.batch_size, then FGSM (a backward to the
+        input); the timm recipe's step is its own (:func:`timm_recipe.footprint`)."""
+        fp = timm_recipe.footprint(config, super().footprint(config)) if _recipe(config) == "timm" \
+            else super().footprint(config)
         fp.eval_batch_size, fp.eval_input_grad = int(config["eval"]["batch_size"]), True
         return fp
 
@@ -156,8 +158,8 @@ class ClassificationTask(Task):
                 return _tensor_batches(data, batch_size, epoch, cell, bool(train.get("augment", True)))
         else:
             world = cell.world
-            loader_args = {"batch_size": batch_size // world.size, "num_workers": int(config["data"]["workers"]),
-                           "drop_last": True}
+            loader_args = {"batch_size": batch_size // world.size, "drop_last": True,
+                           **loader_options(config, cell.device)}
             steps = len(data["train"]) // batch_size
 
             def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -166,7 +168,7 @@ class ClassificationTask(Task):
                     seed=epoch_seed(cell.data_seed, epoch), drop_last=True)
                 loader = torch.utils.data.DataLoader(data["train"], sampler=sampler, **loader_args,
                                                      generator=epoch_generator(cell.data_seed + world.rank, epoch))
-                return ((x.to(cell.device), y.to(cell.device)) for x, y in loader)
+                return ((x.to(cell.device, non_blocking=True), y.to(cell.device, non_blocking=True)) for x, y in loader)
 
         history = train_loop(model, batches=batches, steps_per_epoch=steps, loss=loss, settings=settings, cell=cell,
                              evaluate=lambda m: _clean_metrics(m, data, config, cell.device))
@@ -214,6 +216,17 @@ def _image_folders(root: Path, size: int) -> dict[str, Any]:
     return {"train": datasets.ImageFolder(root / "train", train_tf), "val": datasets.ImageFolder(root / "val", val_tf)}
 
 
+def loader_options(config: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """The image-folder DataLoaders' workers and memory pinning: batches bound for a GPU are
+    collated into pinned (page-locked) memory, so their copies to the device run asynchronously.
+
+    >>> cfg = {"data": {"workers": 4}}
+    >>> loader_options(cfg, torch.device("cuda")), loader_options(cfg, torch.device("cpu"))
+    ({'num_workers': 4, 'pin_memory': True}, {'num_workers': 4, 'pin_memory': False})
+    """
+    return {"num_workers": int(config["data"]["workers"]), "pin_memory": device.type == "cuda"}
+
+
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """CIFAR augmentation on a uint8 batch: 4-pixel zero padding, random 32-px crop, horizontal flip."""
     n, _, h, w = x.shape
@@ -253,9 +266,9 @@ def _val_batches(data: Any, config: dict[str, Any], device: torch.device) -> Ite
         for start in range(0, len(data.val_y), size):
             yield (data.val_x[start:start + size].to(device).float().div_(255), data.val_y[start:start + size].to(device))
     else:
-        loader = torch.utils.data.DataLoader(data["val"], batch_size=size, num_workers=int(config["data"]["workers"]))
+        loader = torch.utils.data.DataLoader(data["val"], batch_size=size, **loader_options(config, device))
         for x, y in loader:
-            yield x.to(device), y.to(device)
+            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 
 @torch.no_grad()

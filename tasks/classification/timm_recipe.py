@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lcdense import (Cell, LcdenseError, Recipe, TrainSettings, autocast, autocast_precision, epoch_seed, frozen_digest,
+from lcdense import (Cell, Footprint, LcdenseError, Recipe, TrainSettings, autocast, autocast_precision, epoch_seed, frozen_digest,
                      train_loop)
 
 from .scoring import SUMS, batch_sums, class_hits, fgsm, metrics_from_sums, per_class_top1
@@ -113,6 +113,26 @@ def optimizer_and_schedule(model: nn.Module, train: dict[str, Any], steps: int) 
         warmup_lr=float(opts["warmup_lr"]), min_lr=float(opts["min_lr"]), cooldown_epochs=int(opts["cooldown_epochs"]),
         updates_per_epoch=steps)
     return optimizer, scheduler, epochs
+
+
+def footprint(config: dict[str, Any], loop: Footprint) -> Footprint:
+    """What the timm recipe trains, for the memory plan: ``loop`` (the shared loop's batch, input and
+    autocast) with timm's own optimizer as :func:`optimizer_and_schedule` builds it (LAMB keeps two
+    moments per trainable parameter, where SGD keeps one), channels_last, and the EMA's full copy of
+    the model (its frozen banks included) when ``train.timm.ema``.
+
+    Args:
+        config: The cell's config.
+        loop: The shared loop's footprint of ``config``.
+
+    Returns:
+        The footprint :func:`lcdense.cost.estimate.estimate` plans the cell with.
+    """
+    train, opts = config["train"], config["train"]["timm"]
+    loop.optimizer, loop.channels_last = str(opts["opt"]).lower(), bool(opts["channels_last"])
+    loop.model_copies = 1 if opts["ema"] else 0
+    loop.make_optimizer = lambda model: optimizer_and_schedule(model, train, 1)[0]
+    return loop
 
 
 def _data_config(config: dict[str, Any], model: nn.Module) -> dict[str, Any]:
@@ -304,11 +324,16 @@ def fit(model: nn.Module, data: dict[str, Any], config: dict[str, Any], cell: Ce
     if repeats and not cell.world.active:
         cell.log(f"train.timm.aug_repeats {repeats} is off: timm repeats augmentations across data-parallel ranks, "
                  "and this cell runs in one process (recorded in the cell)")
-    history = train_loop(model, batches=batches, steps_per_epoch=len(train_loader), loss=loss, settings=settings,
-                         cell=cell, evaluate=evaluate, recipe=recipe)
+    benchmark = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True  # as timm's train.py sets it: cuDNN picks the fastest kernels once per shape
+    try:
+        history = train_loop(model, batches=batches, steps_per_epoch=len(train_loader), loss=loss, settings=settings,
+                             cell=cell, evaluate=evaluate, recipe=recipe)
+    finally:
+        torch.backends.cudnn.benchmark = benchmark
     ema, world = recipe.ema, cell.world
     facts = {
-        "recipe": "timm", "timm": timm.__version__, "channels_last": channels_last,
+        "recipe": "timm", "timm": timm.__version__, "channels_last": channels_last, "cudnn_benchmark": True,
         "optimizer": type(recipe.optimizer).__name__,
         "scheduler": type(recipe.scheduler).__name__ if recipe.scheduler is not None else None,
         "loss": type(loss_fn).__name__,

@@ -45,7 +45,7 @@ from ultralytics.nn.tasks import DetectionModel, yaml_model_load
 from ultralytics.utils import DEFAULT_CFG
 from ultralytics.utils.torch_utils import unwrap_model
 
-from lcdense import Cell, LcdenseError, fold, frozen_digest, frozen_tensors
+from lcdense import Cell, LcdenseError, fold, frozen_digest, frozen_tensors, set_fp32_math
 
 from .evaluation import Predictions
 
@@ -179,14 +179,17 @@ class LcdenseDetectionTrainer(DetectionTrainer):
         self.device = self.cell.device
 
     def _setup_train(self) -> None:
-        """ultralytics' setup (DDP on the CPU without device ids), then the precision its amp setting
-        gives and what its optimizer decays (weights only: it never decays norms and biases), noted in
-        the cell's provenance."""
+        """ultralytics' setup (DDP on the CPU without device ids), then, noted in the cell's provenance:
+        the precision its amp setting gives, that of its per-epoch validation (under amp, ultralytics
+        validates while training in fp16 autocast, whatever the training dtype) and what its optimizer
+        decays (weights only: it never decays norms and biases)."""
         cpu_ddp = self.world_size > 1 and self.device.type == "cpu"
         with mock.patch.object(nn.parallel, "DistributedDataParallel", _CpuDistributedDataParallel) if cpu_ddp \
                 else contextlib.nullcontext():
             super()._setup_train()
         self.cell.provenance.trained_in(ultralytics_precision(self.args.amp, self.amp))
+        if self.amp:
+            self.cell.provenance.epoch_eval_precision = "fp16"
         self.cell.provenance.note_weight_decay(self.optimizer, unwrap_model(self.model))  # no decay on norms, biases
 
     def _check_digest(self, model: nn.Module, when: str) -> None:
