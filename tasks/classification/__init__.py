@@ -98,8 +98,16 @@ class ClassificationTask(Task):
         return data
 
     def build_model(self, config: dict[str, Any], data: Any) -> nn.Module:
-        m = config["model"]
+        return self.model_from_facts(config, self.model_facts(config, data))
+
+    def model_facts(self, config: dict[str, Any], data: Any) -> dict[str, Any]:
+        """The classes, input channels and normalisation the model is built for."""
         classes, channels, mean, std = _data_shape(data)
+        return {"classes": classes, "channels": channels, "mean": list(mean), "std": list(std)}
+
+    def model_from_facts(self, config: dict[str, Any], facts: dict[str, Any]) -> nn.Module:
+        m = config["model"]
+        classes, channels, mean, std = facts["classes"], facts["channels"], facts["mean"], facts["std"]
         if m["name"] == "resnet_lc":
             net = cifar_resnet(int(m["depth"]), int(m["width"]), int(m["kernel_size"]), classes, channels)
         else:
