@@ -61,7 +61,7 @@ from ..engine.variants import (
     parse_variants,
     sweep_point,
 )
-from .models import cell_model
+from .models import cell_model, export_cell
 
 #: The sweep axes with a flag of their own on the command line (``--kernel-size 3,5`` is
 #: ``--axis kernel_size=3,5``; ``--axis`` takes any axis of a task), with the flag's help.
@@ -150,6 +150,23 @@ class RunResult:
                 weights file that is missing, corrupt, tampered with or does not rebuild exactly.
         """
         return cell_model(self.run_dir, self.cell(cell_id), weights=weights, device=device, folded=folded)
+
+    def export(self, cell_id: str, *, weights: str | None = None, out: str | os.PathLike | None = None) -> dict[str, Path]:
+        """Write a finished cell's folded model as a plain checkpoint of its own library, loadable
+        without lcdense (see :func:`lcdense.api.models.export_cell`; ``lcdense export`` calls it).
+
+        Args:
+            cell_id: A finished cell's id.
+            weights: ``model``, ``best`` or ``ema``; None: the cell's primary weights.
+            out: The folder to write; default ``cells/<id>/export/<weights>`` (never overwritten).
+
+        Returns:
+            The library's name (``timm``, ``torchvision``, ``smp``, ``ultralytics``, ``lcdense``) → what to load.
+
+        Raises:
+            LcdenseError: As :meth:`model`; or ``out`` exists and is not empty; or the task has no export.
+        """
+        return export_cell(self.run_dir, self.cell(cell_id), weights=weights, out=out)
 
     def metric(self, variant: str, name: str | None = None, group: str = "") -> dict[int, float]:
         """Seed → value of metric ``name`` (default: the primary metric) for ``variant``."""

@@ -220,6 +220,22 @@ class Task(ABC):
             raise LcdenseError(f"task '{self.name}' cannot rebuild its model without its data ({type(exc).__name__}); "
                                "it needs model_facts() and model_from_facts()") from None
 
+    def export(self, model: nn.Module, config: dict[str, Any], facts: dict[str, Any], folder: Path) -> dict[str, Path]:
+        """Write a trained, folded ``model`` into ``folder`` as a plain checkpoint of the library
+        its architecture comes from (loadable without lcdense), with what that library needs to
+        build it (``lcdense export``). The default: the task has no such export.
+
+        Args:
+            model: The trained model, every LC-Block folded (plain convs only).
+            config: The cell's config.
+            facts: The cell's :meth:`model_facts`.
+            folder: An existing, empty folder.
+
+        Returns:
+            What was written: a short name (e.g. ``"timm"``) → the file or folder to load.
+        """
+        raise LcdenseError(f"task '{self.name}' cannot export its models to a library's own format")
+
     @abstractmethod
     def input_size(self, config: dict[str, Any]) -> tuple[int, ...]:
         """One sample's input shape (C, H, W) used for MAC counts."""
