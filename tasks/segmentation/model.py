@@ -159,7 +159,9 @@ def init_sources(model: nn.Module, init: str) -> dict[str, str]:
     built: dict[str, str] = getattr(model, _BUILD_DIGESTS, {})
     out = {}
     for name, module in _spatial_convs(model):
-        if isinstance(module, LCConv):
+        if lcdense.is_trained(module):
+            out[name] = "trained (model.encoder_from)"
+        elif isinstance(module, LCConv):
             out[name] = f"lcdense {init} (LC-Block spatial bank)"
         elif built.get(name) != _digest(module.weight):
             out[name] = f"lcdense {init}"
