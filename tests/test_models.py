@@ -49,11 +49,17 @@ def _same_model(trained: torch.nn.Module, loaded: torch.nn.Module, x: torch.Tens
 
 
 @pytest.fixture(scope="module")
-def classification(tmp_path_factory):
+def cache(tmp_path_factory) -> str:
+    """One cache of generated datasets for the module's runs."""
+    return str(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="module")
+def classification(tmp_path_factory, cache):
     """The embedded classification config (ResNet-8-16), one epoch on a slice: E = 1 and 64."""
     spy = Trained()
     result = lcdense.run("classification", variants="learnable,frozen,lc-frozen", E="1,64", callbacks=[spy],
-                         out=str(tmp_path_factory.mktemp("runs")), **TINY)
+                         out=str(tmp_path_factory.mktemp("runs")), **TINY, **{"run.cache_dir": cache})
     return result, spy.models
 
 
@@ -165,12 +171,12 @@ def test_resnet_lc_export_is_a_plain_state_dict(classification, tmp_path, capsys
 
 
 @pytest.fixture(scope="module")
-def timm_classifier(tmp_path_factory):
+def timm_classifier(tmp_path_factory, cache):
     """A timm classifier (timm's small test ResNet) trained lc-frozen at E = 2 on the embedded data."""
     pytest.importorskip("timm")
     spy = Trained()
     result = lcdense.run("classification", variants="lc-frozen", E="2", model="timm:test_resnet", callbacks=[spy],
-                         out=str(tmp_path_factory.mktemp("runs")), **TINY)
+                         out=str(tmp_path_factory.mktemp("runs")), **TINY, **{"run.cache_dir": cache})
     return result, spy.models
 
 
@@ -197,12 +203,18 @@ def test_timm_export_loads_in_timm_and_matches(timm_classifier):
 def transfer(timm_classifier, tmp_path_factory):
     """Segmentation on the embedded Carvana set whose U-Net encoder is the trained timm classifier."""
     pytest.importorskip("segmentation_models_pytorch")
+    from lcdense_tasks.segmentation.embedded import generate_carvana
+
     classifier, _ = timm_classifier
+    root = tmp_path_factory.mktemp("data") / "carvana"
+    generate_carvana(root, cars=4, size=(48, 32))  # 4 cars x 16 views, in the official layout
     spy = Trained()
     source = Path(classifier.run_dir) / "cells" / "lc-frozen@2__seed0"
     result = lcdense.run("segmentation", variants="frozen,lc-frozen", E="2", epochs=1, quiet=True, analysis=False,
-                         callbacks=[spy], out=str(tmp_path_factory.mktemp("runs")),
-                         **{"model.encoder_from": str(source), "data.image_size": [32, 48], "train.batch_size": 8})
+                         callbacks=[spy], out=str(tmp_path_factory.mktemp("runs")), data=str(root),
+                         **{"model.encoder_from": str(source), "data.image_size": [32, 48], "train.batch_size": 8,
+                            "model.encoder_depth": 3, "model.decoder_channels": [16, 8, 4], "train.lr": 3e-3,
+                            "data.val_fraction": 0.25})
     return classifier, result, spy.models
 
 
