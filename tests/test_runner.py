@@ -171,7 +171,7 @@ def test_bad_input_is_one_line_and_exit_2(toy_installed, tmp_path, capsys, argv,
 def test_tasks_verbose_lists_axes_and_conversion_scopes(capsys):
     assert main(["tasks", "-v"]) == 0
     out = capsys.readouterr().out
-    assert "sweep axes: E, width, depth, kernel_size, init, mid, scope" in out
+    assert "sweep axes: E, width, depth, kernel_size, model, init, mid, scope" in out
     assert "scope encoder+decoder (default): encoder and decoder; the segmentation head's 3x3 conv stays learnable" in out
     assert "scope backbone+neck (default): backbone and neck; the Detect head (its 3x3 and 1x1 convs) stays learnable" in out
     assert "scope stem: the stem alone" in out and "scope all (default): every spatial conv, the stem included" in out
