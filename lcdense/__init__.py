@@ -36,6 +36,7 @@ from .engine.distributed import World
 from .engine.events import Callback, CellEnd, CellStart, EpochEnd, RunEnd, RunStart
 from .engine.provenance import Provenance, autocast_precision
 from .engine.records import CellRecord, PlanRecord, RecordFormatError, SummaryRecord
+from .engine.suites import Progress, Suite, SuiteContext, SuiteResult, get_suite, list_suites, register_suite
 from .engine.task import Cell, Task, get_task, list_tasks, register_task
 from .engine.training import (
     Recipe,
@@ -58,5 +59,6 @@ __all__ = [
     "World", "cifar_resnet", "create_model", "TrainSettings", "Recipe", "epoch_generator", "epoch_seed", "train_loop",
     "dry_run", "autocast", "autocast_precision", "preconditioned_inexact", "Provenance", "Footprint", "bench", "run",
     "sweep", "report", "analyze", "load", "RunResult", "CellRecord", "PlanRecord", "SummaryRecord",
-    "RecordFormatError", "Callback", "RunStart", "CellStart", "EpochEnd", "CellEnd", "RunEnd", "__version__",
+    "RecordFormatError", "Suite", "SuiteContext", "SuiteResult", "Progress", "register_suite", "get_suite",
+    "list_suites", "Callback", "RunStart", "CellStart", "EpochEnd", "CellEnd", "RunEnd", "__version__",
 ]
