@@ -24,6 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import nn
+
 from ..base.errors import LcdenseError
 from ..engine.config import load_yaml, resolve
 from ..engine.distributed import launched_by_torchrun, torchrun_command, visible_gpus
@@ -58,6 +61,7 @@ from ..engine.variants import (
     parse_variants,
     sweep_point,
 )
+from .models import cell_model, export_cell
 
 #: The sweep axes with a flag of their own on the command line (``--kernel-size 3,5`` is
 #: ``--axis kernel_size=3,5``; ``--axis`` takes any axis of a task), with the flag's help.
@@ -105,6 +109,64 @@ class RunResult:
     def complete(self) -> bool:
         """Whether every cell of the plan has finished."""
         return len(self.cells) == len(self.plan.cells)
+
+    def cell(self, cell_id: str) -> CellRecord:
+        """The record of finished cell ``cell_id``.
+
+        Args:
+            cell_id: A cell id (its folder name under ``cells/``).
+
+        Returns:
+            The cell's record.
+
+        Raises:
+            LcdenseError: No finished cell has that id (the error lists them).
+        """
+        for record in self.cells:
+            if record.id == cell_id:
+                return record
+        finished = ", ".join(c.id for c in self.cells) or "none"
+        raise LcdenseError(f"{self.run_dir} has no finished cell '{cell_id}'; finished cells: {finished}")
+
+    def model(self, cell_id: str, *, device: str | torch.device = "cpu", folded: bool = False,
+              weights: str | None = None) -> nn.Module:
+        """The trained model of a finished cell, rebuilt with its frozen filters regenerated and
+        verified (see :func:`lcdense.api.models.cell_model`).
+
+        >>> lcdense.load(run_dir).model("lc-frozen@8__seed0", device="cuda", folded=True)  # doctest: +SKIP
+
+        Args:
+            cell_id: A finished cell's id.
+            device: Where the model goes.
+            folded: Fold every LC-Block into a plain conv (:func:`lcdense.fold`).
+            weights: ``model`` (final), ``best`` or ``ema`` where the cell keeps them; None: the
+                weights its primary metric was measured on.
+
+        Returns:
+            The model, in eval mode, on ``device``.
+
+        Raises:
+            LcdenseError: An unknown or unfinished cell, weights the cell does not keep, or a
+                weights file that is missing, corrupt, tampered with or does not rebuild exactly.
+        """
+        return cell_model(self.run_dir, self.cell(cell_id), weights=weights, device=device, folded=folded)
+
+    def export(self, cell_id: str, *, weights: str | None = None, out: str | os.PathLike | None = None) -> dict[str, Path]:
+        """Write a finished cell's folded model as a plain checkpoint of its own library, loadable
+        without lcdense (see :func:`lcdense.api.models.export_cell`; ``lcdense export`` calls it).
+
+        Args:
+            cell_id: A finished cell's id.
+            weights: ``model``, ``best`` or ``ema``; None: the cell's primary weights.
+            out: The folder to write; default ``cells/<id>/export/<weights>`` (never overwritten).
+
+        Returns:
+            The library's name (``timm``, ``torchvision``, ``smp``, ``ultralytics``, ``lcdense``) → what to load.
+
+        Raises:
+            LcdenseError: As :meth:`model`; or ``out`` exists and is not empty; or the task has no export.
+        """
+        return export_cell(self.run_dir, self.cell(cell_id), weights=weights, out=out)
 
     def metric(self, variant: str, name: str | None = None, group: str = "") -> dict[int, float]:
         """Seed → value of metric ``name`` (default: the primary metric) for ``variant``."""

@@ -107,6 +107,8 @@ class CellRecord(_Record):
         frozen_digest_after: The frozen digest after training.
         costs: Parameters, MACs, times, peak memory, device and host.
         conversion: The conversion report as a dict.
+        models: The weights the cell keeps (``model``: the final ones; ``best``, ``ema``): name →
+            ``file``, ``sha256``, ``bytes``, ``frozen_digest`` (see :mod:`lcdense.engine.trained`).
         provenance: How the cell's numbers came about (precision, init, resume, weights evaluated).
         paper: A paper run's experiment, scale, recipe and overrides.
         error: Why the cell failed.
@@ -136,6 +138,8 @@ class CellRecord(_Record):
     frozen_digest_after: str | None = None
     costs: dict[str, Any] = field(default_factory=dict)
     conversion: dict[str, Any] = field(default_factory=dict)
+    #: The weights the cell keeps: name → file, sha256, bytes, frozen_digest (empty before lcdense kept them).
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: How the cell's numbers came about (precision, init, resume, weights evaluated); optional.
     provenance: dict[str, Any] | None = None
     #: A paper run's experiment, scale, recipe and overrides (see :mod:`lcdense.paper`); optional.

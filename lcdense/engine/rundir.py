@@ -13,7 +13,8 @@ every path of a run, and no other module joins them.
       jobs.json, jobs/           the executors' jobs (submitit's files under jobs/<job id>/)
       tensorboard/, mlflow.db, mlartifacts/         the experiment trackers
       cells/<cell id>/           CellDir: cell.json, conversion.txt, filters.pt, checkpoint.pt,
-                                 train.log, history.csv, per_<unit>.csv
+                                 train.log, history.csv, per_<unit>.csv, the trained weights
+                                 (model.safetensors; best, ema: <name>.safetensors), export/
     OUT/TASK/dry-run/<time>.json the estimates of a dry run
     OUT/.cache/                  generated datasets (unless run.cache_dir says otherwise)
 
@@ -98,6 +99,21 @@ class CellDir(_Folder):
     def checkpoint_pt(self) -> Path:
         """The last epoch's resume point (removed once the cell finished)."""
         return self.path / "checkpoint.pt"
+
+    def weights_file(self, weights: str) -> Path:
+        """``<weights>.safetensors``: the learned tensors of the cell's ``model`` (final), ``best`` or ``ema`` weights."""
+        return self.path / f"{weights}.safetensors"
+
+    def weights_files(self) -> dict[str, Path]:
+        """The weights files that exist: name → path, sorted by name."""
+        if not self.path.is_dir():
+            return {}
+        return {p.name.removesuffix(".safetensors"): p for p in sorted(self.path.glob("*.safetensors")) if p.is_file()}
+
+    @property
+    def export(self) -> Path:
+        """``export/``: the cell's folded model as its library's own checkpoint (``lcdense export``)."""
+        return self.path / "export"
 
     @property
     def train_log(self) -> Path:

@@ -45,9 +45,10 @@ from .records import (
     write_cell,
     write_plan,
 )
-from .rundir import RunDir, runs_folder
+from .rundir import CellDir, RunDir, runs_folder
 from .task import Cell, Task, get_task
 from .trackers import check_loggers
+from .trained import describe
 from .variants import CellSpec, Variant
 
 PACKAGES = ("torch", "torchvision", "timm", "ultralytics", "segmentation-models-pytorch", "albumentations",
@@ -173,15 +174,17 @@ def cell_init(cfg: dict[str, Any], variant: Variant) -> str:
     return cfg["conversion"]["init"]
 
 
-def converter(cfg: dict[str, Any], spec: CellSpec, task: Task) -> Callable[[torch.nn.Module], ConversionReport]:
+def converter(cfg: dict[str, Any], spec: CellSpec, task: Task,
+              counted: bool = True) -> Callable[[torch.nn.Module], ConversionReport]:
     """The conversion of ``spec``'s variant, seeded with the cell's init seed. The settings only
-    its mode takes come from the variant (``E``, ``spatial``) or else from ``conversion.<setting>``."""
+    its mode takes come from the variant (``E``, ``spatial``) or else from ``conversion.<setting>``.
+    ``counted``: the report counts MACs at the task's input size (a rebuild skips it)."""
     conv = cfg["conversion"]
     variant = spec.variant
     kwargs: dict[str, Any] = {
         "init": cell_init(cfg, variant), "seed": spec.seed, "include": conv["include"], "exclude": conv["exclude"],
         "stem": conv["stem"], "head": conv["head"],
-        "input_size": task.input_size(cfg), "batch_size": int(cfg["train"].get("batch_size", 1)),
+        "input_size": task.input_size(cfg) if counted else None, "batch_size": int(cfg["train"].get("batch_size", 1)),
     }
     from_variant = {"E": variant.E, "spatial": variant.spatial}
     kwargs.update({key: from_variant[key] if key in from_variant else conv[key] for key in variant.spec.options})
@@ -246,7 +249,8 @@ def run_cell(task: Task, data: Any, config: dict[str, Any], spec: CellSpec, run:
     cell = Cell(variant=spec.variant.name, seed=spec.seed, init_seed=spec.seed, data_seed=data_seed,
                 dir=cell_dir.path, device=device, convert=convert_fn, quiet=quiet,
                 log=(lambda _msg: None) if quiet else events.print,  # the console, not train.log
-                world=world, gpus=gpus, init=init, id=spec.id, events=events, verbose=bool(cfg["run"].get("verbose")))
+                world=world, gpus=gpus, init=init, id=spec.id, events=events, verbose=bool(cfg["run"].get("verbose")),
+                model_info=model_info(task, cfg, spec, task.model_facts(cfg, data)))
     began = time.perf_counter()
     if world.is_main:
         with open(cell.log_path, "a", encoding="utf-8") as f:
@@ -270,12 +274,50 @@ def run_cell(task: Task, data: Any, config: dict[str, Any], spec: CellSpec, run:
     record = make_cell_record(task, spec, data_seed, metrics, history, (digest_before, digest_after), report, costs,
                               _provenance(cell, digest_after), cfg)
     if world.is_main:
+        cell.save_weights("model", model)
+        record.models = _kept_models(cell_dir, digest_after, spec)
         events.emit(CellEnd(run_dir=run.path, cell_dir=cell_dir.path, record=record, model=model))
         write_cell(cell_dir, record)
         if cell.checkpoint_path.exists():
             cell.checkpoint_path.unlink()
     world.barrier()
     return record
+
+
+def model_info(task: Task, cfg: dict[str, Any], spec: CellSpec, facts: dict[str, Any]) -> dict[str, Any]:
+    """What rebuilds a cell's model without its data (:func:`rebuild_model`), kept in its weights files."""
+    return {"task": task.name, "cell": spec.id, "variant": spec.variant.name, "kind": spec.variant.kind,
+            "E": spec.variant.E, "seed": spec.seed, "axes": dict(spec.axes), "config": cfg, "facts": facts}
+
+
+def rebuild_model(info: dict[str, Any]) -> torch.nn.Module:
+    """A cell's model built and converted as the runner built it (same task build, same seeded
+    conversion), from a weights file's :func:`model_info`: its frozen tensors are regenerated, its
+    learned ones are still to be loaded (:func:`lcdense.engine.trained.restore`). Torch's global
+    random state is left as it was.
+
+    Args:
+        info: The ``lcdense`` metadata of a weights file.
+
+    Returns:
+        The converted, untrained model on the CPU.
+    """
+    task, cfg = get_task(info["task"]), info["config"]
+    spec = CellSpec(Variant(info["kind"], info["E"]), int(info["seed"]), dict(info["axes"]))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)
+        model = task.model_from_facts(cfg, info["facts"])
+        return converter(cfg, spec, task, counted=False)(model).model
+
+
+def _kept_models(cell_dir: CellDir, digest: str, spec: CellSpec) -> dict[str, dict[str, Any]]:
+    """The record's ``models``: every weights file of the cell; each must hold the model's frozen filters."""
+    models = {name: describe(path) for name, path in cell_dir.weights_files().items()}
+    for name, entry in models.items():
+        if entry["frozen_digest"] != digest:
+            raise FrozenFiltersMoved(f"cell {spec.id}: the frozen filters of its kept '{name}' weights differ from the "
+                                     f"model's (digest {entry['frozen_digest'][:12]} vs {digest[:12]})")
+    return models
 
 
 def _check_evaluated_copies(cell: Cell, digest: str, spec: CellSpec) -> None:

@@ -31,6 +31,7 @@ from .distributed import World
 from .events import EpochEnd, Events
 from .provenance import Provenance
 from .rundir import CellDir
+from .trained import save_weights
 
 TASKS: Registry[type[Task]] = Registry("task", group="lcdense.tasks")
 
@@ -105,6 +106,8 @@ class Cell:
         id: The cell's id (empty: ``<variant>__seed<seed>``).
         events: The run's callbacks, which :meth:`epoch_end` reports to.
         verbose: Show the framework output on the console too.
+        model_info: What rebuilds the cell's model (task, variant, seed, config, model facts),
+            written into every weights file the cell keeps (:meth:`save_weights`).
     """
 
     variant: str
@@ -123,6 +126,7 @@ class Cell:
     id: str = ""
     events: Events = field(default_factory=Events)
     verbose: bool = False
+    model_info: dict[str, Any] = field(default_factory=dict)
 
     @property
     def log_path(self) -> Path:
@@ -139,6 +143,20 @@ class Cell:
         if self.world.is_main:
             self.events.emit(EpochEnd(cell_id=self.id or f"{self.variant}__seed{self.seed}", epoch=int(metrics["epoch"]),
                                       metrics=dict(metrics), variant=self.variant, seed=self.seed, epochs=epochs))
+
+    def save_weights(self, weights: str, model: nn.Module, **facts: Any) -> None:
+        """Keep ``model``'s learned tensors as the cell's ``weights`` (e.g. ``"best"`` at a new best
+        epoch, ``"ema"``), atomically, on rank 0; the runner keeps the final ones as ``"model"`` and
+        lists every kept file in the cell's record (:mod:`lcdense.engine.trained`).
+
+        Args:
+            weights: The weights' name (a file ``<weights>.safetensors`` in the cell's folder).
+            model: The module (not a DDP wrapper) whose weights to keep.
+            **facts: JSON-able facts about these weights (e.g. ``epoch=7``), stored with them.
+        """
+        if self.world.is_main:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            save_weights(CellDir(self.dir).weights_file(weights), model, {**self.model_info, "weights": weights, **facts})
 
     @property
     def checkpoint_path(self) -> Path:
@@ -186,6 +204,38 @@ class Task(ABC):
     @abstractmethod
     def build_model(self, config: dict[str, Any], data: Any) -> nn.Module:
         """A freshly initialised model (the runner seeds torch before calling)."""
+
+    def model_facts(self, config: dict[str, Any], data: Any) -> dict[str, Any]:
+        """What :meth:`build_model` reads of ``data`` (e.g. the number of classes), JSON-able: kept
+        with the trained model, so that :meth:`model_from_facts` rebuilds it without the data.
+        The default: nothing (``build_model`` does not read its data)."""
+        return {}
+
+    def model_from_facts(self, config: dict[str, Any], facts: dict[str, Any]) -> nn.Module:
+        """The model :meth:`build_model` builds, from :meth:`model_facts` instead of the data (how
+        ``lcdense.load(run).model(cell)`` rebuilds a trained cell). The default calls
+        ``build_model(config, None)``; a task whose ``build_model`` reads its data overrides both."""
+        try:
+            return self.build_model(config, None)
+        except (AttributeError, TypeError, KeyError, IndexError) as exc:
+            raise LcdenseError(f"task '{self.name}' cannot rebuild its model without its data ({type(exc).__name__}); "
+                               "it needs model_facts() and model_from_facts()") from None
+
+    def export(self, model: nn.Module, config: dict[str, Any], facts: dict[str, Any], folder: Path) -> dict[str, Path]:
+        """Write a trained, folded ``model`` into ``folder`` as a plain checkpoint of the library
+        its architecture comes from (loadable without lcdense), with what that library needs to
+        build it (``lcdense export``). The default: the task has no such export.
+
+        Args:
+            model: The trained model, every LC-Block folded (plain convs only).
+            config: The cell's config.
+            facts: The cell's :meth:`model_facts`.
+            folder: An existing, empty folder.
+
+        Returns:
+            What was written: a short name (e.g. ``"timm"``) → the file or folder to load.
+        """
+        raise LcdenseError(f"task '{self.name}' cannot export its models to a library's own format")
 
     @abstractmethod
     def input_size(self, config: dict[str, Any]) -> tuple[int, ...]:

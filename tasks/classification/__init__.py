@@ -29,6 +29,7 @@ from lcdense import (Cell, Footprint, LcdenseError, Task, TrainSettings, cifar_r
 
 from . import robustness, timm_recipe
 from .data import DATASETS, TensorData, ensure_embedded, fingerprint, load_tensor_dataset
+from .export import export_model
 from .imagenet import check_image_folders, ensure_embedded_imagefolder, image_folders
 from .models import Normalized
 from .scoring import batch_sums, class_hits, fgsm, metrics_from_sums, per_class_top1
@@ -98,14 +99,26 @@ class ClassificationTask(Task):
         return data
 
     def build_model(self, config: dict[str, Any], data: Any) -> nn.Module:
-        m = config["model"]
+        return self.model_from_facts(config, self.model_facts(config, data))
+
+    def model_facts(self, config: dict[str, Any], data: Any) -> dict[str, Any]:
+        """The classes, input channels and normalisation the model is built for."""
         classes, channels, mean, std = _data_shape(data)
+        return {"classes": classes, "channels": channels, "mean": list(mean), "std": list(std)}
+
+    def model_from_facts(self, config: dict[str, Any], facts: dict[str, Any]) -> nn.Module:
+        m = config["model"]
+        classes, channels, mean, std = facts["classes"], facts["channels"], facts["mean"], facts["std"]
         if m["name"] == "resnet_lc":
             net = cifar_resnet(int(m["depth"]), int(m["width"]), int(m["kernel_size"]), classes, channels)
         else:
             drop_path = float(config["train"]["timm"]["drop_path"]) if _recipe(config) == "timm" else 0.0
             net = create_model(m["name"], num_classes=classes, **({"drop_path_rate": drop_path} if drop_path else {}))
         return Normalized(net, mean, std)
+
+    def export(self, model: nn.Module, config: dict[str, Any], facts: dict[str, Any], folder: Path) -> dict[str, Path]:
+        """The folded network as a timm, torchvision or (``resnet_lc``) lcdense checkpoint (see ``export.py``)."""
+        return export_model(model, config, facts, folder)
 
     def input_size(self, config: dict[str, Any]) -> tuple[int, ...]:
         if config["data"]["dataset"] in ("imagefolder", "embedded-imagefolder"):

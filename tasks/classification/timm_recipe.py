@@ -12,7 +12,9 @@ optimizer, scheduler and EMA plug as a :class:`TimmRecipe`.
 
 Per epoch the model (and the EMA) is evaluated; the cell reports the **best** epoch's top-1 as
 ``top1`` (primary: the paper reports the best top-1 of Table 2, as timm's ``model_best`` does)
-and the last epoch's as ``top1_last``; ``per_class`` top-1 is that same best epoch's.
+and the last epoch's as ``top1_last``; ``per_class`` top-1 is that same best epoch's. The cell
+keeps the best epoch's weights as ``best`` (its primary weights), the last as ``model`` and the
+EMA, if any, as ``ema``.
 
 >>> sorted(TIMM_DEFAULTS)[:4]
 ['aug_repeats', 'auto_augment', 'bce_target_thresh', 'channels_last']
@@ -182,10 +184,11 @@ class TimmRecipe(Recipe):
     per epoch, as timm's train.py steps them), its EMA (updated after every optimizer step; the
     checkpoint keeps it) and the per-class top-1 of the best epoch so far (kept too)."""
 
-    def __init__(self, train: dict[str, Any], steps: int) -> None:
-        self.train, self.steps = train, steps
+    def __init__(self, train: dict[str, Any], steps: int, cell: Cell | None = None) -> None:
+        self.train, self.steps, self.cell = train, steps, cell
         self.per_class: dict[str, dict[str, float]] = {}
         self.best_top1 = -math.inf
+        self.new_best = False  # this epoch's top-1 beat the earlier ones: its weights are the cell's "best"
 
     def setup(self, model: nn.Module) -> None:
         from timm.utils import ModelEmaV3
@@ -204,13 +207,18 @@ class TimmRecipe(Recipe):
             self.scheduler.step_update(num_updates=updates)
 
     def after_epoch(self, record: dict[str, Any]) -> None:
+        """Step the epoch schedule; at a new best epoch keep its weights as the cell's ``best``
+        (before the checkpoint, so a resumed cell has them)."""
         if self.scheduler is not None:
             self.scheduler.step(record["epoch"], record.get("top1"))
+        if self.new_best and self.cell is not None:
+            self.cell.save_weights("best", self.model, epoch=int(record["epoch"]))
+        self.new_best = False
 
     def note_scores(self, top1: float, per_class: dict[str, dict[str, float]]) -> None:
         """Keep ``per_class`` if ``top1`` beats every earlier epoch's (the first of equal maxima, as timm keeps it)."""
         if top1 > self.best_top1:
-            self.best_top1, self.per_class = top1, per_class
+            self.best_top1, self.per_class, self.new_best = top1, per_class, True
 
     def state(self) -> dict[str, Any]:
         return {**super().state(), "ema": self.ema.module.state_dict() if self.ema is not None else None,
@@ -250,8 +258,9 @@ def fit(model: nn.Module, data: dict[str, Any], config: dict[str, Any], cell: Ce
     loss_fn = loss_for(opts, float(train["label_smoothing"]))
     pixels = _Pixels(data_config, cell.device, channels_last)
     classes = list(data["classes"])
-    recipe = TimmRecipe(train, len(train_loader))
+    recipe = TimmRecipe(train, len(train_loader), cell)
     cell.provenance.eval_precision = autocast_precision(amp, cell.device)  # top-1/top-5: the training's autocast
+    cell.provenance.primary_weights = "best"  # top1 is the best epoch's, whose weights the cell keeps as "best"
 
     def batches(epoch: int) -> Any:
         if hasattr(train_loader.sampler, "set_epoch"):  # one shared order for all ranks, from the data seed
@@ -291,6 +300,7 @@ def fit(model: nn.Module, data: dict[str, Any], config: dict[str, Any], cell: Ce
     }
     if ema is not None:  # the runner fails the cell unless this equals the trained model's digest
         cell.provenance.frozen_digests["ema"] = frozen_digest(ema.module)
+        cell.save_weights("ema", ema.module)
     return model, Fitted(history, ema.module if ema is not None else None, facts, recipe.per_class)
 
 

@@ -121,11 +121,19 @@ class DetectionTask(Task):
         return DetectionData(dataset, cache_dir)
 
     def build_model(self, config: dict[str, Any], data: DetectionData) -> nn.Module:
-        load_ultralytics(data.cache_dir)
+        return self.model_from_facts(config, self.model_facts(config, data))
+
+    def model_facts(self, config: dict[str, Any], data: DetectionData) -> dict[str, Any]:
+        """The class names and the cache dir that holds ultralytics' settings."""
+        return {"names": list(data.dataset.names), "cache_dir": str(Path(data.cache_dir).resolve())}
+
+    def model_from_facts(self, config: dict[str, Any], facts: dict[str, Any]) -> nn.Module:
+        load_ultralytics(Path(facts["cache_dir"]))
         from .trainer import build_detection_model, model_yaml
 
         model = config["model"]
-        return build_detection_model(model_yaml(model["name"], model.get("depth"), model.get("width")), data.names)
+        return build_detection_model(model_yaml(model["name"], model.get("depth"), model.get("width")),
+                                     dict(enumerate(facts["names"])))
 
     def input_size(self, config: dict[str, Any]) -> tuple[int, ...]:
         return (3, int(config["data"]["imgsz"]), int(config["data"]["imgsz"]))
@@ -212,6 +220,7 @@ class DetectionTask(Task):
         ema.load_state_dict(state["ema"])
         cell.provenance.primary_weights = "ema"
         cell.provenance.frozen_digests["ema"] = frozen_digest(ema)  # the runner fails the cell unless it is the model's
+        cell.save_weights("ema", ema)  # the primary weights; ultralytics' own best.pt/last.pt stay in train/weights
         validator, stats = self._validate(ema, data, config, cell, "val")
         box = validator.metrics.box
         metrics: dict[str, Any] = {
