@@ -18,7 +18,7 @@ precision and resumes), :func:`preconditioned_inexact`, :class:`Footprint` (how 
 :class:`World` (``world.shard``, ``world.data_parallel``), :func:`create_model` / :func:`cifar_resnet`,
 :func:`bench` (time and memory of the LC-Block forms against the baseline), the errors.
 """
-from .api import RunResult, analyze, dry_run, load, report, run, sweep
+from .api import Evaluation, RunResult, analyze, dry_run, evaluate, load, report, run, sweep
 from .base.errors import LcdenseError, MissingExtra, require_extra, unknown_name
 from .base.registry import Registry
 from .core.accounting import count_parameters, forward_macs
@@ -58,7 +58,7 @@ __all__ = [
     "register_task", "count_parameters", "forward_macs", "PreconditionedConv", "check_preconditioned_optimizer",
     "World", "cifar_resnet", "create_model", "TrainSettings", "Recipe", "epoch_generator", "epoch_seed", "train_loop",
     "dry_run", "autocast", "autocast_precision", "preconditioned_inexact", "Provenance", "Footprint", "bench", "run",
-    "sweep", "report", "analyze", "load", "RunResult", "CellRecord", "PlanRecord", "SummaryRecord",
+    "sweep", "report", "analyze", "evaluate", "Evaluation", "load", "RunResult", "CellRecord", "PlanRecord", "SummaryRecord",
     "RecordFormatError", "Suite", "SuiteContext", "SuiteResult", "Progress", "register_suite", "get_suite",
     "list_suites", "Callback", "RunStart", "CellStart", "EpochEnd", "CellEnd", "RunEnd", "__version__",
 ]

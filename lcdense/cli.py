@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "run": ("lcdense.commands.run", "train baseline, frozen and LC variants of a task and report the gap"),
     "sweep": ("lcdense.commands.sweep", "run a grid over E (or width, depth, kernel size, init, LC-Block op) as one resumable run"),
     "paper": ("lcdense.commands.paper", "the paper's experiments: list them with their published numbers, run one"),
+    "evaluate": ("lcdense.commands.evaluate", "evaluate a run's trained models after the fact: corruptions, adversarial, cifar10.1"),
     "report": ("lcdense.commands.report", "re-render summary and plots of a run directory from its files"),
     "analyze": ("lcdense.commands.analyze", "filter variance entropy, spatial variance, filter grids and LC bank diagnostics of a run"),
     "bench": ("lcdense.commands.bench", "time and memory of LC-Block implementations vs the baseline"),

@@ -2,7 +2,7 @@
 key=value``; in Python, the keyword arguments of :func:`lcdense.run`).
 
 Sections ``data``, ``model`` and ``train`` belong to the task; ``run`` and ``conversion`` to the
-runner; ``paper`` names the paper experiment a run reproduces (see :mod:`lcdense.paper`). Unknown
+runner; ``evaluate`` to the evaluation suites (:mod:`lcdense.engine.suites`); ``paper`` names the paper experiment a run reproduces (see :mod:`lcdense.paper`). Unknown
 keys are an error (a typo must not silently do nothing).
 
 >>> cfg = merge({"train": {"epochs": 75, "lr": 0.01}}, {"train": {"epochs": 2}})
@@ -56,6 +56,13 @@ RUN_DEFAULTS: dict[str, Any] = {
         "head": True,
         "mid": None,
         "impl": "auto",
+    },
+    # lcdense evaluate (lcdense.engine.suites): the suites to run at the run's end, the files they read
+    # (a path, or {suite: path}) and each suite's settings (a task adds sections for its own suites)
+    "evaluate": {
+        "suites": [],
+        "data": None,
+        "corruptions": {"names": "all", "severities": [1, 2, 3, 4, 5], "limit": None, "seed": 0},
     },
     # set by `lcdense paper run` (lcdense.paper): which paper experiment this run reproduces, at
     # which scale (full: the paper's recipe; smoke: shortened, never compared), from which recipe,

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from ..base.errors import LcdenseError
 from ..base.files import write_json
 from ..base.registry import Registry
+from .config import RUN_DEFAULTS, merge
 from .corruptions import Corruption, corruption_names, severities
 
 if TYPE_CHECKING:
@@ -180,12 +181,14 @@ class Suite(ABC):
     """Base class of an evaluation suite.
 
     ``defaults`` are its settings (the run config's ``evaluate.<name>`` section overrides them);
-    ``data_files`` says what ``--data`` names for it (empty: it reads no files).
+    ``data_files`` says what ``--data`` names for it (empty: it reads no files); ``needs_data``: it
+    cannot run without them.
     """
 
     name: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {}
     data_files: ClassVar[str] = ""
+    needs_data: ClassVar[bool] = False
 
     def unsupported(self, task: Task) -> str | None:
         """Why this suite cannot evaluate cells of ``task``, or None if it can."""
@@ -207,8 +210,6 @@ def suite_settings(suite: Suite, config: dict[str, Any], overrides: dict[str, An
     Returns:
         The settings.
     """
-    from .config import merge
-
     out = dict(suite.defaults)
     for where, given in ((f"evaluate.{suite.name}", (config.get("evaluate") or {}).get(suite.name)),
                          (f"settings of suite {suite.name}", overrides)):
@@ -233,7 +234,7 @@ class CorruptionsSuite(Suite):
     ``severities``, ``limit`` (the first N validation images; null: all) and ``seed``.
     """
 
-    defaults: ClassVar[dict[str, Any]] = {"names": "all", "severities": [1, 2, 3, 4, 5], "limit": None, "seed": 0}
+    defaults: ClassVar[dict[str, Any]] = RUN_DEFAULTS["evaluate"]["corruptions"]
     data_files = "CIFAR-10-C (<corruption>.npy + labels.npy) or ImageNet-C (<corruption>/<severity>/<class>/) folder"
 
     def unsupported(self, task: Task) -> str | None:

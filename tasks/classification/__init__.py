@@ -62,6 +62,7 @@ class ClassificationTask(Task):
                       "label_smoothing": 0.1, "augment": True, "amp": True, "sync_bn": False, "eval_every": 1,
                       "recipe": "lcdense", "timm": dict(timm_recipe.TIMM_DEFAULTS)},
             "eval": {"batch_size": 500, "fgsm_eps": 1 / 255},
+            "evaluate": {"adversarial": dict(robustness.AdversarialSuite.defaults)},
         }
 
     # ---- data ------------------------------------------------------------------------------

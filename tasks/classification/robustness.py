@@ -229,7 +229,8 @@ class AdversarialSuite(Suite):
     """Top-1 under ℓ∞ attacks at ε = 1/255 in [0, 1] pixel space (the paper's; normalisation is inside the
     model): ``fgsm_top1`` (one step), ``pgd_top1`` (``pgd_steps`` steps of ``pgd_step_size``, default ε/4,
     from a seeded random start) and ``autoattack_top1`` (AutoAttack's official code, ``pyautoattack``,
-    its ``standard`` version; ``autoattack: null`` skips it, as does a missing package, with one line).
+    its ``standard`` version, or ``plus``, ``rand``, or a list of its attacks such as ``[apgd-ce]``;
+    ``autoattack: null`` skips it, as does a missing package, with one line).
     ``clean_top1`` is the same images unattacked; ``limit`` takes the first N validation images."""
 
     defaults: ClassVar[dict[str, Any]] = {"eps": 1 / 255, "pgd_steps": 10, "pgd_step_size": None,
@@ -276,14 +277,15 @@ class AdversarialSuite(Suite):
             except ImportError:
                 context.notes.append('AutoAttack skipped: pyautoattack is not installed (pip install "lcdense[robustness]")')
             else:
+                version = list(version) if isinstance(version, (list, tuple)) else str(version)
                 metrics["autoattack_top1"] = context.progress.step(
-                    "autoattack", lambda: _autoattack(model, data, config, cell, eps, str(version), seed, limit))
-                info["autoattack"] = {"version": str(version), "package": f"pyautoattack {pyautoattack.__version__}"}
+                    "autoattack", lambda: _autoattack(model, data, config, cell, eps, version, seed, limit))
+                info["autoattack"] = {"version": version, "package": f"pyautoattack {pyautoattack.__version__}"}
         headline = [k for k in ("fgsm_top1", "pgd_top1", "autoattack_top1") if k in metrics]
         return SuiteResult(metrics, headline, info, list(context.notes))
 
 
-def _autoattack(model: nn.Module, data: Any, config: dict[str, Any], cell: Cell, eps: float, version: str,
+def _autoattack(model: nn.Module, data: Any, config: dict[str, Any], cell: Cell, eps: float, version: str | list[str],
                 seed: int, limit: int | None) -> float:
     """Robust top-1 under AutoAttack (ℓ∞, ``version``) from its official code."""
     import logging
@@ -292,7 +294,8 @@ def _autoattack(model: nn.Module, data: Any, config: dict[str, Any], cell: Cell,
 
     batches = list(val_batches(data, config, torch.device("cpu"), limit=limit))
     x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
-    adversary = AutoAttack(model, norm="Linf", eps=eps, version=version, seed=seed, device=cell.device)
+    custom = {"version": "custom", "attacks": list(version)} if isinstance(version, list) else {"version": version}
+    adversary = AutoAttack(model, norm="Linf", eps=eps, seed=seed, device=cell.device, **custom)
     classes = _classes(data)
     adversary.apgd_targeted.n_target_classes = min(adversary.apgd_targeted.n_target_classes, classes - 1)
     adversary.fab.n_target_classes = min(adversary.fab.n_target_classes, classes - 1)
@@ -313,6 +316,7 @@ class Cifar101Suite(Suite):
     any 32 × 32 RGB, 10-class model, such as the embedded default's)."""
 
     data_files = "folder of cifar10.1_v6_data.npy and cifar10.1_v6_labels.npy"
+    needs_data = True
 
     def unsupported(self, task: Task) -> str | None:
         return _require_classification(task)
