@@ -23,7 +23,7 @@ from .base.errors import LcdenseError, MissingExtra, require_extra, unknown_name
 from .base.registry import Registry
 from .core.accounting import count_parameters, forward_macs
 from .core.blocks import LCConv, combine_filters, prefold
-from .core.convert import ConversionReport, LayerRecord, convert, is_spatial_conv
+from .core.convert import ConversionReport, LayerRecord, convert, is_spatial_conv, is_trained
 from .core.digest import frozen_digest, frozen_tensors
 from .core.fold import combined_weight, fold, fold_block
 from .core.inits import INITS, seeded_filters
@@ -52,7 +52,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "framework_output",
-    "LCConv", "combine_filters", "prefold", "ConversionReport", "LayerRecord", "convert", "is_spatial_conv", "frozen_digest",
+    "LCConv", "combine_filters", "prefold", "ConversionReport", "LayerRecord", "convert", "is_spatial_conv", "is_trained", "frozen_digest",
     "frozen_tensors", "LcdenseError", "MissingExtra", "require_extra", "unknown_name", "combined_weight", "fold",
     "fold_block", "INITS", "seeded_filters", "Registry", "Cell", "Task", "get_task", "list_tasks",
     "register_task", "count_parameters", "forward_macs", "PreconditionedConv", "check_preconditioned_optimizer",

@@ -21,6 +21,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "paper": ("lcdense.commands.paper", "the paper's experiments: list them with their published numbers, run one"),
     "evaluate": ("lcdense.commands.evaluate", "evaluate a run's trained models after the fact: corruptions, adversarial, cifar10.1"),
     "report": ("lcdense.commands.report", "re-render summary and plots of a run directory from its files"),
+    "export": ("lcdense.commands.export", "write a finished cell's folded model as its own library's checkpoint"),
     "analyze": ("lcdense.commands.analyze", "filter variance entropy, spatial variance, filter grids and LC bank diagnostics of a run"),
     "bench": ("lcdense.commands.bench", "time and memory of LC-Block implementations vs the baseline"),
     "tasks": ("lcdense.commands.tasks", "list the registered tasks (built-in and from entry points)"),

@@ -17,6 +17,7 @@ from lcdense_tasks.classification.imagenet import ensure_embedded_imagefolder
 from lcdense_tasks.classification.models import Normalized
 from lcdense_tasks.classification.timm_recipe import loss_for, optimizer_and_schedule
 
+import lcdense
 from lcdense import convert, frozen_digest, frozen_tensors
 from lcdense.cli import main
 from lcdense.core.models import create_model
@@ -86,7 +87,9 @@ def test_timm_recipe_end_to_end_all_four_variants(tmp_path):
         assert record["metrics"]["top1_last"] == history[-1]["top1"]
         assert (facts["recipe"], facts["channels_last"]) == ("timm", True)
         assert record["provenance"]["precision"] == {"train": "fp32", "eval": "fp32"}
-        assert record["provenance"]["resume"]["resumed"] is False and record["provenance"]["primary_weights"] == "model"
+        assert record["provenance"]["resume"]["resumed"] is False and record["provenance"]["primary_weights"] == "best"
+        assert sorted(record["models"]) == ["best", "model"]  # top1 is the best epoch's: its weights are kept
+        assert record["models"]["best"]["epoch"] == record["metrics"]["best_epoch"]
         assert (facts["optimizer"], facts["scheduler"], facts["loss"]) == ("Lamb", "CosineLRScheduler", "BinaryCrossEntropy")
         assert facts["auto_augment"] == "rand-m7-mstd0.5-inc1" and facts["mixup"] == {"mixup": 0.1, "cutmix": 1.0}
         assert facts["updates_per_epoch"] == 10 and facts["data_config"]["crop_pct"] == 0.95
@@ -135,6 +138,12 @@ def test_timm_recipe_killed_and_resumed_gives_identical_numbers_and_ema_stays_fr
         assert record["extra_metrics"]["training"]["ema"] == {"decay": 0.9, "warmup": False}
         assert 0.0 <= record["metrics"]["ema_top1_best"] <= 1.0
     assert resumed["history"][0]["ema_val_loss"] != resumed["history"][0]["val_loss"]  # the EMA is its own model
+    # the kept weights survive the kill: the resumed cell's best, final and EMA weights are the straight run's
+    assert sorted(resumed["models"]) == sorted(straight["models"]) == ["best", "ema", "model"]
+    runs = [lcdense.load(_run_dir(tmp_path / "straight")), lcdense.load(run_dir)]
+    for weights in ("best", "ema", "model"):
+        a, b = (run.model("lc-frozen@2__seed0", weights=weights).state_dict() for run in runs)
+        assert all(torch.equal(a[k], b[k]) for k in a), weights
 
 
 @pytest.mark.parametrize("foreach", [True, False])

@@ -184,6 +184,8 @@ def _lc_block(module: nn.Module, name: str, *, E: int, spatial: str, init: str, 
     kw = {"seed": seed, "dtype": ref.dtype, "device": ref.device}
     bank = seeded_filters(init, block.spatial_weight.shape, name=name, **kw)
     combine = seeded_filters("kaiming_uniform", block.combine_weight.shape, name=f"{name}#combine", **kw)
+    if is_trained(module):
+        _start_from(module.weight.detach(), bank, combine, module.groups)
     block.spatial_weight = bank if spatial == "frozen" else nn.Parameter(bank)
     block.combine_weight = nn.Parameter(combine)
     if module.bias is not None:
@@ -192,6 +194,19 @@ def _lc_block(module: nn.Module, name: str, *, E: int, spatial: str, init: str, 
         block.mid.to(device=ref.device)
     block.train(module.training)
     return block
+
+
+def _start_from(weight: torch.Tensor, bank: torch.Tensor, combine: torch.Tensor, groups: int) -> None:
+    """Make an LC-Block start as the conv of ``weight`` (in place): in each group, the bank's first
+    maps are the trained filters and P picks them (1) and nothing else (0), so W' = P·W = ``weight``
+    exactly; the bank's other maps stay seeded."""
+    c_out, per_group = weight.shape[0], weight.shape[0] // groups
+    maps = bank.shape[0] // groups
+    combine.zero_()
+    for o in range(c_out):
+        group, i = divmod(o, per_group)
+        bank[group * maps + i] = weight[o]
+        combine[o, i] = 1.0
 
 
 #: The keyword settings of :func:`convert` a mode can take (the report lists those of its mode).
@@ -260,7 +275,22 @@ def variant_kinds() -> dict[str, tuple[str, str | None]]:
     return kinds
 
 
+def is_trained(module: nn.Module) -> bool:
+    """Whether a conv declares its filters trained (``lcdense_trained = True``, e.g. a transferred
+    encoder's): :func:`convert` keeps them instead of drawing seeded ones.
+
+    Args:
+        module: A conv.
+
+    Returns:
+        The module's ``lcdense_trained`` flag.
+    """
+    return bool(getattr(module, "lcdense_trained", False))
+
+
 def _seeded_like(module: nn.Module, name: str, settings: Settings) -> torch.Tensor:
+    if is_trained(module):
+        return module.weight.detach().clone()
     return seeded_filters(settings["init"], tuple(module.weight.shape), name=name, seed=settings["seed"],
                           dtype=module.weight.dtype, device=module.weight.device)
 
@@ -341,7 +371,9 @@ def convert(
 ) -> ConversionReport:
     """Convert every spatial conv of ``model`` in place and report what changed.
 
-    Every touched conv gets seeded filters from ``init``, so the variants of a model share them.
+    Every touched conv gets seeded filters from ``init``, so the variants of a model share them;
+    a conv that declares its filters trained (:func:`is_trained`, e.g. a transferred encoder's)
+    keeps them instead: frozen as they are, or an LC-Block that starts as exactly that conv.
 More modes can be registered (:data:`MODES`, :func:`register_mode`).
     The converted model is ``report.model`` (the same object unless ``model`` is itself a conv);
     with LC-Blocks, it carries :func:`lcdense.core.blocks.prefold` as a forward pre-hook.
@@ -415,6 +447,8 @@ More modes can be registered (:data:`MODES`, :func:`register_mode`).
             elif new is not module:
                 model = new
             record.action = spec.action
+            if is_trained(module):
+                record.reason = "trained filters kept"
     has_lc = any(isinstance(m, LCConv) for m in model.modules())
     if has_lc and prefold not in model._forward_pre_hooks.values():
         model.register_forward_pre_hook(prefold)
@@ -430,4 +464,4 @@ More modes can be registered (:data:`MODES`, :func:`register_mode`).
 
 
 __all__ = ["MODES", "ConversionMode", "ConversionReport", "HEAD_PATTERNS", "LayerRecord", "block_modes", "convert",
-           "is_spatial_conv", "register_mode", "variant_kinds"]
+           "is_spatial_conv", "is_trained", "register_mode", "variant_kinds"]

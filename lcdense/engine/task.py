@@ -208,13 +208,32 @@ class Task(ABC):
     def model_facts(self, config: dict[str, Any], data: Any) -> dict[str, Any]:
         """What :meth:`build_model` reads of ``data`` (e.g. the number of classes), JSON-able: kept
         with the trained model, so that :meth:`model_from_facts` rebuilds it without the data.
-        The default: nothing (``build_model`` does not read its data)."""
+        The default: nothing (``build_model`` does not read its data).
+
+        Args:
+            config: The cell's config.
+            data: What :meth:`prepare_data` returned.
+
+        Returns:
+            JSON-able facts, e.g. ``{"classes": 10, "channels": 3}``.
+        """
         return {}
 
     def model_from_facts(self, config: dict[str, Any], facts: dict[str, Any]) -> nn.Module:
         """The model :meth:`build_model` builds, from :meth:`model_facts` instead of the data (how
         ``lcdense.load(run).model(cell)`` rebuilds a trained cell). The default calls
-        ``build_model(config, None)``; a task whose ``build_model`` reads its data overrides both."""
+        ``build_model(config, None)``; a task whose ``build_model`` reads its data overrides both.
+
+        Args:
+            config: The cell's config.
+            facts: What :meth:`model_facts` returned for the cell's data.
+
+        Returns:
+            A freshly built (unconverted) model.
+
+        Raises:
+            LcdenseError: The default ``build_model`` needs the data.
+        """
         try:
             return self.build_model(config, None)
         except (AttributeError, TypeError, KeyError, IndexError) as exc:

@@ -16,7 +16,7 @@ was changed after the run, or is truncated or not a model file at all, is refuse
 >>> import tempfile, pathlib
 >>> from torch import nn
 >>> from lcdense import convert
->>> model = convert(nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8)), "frozen").model
+>>> model = convert(nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8)), "frozen").model
 >>> sorted(learned_state(model))  # the frozen conv weight is not among them
 ['1.bias', '1.num_batches_tracked', '1.running_mean', '1.running_var', '1.weight']
 >>> path = pathlib.Path(tempfile.mkdtemp()) / "model.safetensors"

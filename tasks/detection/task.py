@@ -137,6 +137,16 @@ class DetectionTask(Task):
         return build_detection_model(model_yaml(model["name"], model.get("depth"), model.get("width")),
                                      dict(enumerate(facts["names"])))
 
+    def export(self, model: nn.Module, config: dict[str, Any], facts: dict[str, Any], folder: Path) -> dict[str, Path]:
+        """The folded model as an ultralytics ``.pt`` (``YOLO(path)`` loads it without lcdense)."""
+        load_ultralytics(Path(facts["cache_dir"]))
+        from .trainer import export_yolo, model_yaml
+
+        m = config["model"]
+        return {"ultralytics": export_yolo(model, model_yaml(m["name"], m.get("depth"), m.get("width")),
+                                           dict(enumerate(facts["names"])), int(config["data"]["imgsz"]),
+                                           folder / f"{m['name']}.pt")}
+
     def input_size(self, config: dict[str, Any]) -> tuple[int, ...]:
         return (3, int(config["data"]["imgsz"]), int(config["data"]["imgsz"]))
 

@@ -89,6 +89,31 @@ def build_detection_model(cfg: dict[str, Any], names: dict[int, str], verbose: b
     return model
 
 
+def export_yolo(model: nn.Module, cfg: dict[str, Any], names: dict[int, str], imgsz: int, path: Path) -> Path:
+    """Write the folded detection ``model`` as an ultralytics checkpoint that ``YOLO(path)`` loads
+    without lcdense: a plain ``DetectionModel`` of the same yaml holding its weights (fp32).
+
+    Args:
+        model: The trained, folded model (plain convs only).
+        cfg: The ultralytics model dict it was built from (:func:`model_yaml`).
+        names: Class index → name.
+        imgsz: The image size it was trained at.
+        path: The ``.pt`` file to write.
+
+    Returns:
+        ``path``.
+    """
+    import ultralytics
+
+    plain = DetectionModel({**cfg, "nc": len(names)}, ch=3, nc=len(names), verbose=False)
+    plain.load_state_dict(model.state_dict())
+    plain.names = dict(names)
+    plain.args = {"task": "detect", "imgsz": imgsz}
+    torch.save({"model": plain.eval(), "train_args": {"task": "detect", "imgsz": imgsz}, "version": ultralytics.__version__,
+                "date": None, "license": "AGPL-3.0 (ultralytics)"}, path)
+    return path
+
+
 def ultralytics_device(device: torch.device) -> str:
     """torch device → ultralytics' device string ("cpu", "0", "mps")."""
     if device.type == "cuda":
@@ -323,6 +348,7 @@ __all__ = [
     "LcdenseDetectionTrainer",
     "build_detection_model",
     "copy_frozen",
+    "export_yolo",
     "finished_state",
     "last_checkpoint",
     "model_yaml",

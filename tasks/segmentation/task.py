@@ -37,7 +37,7 @@ from .layouts import (
     split_by_group,
 )
 from .metrics import ConfusionCounts
-from .model import build_unet, init_sources
+from .model import build_unet, export_unet, init_sources
 
 _TINY_UNET = {"model.name": "resnet18", "model.encoder_depth": 3, "model.decoder_channels": [32, 16, 8],
               "train.lr": 3e-3}
@@ -91,6 +91,7 @@ class SegmentationTask(Task):
             },
             "model": {
                 "name": None,  # the U-Net's smp encoder, e.g. resnet34
+                "encoder_from": None,  # RUN_DIR/cells/ID: a trained timm classifier as the encoder (transfer)
                 "encoder_depth": None,
                 "decoder_channels": None,
             },
@@ -136,7 +137,12 @@ class SegmentationTask(Task):
 
     def build_model(self, config: dict[str, Any], data: SegmentationData) -> nn.Module:
         model = self.resolve_config(config)["model"]
-        return build_unet(model["name"], depth=model["encoder_depth"], decoder_channels=model["decoder_channels"])
+        return build_unet(model["name"], depth=model["encoder_depth"], decoder_channels=model["decoder_channels"],
+                          encoder_from=model.get("encoder_from"))
+
+    def export(self, model: nn.Module, config: dict[str, Any], facts: dict[str, Any], folder: Path) -> dict[str, Path]:
+        """The folded U-Net through smp's ``save_pretrained``; ``smp.from_pretrained(folder)`` loads it."""
+        return {"smp": export_unet(model, self.resolve_config(config)["model"], folder)}
 
     def fit(self, model: nn.Module, data: SegmentationData, config: dict[str, Any],
             cell: Cell) -> tuple[nn.Module, list[dict[str, float]]]:
