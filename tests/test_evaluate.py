@@ -25,7 +25,7 @@ TINY = {"epochs": 1, "quiet": True, "analysis": False, "data.train_limit": 128, 
         "train.batch_size": 64, "eval.batch_size": 64}
 QUICK = {"evaluate.corruptions.names": "gaussian_noise,fog", "evaluate.corruptions.severities": [1, 5],
          "evaluate.corruptions.limit": 12, "evaluate.adversarial.limit": 6, "evaluate.adversarial.pgd_steps": 3,
-         "evaluate.adversarial.autoattack": ["apgd-ce"]}
+         "evaluate.adversarial.autoattack": None}  # AutoAttack: test_autoattack_from_its_official_code
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +74,8 @@ def test_suites_join_the_records_report_and_figures(evaluated) -> None:
         assert m["corruptions/top1"] == pytest.approx(statistics.fmean(grid))
         assert m["corruptions/top1/fog"] == pytest.approx((m["corruptions/top1/fog/s1"] + m["corruptions/top1/fog/s5"]) / 2)
         assert all(0 <= v <= 1 for v in grid)
-        assert 0 <= m["adversarial/autoattack_top1"] <= m["adversarial/clean_top1"]
-        assert record.suites["adversarial"]["headline"] == ["fgsm_top1", "pgd_top1", "autoattack_top1"]
+        assert all(0 <= m[f"adversarial/{k}_top1"] <= 1 for k in ("clean", "fgsm", "pgd"))
+        assert record.suites["adversarial"]["headline"] == ["fgsm_top1", "pgd_top1"]
         assert record.suites["corruptions"]["settings"]["limit"] == 12 and record.suites["corruptions"]["seconds"] > 0
         assert not (cell / "suites" / "corruptions.partial.json").exists()
     # the number in the record is the model's, recomputed here from the kept weights
@@ -90,13 +90,12 @@ def test_suites_join_the_records_report_and_figures(evaluated) -> None:
     summary = json.loads((run_dir / "summary.json").read_text())["groups"][""]
     gap = summary["suite_gaps"]["corruptions/top1"][0]
     assert gap["gap"] == "lc-frozen@2 - learnable" and gap["n"] == 2 and "ci95" in gap
-    assert set(summary["suite_gaps"]) == {"corruptions/top1", "adversarial/fgsm_top1", "adversarial/pgd_top1",
-                                          "adversarial/autoattack_top1"}
+    assert set(summary["suite_gaps"]) == {"corruptions/top1", "adversarial/fgsm_top1", "adversarial/pgd_top1"}
     text = (run_dir / "summary.md").read_text()
     assert "top1 of **learnable** per corruption and severity" in text and "| fog |" in text
     assert "| lc-frozen@2 - learnable | adversarial/pgd_top1 |" in text
     for figure in ("corruptions_top1_per_variant.png", "corruptions_top1_vs_severity.png",
-                   "adversarial_autoattack_top1_per_variant.png"):
+                   "adversarial_pgd_top1_per_variant.png"):
         assert (run_dir / "figures" / figure).stat().st_size > 0
     assert "corruptions/top1/fog/s5" in (run_dir / "results.csv").read_text().splitlines()[0]
 
@@ -196,3 +195,54 @@ def test_segmentation_dice_under_corruption(tmp_path) -> None:
     assert clean == pytest.approx(task.evaluate_images(model, data, config, cell, lambda image, index: image, limit=4))
     noisy = task.evaluate_images(model, data, config, cell, Corruption("gaussian_noise", 5), limit=4)
     assert set(noisy) >= {"dice", "iou"} and 0 < clean["dice"] and noisy["dice"] != clean["dice"]
+
+
+@pytest.fixture(scope="module")
+def linear():
+    """A linear classifier (cheap to attack) fitted on the embedded CIFAR-format images, and its data."""
+    task = lcdense.get_task("classification")
+    config = task.default_config()
+    data = task.prepare_data(config, Path(__import__("tempfile").mkdtemp()) / "cache")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    x, y = data.train_x[:1000].float() / 255, data.train_y[:1000]
+    for _ in range(60):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(x - 0.5), y).backward()
+        optimizer.step()
+    return task, config, data, torch.nn.Sequential(_Shift(), model).eval()
+
+
+class _Shift(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x - 0.5
+
+
+def _adversarial(task, config, data, model, tmp_path, **settings):
+    from lcdense.engine.suites import suite_settings
+
+    suite = lcdense.get_suite("adversarial")
+    cell = lcdense.Cell(variant="learnable", seed=0, init_seed=0, data_seed=0, dir=tmp_path, device=torch.device("cpu"),
+                        convert=None)
+    context = lcdense.SuiteContext(cell=cell, config=config, settings=suite_settings(suite, config, settings))
+    return suite.run(task, model, data, context)
+
+
+def test_autoattack_from_its_official_code(linear, tmp_path) -> None:
+    task, config, data, model = linear
+    result = _adversarial(task, config, data, model, tmp_path, limit=24, autoattack="standard")
+    m = result.metrics
+    assert m["clean_top1"] > 0.3  # a fitted model, so that the attacks have something to flip
+    assert m["autoattack_top1"] <= m["pgd_top1"] + 1 / 24 and m["pgd_top1"] <= m["clean_top1"]
+    assert m["fgsm_top1"] < m["clean_top1"]  # ε = 1/255 moves a linear model's decisions
+    assert result.headline == ["fgsm_top1", "pgd_top1", "autoattack_top1"]
+    assert result.info["autoattack"]["version"] == "standard" and result.info["eps"] == pytest.approx(1 / 255)
+
+
+def test_a_missing_autoattack_is_skipped_in_one_line(linear, tmp_path, monkeypatch) -> None:
+    task, config, data, model = linear
+    monkeypatch.setitem(__import__("sys").modules, "pyautoattack", None)
+    result = _adversarial(task, config, data, model, tmp_path, limit=8)
+    assert "autoattack_top1" not in result.metrics
+    assert result.notes == ['AutoAttack skipped: pyautoattack is not installed (pip install "lcdense[robustness]")']

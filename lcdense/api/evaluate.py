@@ -24,12 +24,13 @@ from typing import Any
 from ..base.errors import LcdenseError
 from ..engine.config import RUN_DEFAULTS, apply_overrides, cell_config, merge
 from ..engine.events import Events, RunEnd, SuiteEnd
-from ..engine.records import read_cell, write_cell
+from ..engine.records import read_cell, read_cells, read_plan, write_cell
 from ..engine.rundir import CellDir, RunDir, cache_folder
 from ..engine.runner import pick_device
 from ..engine.suites import Progress, SuiteContext, get_suite, suite_names, suite_settings
 from ..engine.task import Cell, get_task
 from ..engine.variants import CellSpec, Variant
+from .models import cell_model
 
 
 @dataclass
@@ -78,6 +79,31 @@ def suite_data(value: Any, suites: list[str]) -> dict[str, Path]:
     return out
 
 
+def check_suites(task: Any, config: dict[str, Any]) -> None:
+    """Refuse (one line) the suites of a config's ``evaluate.suites`` that are unknown, do not apply to
+    ``task``, lack the files they need or have unknown settings.
+
+    Args:
+        task: The run's task.
+        config: The run's config.
+    """
+    _chosen(task, config, suite_names(config.get("evaluate", {}).get("suites")),
+            suite_data(config.get("evaluate", {}).get("data"), suite_names(config.get("evaluate", {}).get("suites"))))
+
+
+def _chosen(task: Any, config: dict[str, Any], names: list[str], files: dict[str, Path]) -> dict[str, tuple[Any, dict]]:
+    chosen = {}
+    for name in names:
+        suite = get_suite(name)
+        why = suite.unsupported(task)
+        if why:
+            raise LcdenseError(f"suite {name} does not apply to this {task.name} run: {why}")
+        if suite.needs_data and name not in files:
+            raise LcdenseError(f"suite {name} reads {suite.data_files}: pass --data PATH (nothing is downloaded)")
+        chosen[name] = (suite, suite_settings(suite, config))
+    return chosen
+
+
 def evaluate(run_dir: str | os.PathLike, suites: Any, *, data: Any = None, device: str = "auto",
              settings: dict[str, Any] | None = None, quiet: bool = False,
              callbacks: list[Any] | None = None) -> Evaluation:
@@ -102,10 +128,9 @@ def evaluate(run_dir: str | os.PathLike, suites: Any, *, data: Any = None, devic
             apply to the run's task, a missing file, or a cell whose model cannot be rebuilt.
     """
     from ..engine.trackers import make_loggers
-    from .benchmark import load, report
 
     say = (lambda _m: None) if quiet else (lambda m: print(m, flush=True))
-    run = load(run_dir)
+    run = _Run(Path(run_dir))
     names = suite_names(suites)
     if not names:
         raise LcdenseError("name at least one suite: --suite NAME[,NAME] (e.g. corruptions)")
@@ -115,15 +140,7 @@ def evaluate(run_dir: str | os.PathLike, suites: Any, *, data: Any = None, devic
     config = merge(merge(RUN_DEFAULTS, task.default_config(), strict=False), run.config, strict=False)
     apply_overrides(config, settings or {})
     files = suite_data(data if data is not None else config["evaluate"].get("data"), names)
-    chosen = {}
-    for name in names:
-        suite = get_suite(name)
-        why = suite.unsupported(task)
-        if why:
-            raise LcdenseError(f"suite {name} does not apply to this {task.name} run: {why}")
-        if getattr(suite, "needs_data", False) and name not in files:
-            raise LcdenseError(f"suite {name} reads {suite.data_files}: pass --data PATH (nothing is downloaded)")
-        chosen[name] = (suite, suite_settings(suite, config))
+    chosen = _chosen(task, config, names, files)
     torch_device = pick_device(device)
     events = Events(make_loggers(config) if callbacks is None else callbacks)
     cache_dir = Path(config["run"].get("cache_dir") or cache_folder(config["run"].get("out", "runs"))).resolve()
@@ -144,7 +161,7 @@ def evaluate(run_dir: str | os.PathLike, suites: Any, *, data: Any = None, devic
         key = json.dumps(cfg["data"], sort_keys=True, default=str)
         if key not in prepared:
             prepared[key] = task.prepare_data(cfg, cache_dir)
-        model = run.model(record.id, device=torch_device)
+        model = cell_model(run.run_dir, record, device=torch_device)
         weights = str((record.provenance or {}).get("primary_weights") or "model")
         cell_dir = rundir.cell(record.id)
         cell = Cell(variant=record.variant, seed=record.seed, init_seed=record.init_seed or record.seed,
@@ -172,13 +189,36 @@ def evaluate(run_dir: str | os.PathLike, suites: Any, *, data: Any = None, devic
                 if note not in out.notes:
                     out.notes.append(note)
     if out.done:
-        reported = report(run.run_dir)
-        out.table = reported.table
-        events.emit(RunEnd(run_dir=run.run_dir, config=config, plan=run.plan, records=reported.cells,
-                           summary=reported.summary, table=reported.table))  # the trackers' gap tables
+        out.table = _report(run, config, events)
         say(out.table)
         say(f"results: {rundir.summary_md}, results.csv, summary.json, figures/")
     return out
+
+
+@dataclass
+class _Run:
+    """The run directory's plan, config and finished cells."""
+
+    run_dir: Path
+
+    def __post_init__(self) -> None:
+        folder = RunDir(self.run_dir)
+        self.plan = read_plan(folder)
+        self.config = folder.read_config() if folder.config_yaml.is_file() else {}
+        self.cells = read_cells(folder)
+
+
+def _report(run: _Run, config: dict[str, Any], events: Events) -> str:
+    """Rewrite the run's report (and its filter analysis, where cells saved filters) with the suites'
+    numbers; the trackers get its gap tables. Returns its Markdown tables."""
+    from ..reporting.analysis import FilterAnalysis
+    from ..reporting.summary import Report
+
+    analysis = [FilterAnalysis()] if any(c.filters_pt.is_file() for c in RunDir(run.run_dir).cell_dirs()) else []
+    end = RunEnd(run_dir=run.run_dir, config=config, plan=run.plan, records=read_cells(run.run_dir))
+    Events([*analysis, Report()]).emit(end)
+    events.emit(end)
+    return end.table
 
 
 def _no_conversion(_model: Any) -> Any:
@@ -202,4 +242,4 @@ def _record(cell_dir: CellDir, name: str, result: Any, settings: dict[str, Any],
         progress.unlink()
 
 
-__all__ = ["Evaluation", "evaluate", "suite_data"]
+__all__ = ["Evaluation", "check_suites", "evaluate", "suite_data"]
