@@ -33,7 +33,7 @@ from .cost.bench import bench
 from .cost.estimate import Footprint
 from .engine.capture import framework_output
 from .engine.distributed import World
-from .engine.events import Callback, CellEnd, CellStart, EpochEnd, RunEnd, RunStart
+from .engine.events import Callback, CellEnd, CellStart, EpochEnd, RunEnd, RunStart, SuiteEnd
 from .engine.provenance import Provenance, autocast_precision
 from .engine.records import CellRecord, PlanRecord, RecordFormatError, SummaryRecord
 from .engine.suites import Progress, Suite, SuiteContext, SuiteResult, get_suite, list_suites, register_suite
@@ -60,5 +60,5 @@ __all__ = [
     "dry_run", "autocast", "autocast_precision", "preconditioned_inexact", "Provenance", "Footprint", "bench", "run",
     "sweep", "report", "analyze", "evaluate", "Evaluation", "load", "RunResult", "CellRecord", "PlanRecord", "SummaryRecord",
     "RecordFormatError", "Suite", "SuiteContext", "SuiteResult", "Progress", "register_suite", "get_suite",
-    "list_suites", "Callback", "RunStart", "CellStart", "EpochEnd", "CellEnd", "RunEnd", "__version__",
+    "list_suites", "Callback", "RunStart", "CellStart", "EpochEnd", "CellEnd", "RunEnd", "SuiteEnd", "__version__",
 ]

@@ -77,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as exc:
         what = "terminated" if isinstance(exc, Terminated) else "interrupted"
-        print(f"lcdense: {what}; finished cells are saved, continue with --resume RUN_DIR", file=sys.stderr)
+        again = ("run the same lcdense evaluate again to resume" if (argv or [""])[0] == "evaluate"
+                 else "continue with --resume RUN_DIR")
+        print(f"lcdense: {what}; finished cells are saved, {again}", file=sys.stderr)
         return 143 if isinstance(exc, Terminated) else 130
 
 
