@@ -243,3 +243,34 @@ def test_a_missing_autoattack_is_skipped_in_one_line(linear, tmp_path, monkeypat
     result = _adversarial(task, config, data, model, tmp_path, limit=4, pgd_steps=2)
     assert "autoattack_top1" not in result.metrics and result.metrics["clean_top1"] == 1.0
     assert result.notes == ['AutoAttack skipped: pyautoattack is not installed (pip install "lcdense[robustness]")']
+
+
+@pytest.mark.extra("detection")
+def test_detection_validates_a_cached_corrupted_copy(tmp_path) -> None:
+    from PIL import Image
+
+    from lcdense_tasks.detection.transformed import transformed_split
+
+    task = lcdense.get_task("detection")
+    config = task.default_config()
+    data = task.prepare_data(config, tmp_path / "cache")
+    fog = Corruption("fog", 5)
+    changed = transformed_split(data.dataset, fog, limit=3)
+    folder = changed.yaml_path.parent
+    assert folder.name == "fog-5-seed0-first3" and json.loads(changed.yaml_path.read_text())["val"] == str(folder / "val.txt")
+    listed = folder.joinpath("val.txt").read_text().split()
+    assert len(listed) == 3 and [item["image"] for item in changed.ground_truth["val"]] == [Path(p).name for p in listed]
+    original = [line for line in data.dataset.yaml_path.parent.joinpath("val.txt").read_text().split()][:3]
+    for index, (source, target) in enumerate(zip(original, listed)):
+        expected = fog(np.asarray(Image.open(source).convert("RGB")), index)
+        assert np.array_equal(np.asarray(Image.open(target)), expected)  # PNG: no second compression
+        label = Path(source).parent.parent.parent / "labels" / "val" / f"{Path(source).stem}.txt"
+        assert (folder / "labels" / "val" / label.name).read_text() == label.read_text()
+    stamp = changed.yaml_path.stat().st_mtime_ns
+    assert transformed_split(data.dataset, fog, limit=3).yaml_path.stat().st_mtime_ns == stamp  # made once
+    torch.manual_seed(0)
+    cell = lcdense.Cell(variant="learnable", seed=0, init_seed=0, data_seed=0, dir=tmp_path, device=torch.device("cpu"),
+                        convert=None, quiet=True)
+    metrics = task.evaluate_images(task.build_model(config, data).eval(), data, config, cell, fog, limit=3)
+    assert set(metrics) == {"map50_95", "map50", "precision", "recall"} and all(0 <= v <= 1 for v in metrics.values())
+    assert [p.name for p in tmp_path.iterdir()] == ["cache"]  # the validator's scratch folder is gone
