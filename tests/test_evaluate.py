@@ -274,3 +274,16 @@ def test_detection_validates_a_cached_corrupted_copy(tmp_path) -> None:
     metrics = task.evaluate_images(task.build_model(config, data).eval(), data, config, cell, fog, limit=3)
     assert set(metrics) == {"map50_95", "map50", "precision", "recall"} and all(0 <= v <= 1 for v in metrics.values())
     assert [p.name for p in tmp_path.iterdir()] == ["cache"]  # the validator's scratch folder is gone
+
+
+def test_a_config_runs_its_suites_at_the_end_and_a_typo_is_refused_before_training(tmp_path) -> None:
+    with pytest.raises(LcdenseError, match="unknown suite 'corruptons'"):
+        lcdense.run("classification", variants="learnable", seeds=[0], out=str(tmp_path / "bad"),
+                    **TINY, **{"evaluate.suites": ["corruptons"]})
+    assert not (tmp_path / "bad").exists()  # refused before a run directory was made
+    result = lcdense.run("classification", variants="learnable", seeds=[0], out=str(tmp_path / "runs"), **TINY,
+                         **{"evaluate.suites": ["corruptions"], "evaluate.corruptions.names": "fog",
+                            "evaluate.corruptions.severities": [2], "evaluate.corruptions.limit": 4})
+    record = result.cells[0]
+    assert record.metrics["corruptions/top1"] == record.metrics["corruptions/top1/fog/s2"]
+    assert "corruptions/top1" in result.summary.groups[""]["suite_gaps"]
