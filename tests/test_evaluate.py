@@ -129,10 +129,21 @@ def test_an_interrupted_evaluation_resumes_from_its_last_step(run, tmp_path, mon
     assert len(first) == 1 and len(json.loads(first[0].read_text())["steps"]) == 2
     calls.clear()
     monkeypatch.setattr(task_class, "evaluate_images", original)
-    done = lcdense.evaluate(run_dir, "corruptions", device="cpu", settings=settings, quiet=True)
+    tensorboard = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    from lcdense.engine.trackers import TensorBoardLogger
+
+    done = lcdense.evaluate(run_dir, "corruptions", device="cpu", settings=settings, quiet=True,
+                            callbacks=[TensorBoardLogger()])
     assert len(done.done) == 4
-    assert read_cell(first[0].parent.parent).suites["corruptions"]["resumed_steps"] == 2
+    record = read_cell(first[0].parent.parent)
+    assert record.suites["corruptions"]["resumed_steps"] == 2
     assert not first[0].exists()
+    events = tensorboard.EventAccumulator(str(run_dir / "tensorboard" / record.id))  # the trackers see the suite
+    events.Reload()
+    assert events.Scalars("final/corruptions/top1")[0].value == pytest.approx(record.metrics["corruptions/top1"])
+    gaps = tensorboard.EventAccumulator(str(run_dir / "tensorboard" / "gaps"))
+    gaps.Reload()
+    assert "gap/corruptions/top1/lc-frozen@2 - learnable" in gaps.Tags()["scalars"]
 
 
 def test_cifar10_c_and_cifar10_1_files_are_read_in_place(run, tmp_path, capsys) -> None:
