@@ -292,3 +292,25 @@ def test_detection_round_trip_and_yolo_export(detection, tmp_path):
     assert yolo.task == "detect" and yolo.names == {0: "circle", 1: "square", 2: "triangle"}
     with torch.no_grad():
         torch.testing.assert_close(yolo.model.eval()(x)[0], ema(x)[0], rtol=1e-4, atol=1e-4)
+
+
+def test_torchvision_export_loads_with_load_state_dict(tmp_path):
+    import torchvision
+    from lcdense_tasks.classification import ClassificationTask
+    from lcdense_tasks.classification.models import Normalized
+
+    facts = {"classes": 10, "channels": 3, "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3]}
+    config = {"model": {"name": "resnet18"}, "data": {"dataset": "embedded"}, "train": {"recipe": "lcdense"}}
+    model = ClassificationTask().model_from_facts(config, facts)
+    assert isinstance(model, Normalized)
+    lcdense.convert(model, "lc", E=2, spatial="frozen")
+    folded = lcdense.fold(model).eval()
+    files = ClassificationTask().export(folded, config, facts, tmp_path)
+    assert files == {"torchvision": tmp_path / "model.pth"}
+    config_json = json.loads((tmp_path / "config.json").read_text())
+    net = torchvision.models.get_model(config_json["architecture"], num_classes=config_json["num_classes"]).eval()
+    net.load_state_dict(torch.load(files["torchvision"], weights_only=True))
+    x = torch.rand(2, 3, 32, 32)
+    mean, std = (torch.tensor(config_json[k]).view(1, -1, 1, 1) for k in ("mean", "std"))
+    with torch.no_grad():
+        torch.testing.assert_close(net((x - mean) / std), model.eval()(x), rtol=1e-4, atol=1e-4)

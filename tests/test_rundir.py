@@ -94,7 +94,8 @@ def test_a_fresh_run_writes_where_rundir_says(tmp_path, monkeypatch):
     for cell in run.cell_dirs():
         assert not cell.checkpoint_pt.exists()  # removed once the cell finished
         expected |= {cell.cell_json, cell.conversion_txt, cell.filters_pt, cell.train_log, cell.history_csv,
-                     cell.per_unit_csv("class")}
+                     cell.per_unit_csv("class"), cell.weights_file("model")}
+        assert cell.weights_files() == {"model": cell.weights_file("model")}
     files = {p for p in run.path.rglob("*") if p.is_file()}
     figures = {p for p in files if p.parent == run.figures}
     assert figures and files - figures == expected
