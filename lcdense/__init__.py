@@ -18,7 +18,7 @@ mode, ``train.tf32``) and :class:`Provenance` (what a cell records of its precis
 :class:`World` (``world.shard``, ``world.data_parallel``), :func:`create_model` / :func:`cifar_resnet`,
 :func:`bench` (time and memory of the LC-Block forms against the baseline), the errors.
 """
-from .api import RunResult, analyze, dry_run, load, report, run, sweep
+from .api import Evaluation, RunResult, analyze, dry_run, evaluate, load, report, run, sweep
 from .base.errors import LcdenseError, MissingExtra, require_extra, unknown_name
 from .base.registry import Registry
 from .core.accounting import count_parameters, forward_macs
@@ -33,9 +33,10 @@ from .cost.bench import bench
 from .cost.estimate import Footprint
 from .engine.capture import framework_output
 from .engine.distributed import World
-from .engine.events import Callback, CellEnd, CellStart, EpochEnd, RunEnd, RunStart
+from .engine.events import Callback, CellEnd, CellStart, EpochEnd, RunEnd, RunStart, SuiteEnd
 from .engine.provenance import Provenance, autocast_precision, fp32_math, set_fp32_math
 from .engine.records import CellRecord, PlanRecord, RecordFormatError, SummaryRecord
+from .engine.suites import Progress, Suite, SuiteContext, SuiteResult, get_suite, list_suites, register_suite
 from .engine.task import Cell, Scope, Task, get_task, list_tasks, register_task
 from .engine.training import (
     Recipe,
@@ -57,6 +58,7 @@ __all__ = [
     "register_task", "count_parameters", "forward_macs", "PreconditionedConv", "check_preconditioned_optimizer",
     "World", "cifar_resnet", "create_model", "TrainSettings", "Recipe", "epoch_generator", "epoch_seed", "train_loop",
     "dry_run", "autocast", "autocast_precision", "set_fp32_math", "fp32_math", "preconditioned_inexact", "Provenance", "Footprint", "bench", "run",
-    "sweep", "report", "analyze", "load", "RunResult", "CellRecord", "PlanRecord", "SummaryRecord",
-    "RecordFormatError", "Callback", "RunStart", "CellStart", "EpochEnd", "CellEnd", "RunEnd", "__version__",
+    "sweep", "report", "analyze", "evaluate", "Evaluation", "load", "RunResult", "CellRecord", "PlanRecord", "SummaryRecord",
+    "RecordFormatError", "Suite", "SuiteContext", "SuiteResult", "Progress", "register_suite", "get_suite",
+    "list_suites", "Callback", "RunStart", "CellStart", "EpochEnd", "CellEnd", "RunEnd", "SuiteEnd", "__version__",
 ]

@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "run": ("lcdense.commands.run", "train baseline, frozen and LC variants of a task and report the gap"),
     "sweep": ("lcdense.commands.sweep", "run a grid over E (or width, depth, kernel size, init, LC-Block op) as one resumable run"),
     "paper": ("lcdense.commands.paper", "the paper's experiments: list them with their published numbers, run one"),
+    "evaluate": ("lcdense.commands.evaluate", "evaluate a run's trained models after the fact: corruptions, adversarial, cifar10.1"),
     "report": ("lcdense.commands.report", "re-render summary and plots of a run directory from its files"),
     "export": ("lcdense.commands.export", "write a finished cell's folded model as its own library's checkpoint"),
     "analyze": ("lcdense.commands.analyze", "filter variance entropy, spatial variance, filter grids and LC bank diagnostics of a run"),
@@ -76,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as exc:
         what = "terminated" if isinstance(exc, Terminated) else "interrupted"
-        print(f"lcdense: {what}; finished cells are saved, continue with --resume RUN_DIR", file=sys.stderr)
+        again = ("run the same lcdense evaluate again to resume" if (argv or [""])[0] == "evaluate"
+                 else "continue with --resume RUN_DIR")
+        print(f"lcdense: {what}; finished cells are saved, {again}", file=sys.stderr)
         return 143 if isinstance(exc, Terminated) else 130
 
 

@@ -21,6 +21,7 @@ EXTRAS = {
     "tensorboard": ("tensorboard",),
     "mlflow": ("mlflow", "sqlalchemy"),
     "wandb": ("wandb",),
+    "robustness": ("imagecorruptions", "pyautoattack"),
 }
 
 

@@ -17,7 +17,8 @@ from .benchmark import (
                         run,
                         sweep,
 )
+from .evaluate import Evaluation, evaluate
 from .paper import experiment_settings, run_experiment, sweep_arguments
 
-__all__ = ["AXIS_FLAGS", "SHORT_KEYS", "RunResult", "analyze", "default_callbacks", "dry_run", "expand_settings", "experiment_settings",
+__all__ = ["AXIS_FLAGS", "SHORT_KEYS", "Evaluation", "RunResult", "analyze", "evaluate", "default_callbacks", "dry_run", "expand_settings", "experiment_settings",
            "load", "report", "run", "run_experiment", "sweep", "sweep_arguments"]

@@ -421,6 +421,9 @@ def _launch(task_name: str | None, *, config: Any, resume: Any, axes: dict[str, 
         cfg, task, cells, axis_keys = _new_run(task_name, config, axes, overrides)
         device = str(cfg["run"]["device"])
     check_before_training(task, cfg, cells)
+    from .evaluate import check_suites
+
+    check_suites(task, cfg)  # a typo in evaluate.suites must not wait for the end of training
     gpus = _gpus_requested(device, ddp)
     if gpus and not launched_by_torchrun():
         if task.data_parallel is None:
@@ -473,6 +476,14 @@ def _train_here(task: Task, cfg: dict[str, Any], cells: list[CellSpec], axis_key
         return RunResult(run_dir, cfg, plan, [], None)
     end = _finish(run_dir, cfg, plan, events.callbacks)
     check_diverged(end.records, cfg)
+    if (cfg.get("evaluate") or {}).get("suites"):  # the suites the config names, at the run's end
+        from .evaluate import evaluate
+
+        table = evaluate(run_dir, cfg["evaluate"]["suites"], device=str(cfg["run"]["device"]),
+                         quiet=bool(cfg["run"]["quiet"])).table
+        result = load(run_dir)
+        result.table = table or end.table
+        return result
     return RunResult(run_dir, cfg, plan, end.records, end.summary, end.table)
 
 

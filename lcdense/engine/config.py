@@ -4,7 +4,8 @@ key=value``; in Python, the keyword arguments of :func:`lcdense.run`).
 Sections ``data``, ``model`` and ``train`` belong to the task, except ``train.tf32``, the runner's
 for every task (the fp32 math mode on CUDA, see :mod:`lcdense.engine.provenance`; default false:
 fp32 is IEEE fp32, and a user who wants TF32's speed sets it, and the record says so); ``run`` and
-``conversion`` to the runner; ``paper`` names the paper experiment a run reproduces (see :mod:`lcdense.paper`). Unknown
+``conversion`` to the runner; ``evaluate`` to the evaluation suites (:mod:`lcdense.engine.suites`);
+``paper`` names the paper experiment a run reproduces (see :mod:`lcdense.paper`). Unknown
 keys are an error (a typo must not silently do nothing).
 
 >>> cfg = merge({"train": {"epochs": 75, "lr": 0.01}}, {"train": {"epochs": 2}})
@@ -63,6 +64,13 @@ RUN_DEFAULTS: dict[str, Any] = {
     },
     # the runner's key in the task's section: TF32 for fp32 matmuls and convolutions on CUDA (off: IEEE fp32)
     "train": {"tf32": False},
+    # lcdense evaluate (lcdense.engine.suites): the suites to run at the run's end, the files they read
+    # (a path, or {suite: path}) and each suite's settings (a task adds sections for its own suites)
+    "evaluate": {
+        "suites": [],
+        "data": None,
+        "corruptions": {"names": "all", "severities": [1, 2, 3, 4, 5], "limit": None, "seed": 0},
+    },
     # set by `lcdense paper run` (lcdense.paper): which paper experiment this run reproduces, at
     # which scale (full: the paper's recipe; smoke: shortened, never compared), from which recipe,
     # what the user changed on top of it, and the equivalence margin declared before the run (in

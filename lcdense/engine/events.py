@@ -139,6 +139,30 @@ class RunEnd:
     table: str = ""
 
 
+@dataclass
+class SuiteEnd:
+    """An evaluation suite finished on a cell after its run (``lcdense evaluate``); its numbers are in
+    ``record.metrics`` as ``<suite>/<name>`` and ``record.suites[suite]`` says what it did. Called after
+    ``cell.json`` was written.
+
+    Attributes:
+        run_dir: The run directory.
+        cell_dir: The cell's folder.
+        record: The cell's record, the suite's results in it.
+        suite: The suite's name.
+    """
+
+    run_dir: Path
+    cell_dir: Path
+    record: CellRecord
+    suite: str
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """The suite's numbers, as ``<suite>/<name>`` keys."""
+        return {k: v for k, v in self.record.metrics.items() if k.startswith(f"{self.suite}/")}
+
+
 class Callback:
     """Base class of run callbacks: override the events you need (each does nothing here)."""
 
@@ -147,10 +171,11 @@ class Callback:
     def on_epoch_end(self, event: EpochEnd) -> None: ...
     def on_cell_end(self, event: CellEnd) -> None: ...
     def on_run_end(self, event: RunEnd) -> None: ...
+    def on_suite_end(self, event: SuiteEnd) -> None: ...
 
 
 _METHOD = {RunStart: "on_run_start", CellStart: "on_cell_start", EpochEnd: "on_epoch_end", CellEnd: "on_cell_end",
-           RunEnd: "on_run_end"}
+           RunEnd: "on_run_end", SuiteEnd: "on_suite_end"}
 
 
 class Events:
@@ -166,7 +191,7 @@ class Events:
         """Print ``text`` to the console (also while framework output is captured)."""
         print(text, file=self.stdout, flush=True)
 
-    def emit(self, event: RunStart | CellStart | EpochEnd | CellEnd | RunEnd) -> None:
+    def emit(self, event: RunStart | CellStart | EpochEnd | CellEnd | RunEnd | SuiteEnd) -> None:
         method = _METHOD[type(event)]
         with contextlib.redirect_stdout(self.stdout), contextlib.redirect_stderr(self.stderr):
             for callback in self.callbacks:
@@ -248,4 +273,5 @@ def short_metrics(metrics: dict[str, Any], primary: str) -> str:
     return " ".join(f"{k}={metrics[k]:.4g}" for k in keys if isinstance(metrics[k], (int, float)))
 
 
-__all__ = ["Callback", "CellEnd", "CellStart", "ConsoleLog", "EpochEnd", "Events", "RunEnd", "RunStart", "short_metrics"]
+__all__ = ["Callback", "CellEnd", "CellStart", "ConsoleLog", "EpochEnd", "Events", "RunEnd", "RunStart", "SuiteEnd",
+           "short_metrics"]

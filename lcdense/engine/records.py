@@ -113,6 +113,9 @@ class CellRecord(_Record):
         models: The weights the cell keeps (``model``: the final ones; ``best``, ``ema``): name →
             ``file``, ``sha256``, ``bytes``, ``frozen_digest`` (see :mod:`lcdense.engine.trained`).
         provenance: How the cell's numbers came about (precision, init, resume, weights evaluated).
+        suites: The evaluation suites run on the cell after training (``lcdense evaluate``): name →
+            ``headline`` (its metric names shown in the report), ``seconds``, ``settings``, ``weights``,
+            ``info``, ``notes``; their numbers are in ``metrics`` as ``<suite>/<name>``.
         paper: A paper run's experiment, scale, recipe and overrides.
         error: Why the cell failed, or what went non-finite in a diverged cell.
         extra: Keys of the file that this version does not know, kept.
@@ -145,6 +148,8 @@ class CellRecord(_Record):
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: How the cell's numbers came about (precision, init, resume, weights evaluated); optional.
     provenance: dict[str, Any] | None = None
+    #: The evaluation suites run after training: name → headline, seconds, settings, weights, info, notes.
+    suites: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: A paper run's experiment, scale, recipe and overrides (see :mod:`lcdense.paper`); optional.
     paper: dict[str, Any] | None = None
     error: str | None = None
@@ -166,6 +171,14 @@ class CellRecord(_Record):
     def finished(self) -> bool:
         """Whether the cell finished training and evaluation (``done`` or ``diverged``): it is not run again."""
         return self.status in FINISHED
+
+    def suite_headlines(self) -> list[str]:
+        """The headline metrics of the suites run on this cell, as ``<suite>/<name>`` metric keys.
+
+        >>> CellRecord(id="x", variant="frozen", suites={"adversarial": {"headline": ["fgsm_top1"]}}).suite_headlines()
+        ['adversarial/fgsm_top1']
+        """
+        return [f"{suite}/{name}" for suite, entry in self.suites.items() for name in entry.get("headline", [])]
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CellRecord:

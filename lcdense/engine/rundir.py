@@ -14,7 +14,8 @@ every path of a run, and no other module joins them.
       tensorboard/, mlflow.db, mlartifacts/         the experiment trackers
       cells/<cell id>/           CellDir: cell.json, conversion.txt, filters.pt, checkpoint.pt,
                                  train.log, history.csv, per_<unit>.csv, the trained weights
-                                 (model.safetensors; best, ema: <name>.safetensors), export/
+                                 (model.safetensors; best, ema: <name>.safetensors), export/,
+                                 suites/ (lcdense evaluate's progress while a suite runs)
     OUT/TASK/dry-run/<time>.json the estimates of a dry run
     OUT/.cache/                  generated datasets (unless run.cache_dir says otherwise)
 
@@ -133,6 +134,11 @@ class CellDir(_Folder):
         if not self.path.is_dir():
             return {}
         return {p.name.removesuffix(".safetensors"): p for p in sorted(self.path.glob("*.safetensors")) if p.is_file()}
+
+    def suite_progress(self, suite: str) -> Path:
+        """``suites/<suite>.partial.json``: the finished steps of a suite still running on the cell
+        (removed once its results are in ``cell.json``)."""
+        return self.path / "suites" / f"{suite}.partial.json"
 
     @property
     def export(self) -> Path:

@@ -13,11 +13,12 @@ from __future__ import annotations
 import contextlib
 import io
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -329,3 +330,20 @@ class Task(ABC):
     def evaluate(self, model: nn.Module, data: Any, config: dict[str, Any], cell: Cell) -> dict[str, float]:
         """Final metrics of the trained model; must include ``primary_metric``. Note the precision
         evaluated in as ``cell.provenance.eval_precision``."""
+
+    def evaluate_images(self, model: nn.Module, data: Any, config: dict[str, Any], cell: Cell,
+                        transform: Callable[[np.ndarray, int], np.ndarray] | None = None,
+                        limit: int | None = None) -> dict[str, float]:
+        """Metrics (``primary_metric`` among them) of ``model`` on the validation split, each image passed
+        through ``transform(image, index)`` first (RGB uint8 H×W×3 as read from disk, or as the model's
+        input size where the task crops first, and its index in the split); the first ``limit`` images
+        only, if given. The corruptions suite calls it; ``transform`` may carry a ``key`` naming it,
+        for caches of transformed copies. The default: the task does not support it."""
+        raise LcdenseError(f"task '{self.name}' does not evaluate transformed images")
+
+    def published_corruptions(self, root: Path, data: Any, config: dict[str, Any], *, names: list[str],
+                              severities: list[int]) -> Iterator[tuple[str, int, Any]]:
+        """The published corrupted validation sets under ``root`` (e.g. CIFAR-10-C) as
+        ``(corruption, severity, data)``, each ``data`` a handle :meth:`evaluate_images` reads; only
+        ``names`` × ``severities``. The default: the task reads none."""
+        raise LcdenseError(f"task '{self.name}' reads no published corruption files; drop --data to generate them")

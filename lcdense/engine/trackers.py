@@ -36,7 +36,7 @@ from ..base.errors import require_extra
 from ..base.registry import Registry
 from .cell_files import per_unit_results
 from .config import cell_config
-from .events import Callback, CellEnd, CellStart, EpochEnd, RunEnd, RunStart
+from .events import Callback, CellEnd, CellStart, EpochEnd, RunEnd, RunStart, SuiteEnd
 from .records import read_plan
 from .rundir import RunDir
 
@@ -115,6 +115,15 @@ def cell_digests(event: CellEnd) -> dict[str, str]:
     return digests
 
 
+def gap_scalars(group: dict[str, Any]) -> list[tuple[str, float]]:
+    """(tag, mean) of a sweep point's gaps: ``gap/<gap>`` in the primary metric, ``gap/<metric>/<gap>``
+    in each evaluation suite's headline metric."""
+    out = [(f"gap/{g['gap']}", g["mean"]) for g in group.get("gaps", []) if isinstance(g.get("mean"), (int, float))]
+    for metric, gaps in group.get("suite_gaps", {}).items():
+        out += [(f"gap/{metric}/{g['gap']}", g["mean"]) for g in gaps if isinstance(g.get("mean"), (int, float))]
+    return out
+
+
 def epoch_numbers(event: EpochEnd) -> dict[str, float]:
     return {k: v for k, v in numbers(event.metrics).items() if k != "epoch"}
 
@@ -163,6 +172,13 @@ class Tracker(Callback):
 
     def run_ended(self, event: RunEnd) -> None:
         """The run's report is written (``event.table`` is the gap table)."""
+
+    def on_suite_end(self, event: SuiteEnd) -> None:
+        self.attach(event.run_dir)
+        self.suite_ended(event)
+
+    def suite_ended(self, event: SuiteEnd) -> None:
+        """An evaluation suite finished on a cell (``lcdense evaluate``): log ``event.metrics`` as its finals."""
 
     def cell_config(self, event: CellStart) -> dict[str, Any]:
         """The config the cell trains with (its sweep point applied), with its variant and seed."""
@@ -217,11 +233,17 @@ class TensorBoardLogger(Tracker):
         writer = self._writer("gaps")
         writer.add_text("gap_table", event.table)
         for group, stats in (event.summary.groups if event.summary else {}).items():
-            for gap in stats.get("gaps", []):
-                if isinstance(gap.get("mean"), (int, float)):
-                    writer.add_scalar(f"gap/{gap['gap']}" + (f" [{group}]" if group else ""), gap["mean"], 0)
+            for tag, gap in gap_scalars(stats):
+                writer.add_scalar(tag + (f" [{group}]" if group else ""), gap, 0)
         writer.close()
         self.writers.pop("gaps")
+
+    def suite_ended(self, event: SuiteEnd) -> None:
+        writer = self._writer(event.record.id)
+        for key, value in event.metrics.items():
+            writer.add_scalar(f"final/{key}", value, len(event.record.history))
+        writer.close()
+        self.writers.pop(event.record.id)
 
 
 @TRACKERS.register("mlflow")
@@ -292,6 +314,20 @@ class MLflowLogger(Tracker):
         self.client.log_text(self.parent, event.table + "\n", "gaps.md")
         self.client.set_terminated(self.parent)
 
+    def suite_ended(self, event: SuiteEnd) -> None:
+        from mlflow.entities import Metric
+
+        where = str(event.run_dir.resolve())
+        found = self.client.search_runs([self.experiment], filter_string=f"tags.`lcdense.cell` = '{event.record.id}' and "
+                                                                         f"tags.`lcdense.run_dir` = '{where}'")
+        run_id = found[0].info.run_id if found else self.client.create_run(
+            self.experiment, run_name=event.record.id, tags={"mlflow.parentRunId": self.parent,
+                                                             "lcdense.cell": event.record.id, "lcdense.run_dir": where}).info.run_id
+        now, step = _millis(), len(event.record.history)
+        self.client.log_batch(run_id, metrics=[Metric(f"final/{k}".replace("@", "_"), v, now, step)
+                                               for k, v in event.metrics.items()])
+        self.client.set_terminated(run_id)
+
 
 def _millis() -> int:
     import time
@@ -332,6 +368,11 @@ class WandbLogger(Tracker):
         if run is None:
             return
         run.summary.update({**cell_finals(event), **cell_digests(event)})
+        run.finish()
+
+    def suite_ended(self, event: SuiteEnd) -> None:
+        run = self._init(event.record.id, {"cell.id": event.record.id, "suite": event.suite}, "evaluate")
+        run.summary.update({f"final/{k}": v for k, v in event.metrics.items()})
         run.finish()
 
     def run_ended(self, event: RunEnd) -> None:

@@ -1,5 +1,6 @@
 """Figures of a run: the primary metric per variant (error bars = std over seeds) and, for
-sweeps, the metric and the frozen − learnable gap against the swept axis (paper Fig. 4/6/7a).
+sweeps, the metric and the frozen − learnable gap against the swept axis (paper Fig. 4/6/7a); after
+``lcdense evaluate``, each suite's headline metric per variant, and the corruptions' against severity.
 
 Figures are written atomically under ``run_dir/figures`` and returned as relative paths; colours,
 variant order and saving come from :mod:`lcdense.reporting.style`, the gaps from the summary (paired by seed).
@@ -22,8 +23,8 @@ def _save(fig: Any, run_dir: Path, name: str) -> str:
     return run.relative(path)
 
 
-def _bars(run_dir: Path, summary: SummaryRecord) -> str:
-    primary = summary.primary_metric
+def _bars(run_dir: Path, summary: SummaryRecord, metric: str | None = None) -> str:
+    primary = metric or summary.primary_metric
     rows = [(f"{name}" + (f" [{group}]" if group else ""), v)
             for group, content in summary.groups.items() for name, v in content["variants"].items()
             if primary in v["metrics"]]
@@ -40,7 +41,38 @@ def _bars(run_dir: Path, summary: SummaryRecord) -> str:
     pad = max(1e-3, (hi - lo) * 0.3)
     ax.set_ylim(max(0.0, lo - pad) if lo >= 0 else lo - pad, hi + pad)
     ax.grid(axis="y", alpha=0.3)
-    return _save(fig, run_dir, "metric_per_variant.png")
+    return _save(fig, run_dir, "metric_per_variant.png" if metric is None else f"{_file_name(metric)}_per_variant.png")
+
+
+def _file_name(metric: str) -> str:
+    """A metric name as part of a file name.
+
+    >>> _file_name("adversarial/fgsm_top1"), _file_name("cifar10.1/top1")
+    ('adversarial_fgsm_top1', 'cifar10.1_top1')
+    """
+    return metric.replace("/", "_").replace("@", "")
+
+
+def _versus_severity(run_dir: Path, summary: SummaryRecord, metric: str) -> str:
+    """The corruptions suite's ``metric`` against severity per variant (0: the clean images)."""
+    fig = new_figure(6, 4)
+    ax = fig.add_subplot()
+    shown: dict[str, int] = {}
+    for group, content in summary.groups.items():
+        for name, v in sorted(content["variants"].items(), key=lambda item: variant_order(item[0])):
+            points = [(0, v["metrics"][f"{metric}/clean"])] if f"{metric}/clean" in v["metrics"] else []
+            points += [(s, v["metrics"][f"{metric}/s{s}"]) for s in range(1, 6) if f"{metric}/s{s}" in v["metrics"]]
+            if points:
+                index = shown[color(name)] = shown.get(color(name), -1) + 1
+                ax.errorbar([p[0] for p in points], [p[1]["mean"] for p in points], yerr=[p[1]["std"] for p in points],
+                            capsize=3, label=name + (f" [{group}]" if group else ""), color=color(name),
+                            **line_style(index))
+    ax.set_xlabel("corruption severity (0: clean)")
+    ax.set_ylabel(f"{metric.split('/')[1]} (mean over corruptions; ± std over seeds)")
+    ax.set_title(f"{metric} vs severity")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return _save(fig, run_dir, f"{_file_name(metric)}_vs_severity.png")
 
 
 def _versus_e(run_dir: Path, summary: SummaryRecord) -> list[str]:
@@ -125,4 +157,8 @@ def plot_run(run_dir: Path, records: list[CellRecord], summary: SummaryRecord) -
         paths += _versus_e(run_dir, summary)
     for axis in sorted({a for r in records for a in r.axes}):
         paths.append(_versus_axis(run_dir, records, summary.primary_metric, axis))
+    for metric in dict.fromkeys(h for r in records for h in r.suite_headlines()):  # the evaluation suites
+        paths.append(_bars(run_dir, summary, metric))
+        if metric.startswith("corruptions/"):
+            paths.append(_versus_severity(run_dir, summary, metric))
     return paths

@@ -101,15 +101,18 @@ def summarize(records: list[CellRecord], primary: str, higher_is_better: bool,
             if name in lost:
                 variants[name]["diverged"] = sorted(r.id for r in lost[name])
         gaps = [gap for metric in (primary, *(m for m in also if m != primary))
-                for gap in _gaps(by_variant, metric)]
+                for gap in variant_gaps(by_variant, metric)]
         out.groups[group] = {"variants": variants, "gaps": gaps}
         if lost:
             out.groups[group]["diverged"] = {r.id: r.error or "not finite" for rs in lost.values() for r in rs}
+        headlines = list(dict.fromkeys(h for r in records if r.done for h in r.suite_headlines()))
+        if headlines:  # the evaluation suites' headline metrics get the primary metric's gaps
+            out.groups[group]["suite_gaps"] = {m: variant_gaps(by_variant, m) for m in headlines}
     return out
 
 
-def _gaps(by_variant: dict[str, list[CellRecord]], metric: str) -> list[dict[str, Any]]:
-    """The :data:`GAPS` of one sweep point in ``metric``, paired by seed."""
+def variant_gaps(by_variant: dict[str, list[CellRecord]], metric: str) -> list[dict[str, Any]]:
+    """The :data:`GAPS` in ``metric`` between the variants of one sweep point, paired by seed."""
     gaps = []
     by_kind_e = {(rs[0].kind, rs[0].E): {r.seed: r.metrics.get(metric) for r in rs} for rs in by_variant.values()}
     expansions = sorted({e for _, e in by_kind_e if e is not None})
@@ -256,10 +259,70 @@ def markdown_table(summary: SummaryRecord) -> str:
             lines += ["", "**Diverged** (loss or metrics not finite; left out of the statistics and the gaps): "
                       + "; ".join(f"{cell} ({why})" for cell, why in content["diverged"].items()) + "  "]
         lines += provenance_lines(content["variants"], primary)
+        lines += suite_tables(content)
         lines.append("")
     if summary.paper:
         lines += paper_table(summary.paper, primary)
     return "\n".join(lines)
+
+
+def suite_tables(content: dict[str, Any]) -> list[str]:
+    """Markdown of one sweep point's evaluation-suite numbers (``lcdense evaluate``): each headline
+    metric per variant with its gaps, and for the corruptions suite its metric per corruption and severity
+    (means over seeds).
+
+    >>> content = {"variants": {"learnable": {"seeds": [0], "metrics": {"corruptions/top1": {"mean": 0.5, "std": 0.0, "n": 1},
+    ...     "corruptions/top1/fog/s1": {"mean": 0.6, "std": 0.0, "n": 1}, "corruptions/top1/clean": {"mean": 0.7, "std": 0.0, "n": 1}}}},
+    ...     "suite_gaps": {"corruptions/top1": []}}
+    >>> print("\\n".join(suite_tables(content)[3:6]))
+    | variant | corruptions/top1 |
+    |---|---|
+    | learnable | 0.5000 ± 0.0000 |
+    """
+    headlines = list(content.get("suite_gaps", {}))
+    if not headlines:
+        return []
+    variants = content["variants"]
+    lines = ["", "Evaluation suites (`lcdense evaluate`), mean ± std over seeds:", "",
+             "| variant | " + " | ".join(headlines) + " |", "|---|" + "---|" * len(headlines)]
+    for name, v in variants.items():
+        cells = [_fmt(v["metrics"][m]) if m in v["metrics"] else "n/a" for m in headlines]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    rows = [(m, g) for m in headlines for g in content["suite_gaps"][m]]
+    if rows:
+        lines += ["", "| gap (paired by seed) | metric | mean ± std | 95% CI | seeds |", "|---|---|---|---|---|"]
+        for metric, g in rows:
+            ci = f"[{g['ci95'][0]:+.4f}, {g['ci95'][1]:+.4f}]" if "ci95" in g else "n/a (1 seed)"
+            lines.append(f"| {g['gap']} | {metric} | {g['mean']:+.4f} ± {g['std']:.4f} | {ci} | {g['n']} |")
+    for metric in (m for m in headlines if m.startswith("corruptions/")):
+        lines += corruption_table(variants, metric)
+    return lines
+
+
+def corruption_table(variants: dict[str, Any], metric: str) -> list[str]:
+    """The corruptions suite's ``metric`` per corruption (rows) and severity (columns), one table per variant."""
+    lines: list[str] = []
+    for name, v in variants.items():
+        grid: dict[str, dict[str, float]] = {}
+        for key, stats in v["metrics"].items():
+            parts = key[len(metric) + 1:].split("/") if key.startswith(metric + "/") else []
+            if len(parts) == 2 and parts[1].startswith("s"):
+                grid.setdefault(parts[0], {})[parts[1]] = stats["mean"]
+        if not grid:
+            continue
+        levels = sorted({s for row in grid.values() for s in row})
+        clean = v["metrics"].get(f"{metric}/clean")
+        lines += ["", f"{metric} of **{name}** per corruption and severity" +
+                  (f" (clean: {clean['mean']:.4f})" if clean else "") + ":", "",
+                  "| corruption | " + " | ".join(levels) + " | mean |", "|---|" + "---|" * (len(levels) + 1)]
+        for corruption, row in grid.items():
+            mean = v["metrics"].get(f"{metric}/{corruption}", {}).get("mean")
+            lines.append(f"| {corruption} | " + " | ".join(f"{row[s]:.4f}" if s in row else "" for s in levels)
+                         + (f" | {mean:.4f} |" if mean is not None else " | |"))
+        lines.append("| **mean** | " + " | ".join(f"{v['metrics'][f'{metric}/{s}']['mean']:.4f}"
+                                                 if f"{metric}/{s}" in v["metrics"] else "" for s in levels)
+                     + f" | {v['metrics'][metric]['mean']:.4f} |")
+    return lines
 
 
 PROVENANCE_COLUMNS: tuple[str, ...] = ("init", "precision_train", "precision_eval", "primary_weights", "resumed",

@@ -27,7 +27,7 @@ from torch import nn
 from lcdense import (Cell, Footprint, LcdenseError, Scope, Task, TrainSettings, cifar_resnet, create_model, epoch_generator,
                      epoch_seed, preconditioned_inexact, require_extra, train_loop, unknown_name)
 
-from . import timm_recipe
+from . import robustness, timm_recipe
 from .data import DATASETS, TensorData, ensure_embedded, fingerprint, load_tensor_dataset
 from .export import export_model
 from .imagenet import check_image_folders, ensure_embedded_imagefolder, image_folders
@@ -77,6 +77,7 @@ class ClassificationTask(Task):
                       "label_smoothing": 0.1, "augment": True, "amp": True, "sync_bn": False, "eval_every": 1,
                       "recipe": "lcdense", "timm": dict(timm_recipe.TIMM_DEFAULTS)},
             "eval": {"batch_size": 500, "fgsm_eps": 1 / 255},
+            "evaluate": {"adversarial": dict(robustness.AdversarialSuite.defaults)},
         }
 
     # ---- data ------------------------------------------------------------------------------
@@ -201,6 +202,19 @@ class ClassificationTask(Task):
         if isinstance(data, TensorData):
             metrics["data_fingerprint"] = fingerprint(data)
         return metrics
+
+
+    def evaluate_images(self, model: nn.Module, data: Any, config: dict[str, Any], cell: Cell,
+                        transform: Any = None, limit: int | None = None) -> dict[str, float]:
+        """Top-1, top-5 and loss over the validation split (image folders: resized and centre-cropped to
+        ``data.image_size`` before ``transform``), in fp32."""
+        return robustness.evaluate_images(model, data, config, cell, transform, limit)
+
+    def published_corruptions(self, root: Path, data: Any, config: dict[str, Any], *, names: list[str],
+                              severities: list[int]) -> Iterator[tuple[str, int, Any]]:
+        """CIFAR-10-C (CIFAR-format runs) or ImageNet-C (image-folder runs), read in place in their
+        RobustBench layout (see :mod:`lcdense_tasks.classification.robustness`)."""
+        return robustness.published_corruptions(root, data, names=names, severities=severities)
 
 
 def _recipe(config: dict[str, Any]) -> str:

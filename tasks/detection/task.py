@@ -31,6 +31,8 @@ clips gradients.
 from __future__ import annotations
 
 import copy
+import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -43,6 +45,7 @@ from lcdense import Cell, Footprint, LcdenseError, Scope, Task, frozen_digest
 from .evaluation import coco_metrics
 from .offline import load_ultralytics
 from .shapes import SHAPE_CLASSES, generate_shapes_voc
+from .transformed import transformed_split
 from .voc import VOC_CLASSES, YoloDataset, build_yolo_dataset
 
 #: The conversion scopes: name → (what it converts, the parts it leaves learnable).
@@ -259,6 +262,18 @@ class DetectionTask(Task):
         _, raw = self._validate(model, data, config, cell, "val_raw")
         metrics["raw_map50_95"], metrics["raw_map50"] = float(raw["metrics/mAP50-95(B)"]), float(raw["metrics/mAP50(B)"])
         return metrics
+
+    def evaluate_images(self, model: nn.Module, data: DetectionData, config: dict[str, Any], cell: Cell,
+                        transform: Any = None, limit: int | None = None) -> dict[str, float]:
+        """``map50_95``, ``map50``, ``precision`` and ``recall`` (ultralytics' validator, fp32) of ``model``
+        with each validation image passed through ``transform`` as read from disk; boxes unchanged
+        (see :mod:`lcdense_tasks.detection.transformed`)."""
+        changed = DetectionData(transformed_split(data.dataset, transform, limit), data.cache_dir)
+        with tempfile.TemporaryDirectory(dir=cell.dir, prefix=".val-") as scratch:
+            _, stats = self._validate(model, changed, config, cell, Path(scratch).name)
+        cell.provenance.eval_precision = "fp32"
+        return {"map50_95": float(stats["metrics/mAP50-95(B)"]), "map50": float(stats["metrics/mAP50(B)"]),
+                "precision": float(stats["metrics/precision(B)"]), "recall": float(stats["metrics/recall(B)"])}
 
     def _validate(self, model: nn.Module, data: DetectionData, config: dict[str, Any], cell: Cell,
                   name: str) -> tuple[Any, dict[str, float]]:

@@ -13,7 +13,7 @@ augmentations are identical with any number of DataLoader workers and on resume.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,6 +87,8 @@ class PairDataset:
     samples: list[Sample]
     size: tuple[int, int]
     augment: bool
+    #: Applied to each image as read (RGB uint8 H×W×3) with its index, before scaling (the corruptions suite).
+    transform: Callable[[np.ndarray, int], np.ndarray] | None = None
     _train: A.Compose = field(init=False, repr=False)
     _plain: A.Compose = field(init=False, repr=False)
 
@@ -100,6 +102,8 @@ class PairDataset:
     def __getitem__(self, key: tuple[int, int | None]) -> tuple[torch.Tensor, torch.Tensor]:
         index, seed = key
         image, mask = read_pair(self.samples[index])
+        if self.transform is not None:
+            image = self.transform(image, index)
         return apply(self._plain if seed is None else self._train, image, mask, seed)
 
 

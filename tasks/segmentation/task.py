@@ -199,17 +199,28 @@ class SegmentationTask(Task):
         unit = "per_patient" if data.dataset == "brain-mri" else "per_car"
         return {**counts.scores(per_group=data.dataset == "brain-mri"), unit: counts.per_group()}
 
-    def _scores(self, model: nn.Module, data: SegmentationData, config: dict[str, Any], cell: Cell) -> ConfusionCounts:
+    def evaluate_images(self, model: nn.Module, data: SegmentationData, config: dict[str, Any], cell: Cell,
+                        transform: Any = None, limit: int | None = None) -> dict[str, float]:
+        """``dice`` and ``iou`` (and brain MRI's ``patient_dice``) with each validation image passed through
+        ``transform`` as read from disk (RGB uint8, before scaling to the network size); masks unchanged."""
+        samples = data.val if limit is None else data.val[:limit]
+        val_set = PairDataset(samples, data.size, augment=False, transform=transform)
+        counts = self._scores(model, data, config, cell, val_set, samples)
+        return counts.scores(per_group=data.dataset == "brain-mri")
+
+    def _scores(self, model: nn.Module, data: SegmentationData, config: dict[str, Any], cell: Cell,
+                val_set: PairDataset | None = None, samples: list[Sample] | None = None) -> ConfusionCounts:
         cfg = self.resolve_config(config)
         model.to(cell.device).eval()
-        val_set = PairDataset(data.val, data.size, augment=False)
+        samples = data.val if samples is None else samples
+        val_set = val_set or PairDataset(data.val, data.size, augment=False)
         counts, start = ConfusionCounts(), 0
         cell.provenance.eval_precision = autocast_precision(cfg["train"]["amp"], cell.device)
         with torch.no_grad(), autocast(cell.device, cfg["train"]["amp"]):
             for images, masks in eval_batches(val_set, batch_size=cfg["train"]["batch_size"],
                                               workers=cfg["data"]["workers"], pin_memory=cell.device.type == "cuda"):
                 logits = model(images.to(cell.device, non_blocking=True))
-                counts.add(logits, masks.to(cell.device), [s.group for s in data.val[start:start + len(images)]])
+                counts.add(logits, masks.to(cell.device), [s.group for s in samples[start:start + len(images)]])
                 start += len(images)
         return counts
 
