@@ -2,7 +2,7 @@
 
 A suite is a :class:`Suite` subclass registered by name in :data:`SUITES` (in code with
 ``@register_suite("name")``, from another package through the ``lcdense.suites`` entry-point
-group). :meth:`Suite.run` takes the task, the trained model, the task's data and a
+group, the class's ``name`` then set to the entry point's, as the built-in tasks' suites do). :meth:`Suite.run` takes the task, the trained model, the task's data and a
 :class:`SuiteContext` (the cell, its config, the suite's settings, the files ``--data`` named, and
 a :class:`Progress` that makes long suites resumable) and returns a :class:`SuiteResult`: numbers
 that join the cell's record as ``<suite>/<name>`` metrics, the headline ones among them (gap

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lcdense import Cell, LcdenseError, Suite, SuiteContext, SuiteResult, Task, register_suite
+from lcdense import Cell, LcdenseError, Suite, SuiteContext, SuiteResult, Task
 
 from .data import TensorData
 from .imagenet import check_image_folders
@@ -224,7 +224,6 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step: fl
     return adv.detach()
 
 
-@register_suite("adversarial")
 class AdversarialSuite(Suite):
     """Top-1 under ℓ∞ attacks at ε = 1/255 in [0, 1] pixel space (the paper's; normalisation is inside the
     model): ``fgsm_top1`` (one step), ``pgd_top1`` (``pgd_steps`` steps of ``pgd_step_size``, default ε/4,
@@ -232,6 +231,8 @@ class AdversarialSuite(Suite):
     its ``standard`` version, or ``plus``, ``rand``, or a list of its attacks such as ``[apgd-ce]``;
     ``autoattack: null`` skips it, as does a missing package, with one line).
     ``clean_top1`` is the same images unattacked; ``limit`` takes the first N validation images."""
+
+    name = "adversarial"  # as its entry point in pyproject.toml names it
 
     defaults: ClassVar[dict[str, Any]] = {"eps": 1 / 255, "pgd_steps": 10, "pgd_step_size": None,
                                           "autoattack": "standard", "limit": None, "batch_size": 250, "seed": 0}
@@ -309,11 +310,12 @@ def _autoattack(model: nn.Module, data: Any, config: dict[str, Any], cell: Cell,
     return hits / len(y)
 
 
-@register_suite("cifar10.1")
 class Cifar101Suite(Suite):
     """CIFAR-10.1 v6 (Recht et al. 2018), read in place from its ``.npy`` files (``--data`` names their
     folder): ``top1``, ``top5`` and ``val_loss`` of a model trained on CIFAR-10's ten classes (or
     any 32 × 32 RGB, 10-class model, such as the embedded default's)."""
+
+    name = "cifar10.1"  # as its entry point in pyproject.toml names it
 
     data_files = "folder of cifar10.1_v6_data.npy and cifar10.1_v6_labels.npy"
     needs_data = True

@@ -31,7 +31,6 @@ clips gradients.
 from __future__ import annotations
 
 import copy
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
