@@ -94,7 +94,11 @@ def _one_process_digests(run_dir: Path, cache: Path) -> dict[str, str]:
     return digests
 
 
-@pytest.fixture(scope="module", params=list(RUNS))
+#: the timm recipe's ranks take the same torchrun path as classification's: beyond the default suite (-m slow)
+PARAMS = [pytest.param(name, marks=pytest.mark.slow) if name == "timm-recipe" else name for name in RUNS]
+
+
+@pytest.fixture(scope="module", params=PARAMS)
 def ddp_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, float]:
     out = tmp_path_factory.mktemp(request.param)
     run_dir, seconds = _launch(request.param, out)
