@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,7 +16,7 @@ from PIL import Image
 
 from lcdense import LcdenseError
 
-from .voc import YoloDataset
+from .voc import YoloDataset, staged_folder
 
 
 def transformed_split(dataset: YoloDataset, transform: Callable[[np.ndarray, int], np.ndarray] | None,
@@ -39,9 +37,7 @@ def transformed_split(dataset: YoloDataset, transform: Callable[[np.ndarray, int
         raise LcdenseError("a transform of detection images needs a key naming it (its cached copy's folder)")
     out = root / "corrupted" / f"{key}-first{count}"
     if not (out / "data.yaml").is_file():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-        try:
+        with staged_folder(out) as tmp:
             (tmp / "images" / "val").mkdir(parents=True)
             (tmp / "labels" / "val").mkdir(parents=True)
             paths = []
@@ -59,11 +55,5 @@ def transformed_split(dataset: YoloDataset, transform: Callable[[np.ndarray, int
             (tmp / "val.txt").write_text("".join(f"{p}\n" for p in paths))
             data = json.loads(dataset.yaml_path.read_text())
             (tmp / "data.yaml").write_text(json.dumps({**data, "path": str(out), "val": str(out / "val.txt")}, indent=1))
-            os.replace(tmp, out)
-        except OSError:
-            if not (out / "data.yaml").is_file():
-                raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     val = [{**item, "image": f"{Path(item['image']).stem}.png"} for item in truth[:count]]
     return dataclasses.replace(dataset, yaml_path=out / "data.yaml", ground_truth={**dataset.ground_truth, "val": val})

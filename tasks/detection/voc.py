@@ -20,12 +20,14 @@ in the summary (``images_without_objects``).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import tempfile
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -206,6 +208,30 @@ def _write_split(devkit: Path, out: Path, split: str, members: list[tuple[Path, 
     return ground_truth, counts
 
 
+@contextlib.contextmanager
+def staged_folder(out: Path) -> Iterator[Path]:
+    """A new folder beside ``out`` to fill; when the block ends it becomes ``out`` in one rename. If
+    another process published ``out`` first (its ``data.yaml`` is there), that copy is kept.
+
+    >>> import tempfile
+    >>> out = Path(tempfile.mkdtemp()) / "converted"
+    >>> with staged_folder(out) as tmp:
+    ...     _ = (tmp / "data.yaml").write_text("{}")
+    >>> sorted(p.name for p in out.parent.iterdir()), (out / "data.yaml").read_text()
+    (['converted'], '{}')
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        yield tmp
+        os.replace(tmp, out)
+    except OSError:
+        if not (out / "data.yaml").is_file():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def build_yolo_dataset(devkit: Path, splits: dict[str, list[str]], cache_dir: Path, *,
                        classes: tuple[str, ...] = VOC_CLASSES, difficult: str = "exclude") -> YoloDataset:
     """Convert ``splits`` (e.g. ``{"train": ["VOC2007/trainval"], "val": ["VOC2007/test"]}``) once into the cache."""
@@ -222,9 +248,7 @@ def build_yolo_dataset(devkit: Path, splits: dict[str, list[str]], cache_dir: Pa
             raise LcdenseError(f"split '{split}' ({', '.join(splits[split])}) lists no images")
     out = Path(cache_dir).resolve() / f"voc-yolo-{_cache_key(devkit, splits, classes, difficult, members)}"
     if not (out / "data.yaml").is_file():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-        try:
+        with staged_folder(out) as tmp:
             ground_truth, summary = {}, {}
             for split, found in members.items():
                 ground_truth[split], summary[split] = _write_split(devkit, tmp, split, found, classes, difficult)
@@ -237,12 +261,6 @@ def build_yolo_dataset(devkit: Path, splits: dict[str, list[str]], cache_dir: Pa
             for split in members:  # list files name their final location
                 listing = tmp / f"{split}.txt"
                 listing.write_text(listing.read_text().replace(str(tmp), str(out)))
-            os.replace(tmp, out)
-        except OSError:
-            if not (out / "data.yaml").is_file():
-                raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     return YoloDataset(
         yaml_path=out / "data.yaml", names=tuple(classes),
         ground_truth=json.loads((out / "ground_truth.json").read_text()),
