@@ -161,6 +161,10 @@ def start(state: Path) -> None:
     check_available()
     if any(_pid(state, name) and _alive(_pid(state, name), program) for name, program in DAEMONS.items()):
         raise RuntimeError(f"a cluster started from {state} still runs; stop it first: {sys.argv[0]} stop --dir {state}")
+    for folder in state.resolve().parents:  # munged and mariadbd run as their own users: they must reach the state
+        if folder.exists() and not folder.stat().st_mode & 0o001:
+            raise RuntimeError(f"{folder} is closed to other users (mode {folder.stat().st_mode & 0o777:o}), so munged and "
+                               f"mariadbd cannot reach {state}: chmod o+x {folder}, or choose another --dir")
     if state.exists():
         shutil.rmtree(state)
     for sub in ("run", "log", "ctld", "spool", "munge", "mysql"):
