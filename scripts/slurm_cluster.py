@@ -137,7 +137,9 @@ def _write_configs(state: Path, ports: dict[str, int], password: str) -> None:
         "SlurmctldLogFile": state / "log" / "slurmctld.log", "SlurmdLogFile": state / "log" / "slurmd.log",
         "ProctrackType": "proctrack/linuxproc", "TaskPlugin": "task/none", "JobAcctGatherType": "jobacct_gather/none",
         "SelectType": "select/cons_tres", "SelectTypeParameters": "CR_Core", "MpiDefault": "none",
-        "ReturnToService": 2, "KillWait": 5, "SchedulerParameters": "batch_sched_delay=0,sched_min_interval=0",
+        "ReturnToService": 2,
+        # a plain scancel sends SIGTERM, which submitit ignores: the job runs on until SIGKILL, KillWait seconds later
+        "KillWait": 1, "SchedulerParameters": "batch_sched_delay=0,sched_min_interval=0",
         "AccountingStorageType": "accounting_storage/slurmdbd", "AccountingStorageHost": "localhost",
         "AccountingStoragePort": ports["slurmdbd"], "AccountingStoragePass": munge_socket,  # munge's socket
         "JobCompType": "jobcomp/none", "MailProg": "/bin/true",
