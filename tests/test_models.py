@@ -237,6 +237,28 @@ def test_transfer_starts_from_the_trained_folded_encoder(transfer):
 
 
 @pytest.mark.extra("segmentation")
+def test_the_transferred_encoder_is_loaded_from_the_local_export_without_network(transfer, monkeypatch):
+    """smp's ``tu-`` encoder has timm load the cell's export with ``pretrained=True``: timm must take
+    the local file (``pretrained_cfg_overlay``) and never the Hugging Face hub."""
+    import socket
+
+    from lcdense_tasks.segmentation.model import build_unet
+
+    def refuse(*args, **kwargs):
+        raise OSError("network disabled by test")
+
+    for name in ("getaddrinfo", "create_connection"):
+        monkeypatch.setattr(socket, name, refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    classifier, _, _ = transfer
+    source = classifier.model("lc-frozen@2__seed0", folded=True).net.state_dict()
+    unet = build_unet("ignored", depth=3, decoder_channels=[16, 8, 4],
+                      encoder_from=str(Path(classifier.run_dir) / "cells" / "lc-frozen@2__seed0"))
+    convs = [(name, m) for name, m in unet.encoder.model.named_modules() if lcdense.is_spatial_conv(m)]
+    assert convs and all(torch.equal(m.weight, source[f"{name}.weight"]) for name, m in convs)
+
+
+@pytest.mark.extra("segmentation")
 def test_smp_export_loads_through_smp(transfer, tmp_path):
     import segmentation_models_pytorch as smp
 
