@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..base.errors import LcdenseError
-from ..base.files import atomic_writer, write_bytes
+from ..base.files import write_bytes
 from ..base.registry import Registry
 from ..core.convert import ConversionReport
 from ..cost.estimate import Footprint

@@ -80,6 +80,7 @@ def summarize(records: list[CellRecord], primary: str, higher_is_better: bool,
         else:
             groups.setdefault(point, {}).setdefault(r.variant, []).append(r)
     out = SummaryRecord(primary_metric=primary, higher_is_better=higher_is_better, groups={})
+    headlines = list(dict.fromkeys(h for r in records if r.done for h in r.suite_headlines()))  # of every group
     for group, by_variant in groups.items():
         variants = {}
         lost = diverged.get(group, {})
@@ -105,7 +106,6 @@ def summarize(records: list[CellRecord], primary: str, higher_is_better: bool,
         out.groups[group] = {"variants": variants, "gaps": gaps}
         if lost:
             out.groups[group]["diverged"] = {r.id: r.error or "not finite" for rs in lost.values() for r in rs}
-        headlines = list(dict.fromkeys(h for r in records if r.done for h in r.suite_headlines()))
         if headlines:  # the evaluation suites' headline metrics get the primary metric's gaps
             out.groups[group]["suite_gaps"] = {m: variant_gaps(by_variant, m) for m in headlines}
     return out

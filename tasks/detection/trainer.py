@@ -45,7 +45,7 @@ from ultralytics.nn.tasks import DetectionModel, yaml_model_load
 from ultralytics.utils import DEFAULT_CFG
 from ultralytics.utils.torch_utils import unwrap_model
 
-from lcdense import Cell, LcdenseError, fold, frozen_digest, frozen_tensors, set_fp32_math
+from lcdense import Cell, LcdenseError, fold, frozen_digest, frozen_tensors
 
 from .evaluation import Predictions
 
