@@ -253,3 +253,28 @@ def test_a_registered_mode_is_one_entry_for_convert_and_the_variants(monkeypatch
     with pytest.raises(LcdenseError, match="variant 'half' takes no expansion"):
         Variant.parse("half@4")
     assert color("half") != OTHER
+
+
+
+def test_counting_macs_combines_no_filters_and_keeps_the_blocks_state(monkeypatch):
+    """The MAC count runs one zero sample in which LC-Blocks give zeros of their output's shape:
+    no W' = P·W is combined (at a large E that costs more than the model), and each block keeps
+    the form its last forward took (which :func:`lcdense.prefold` reads)."""
+    import lcdense.core.blocks as blocks
+    from lcdense import forward_macs
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2))
+    combine = blocks.combine_filters
+    monkeypatch.setattr(blocks, "combine_filters", lambda *a: pytest.fail("the count combined filters"))
+    report = convert(model, "lc", E=4, spatial="frozen", input_size=(3, 8, 8))
+    (block,) = [m for m in report.model.modules() if isinstance(m, LCConv)]
+    macs = 8 * 8 * 8 * 27 + 8 * (8 * 4) * 27 + 8 * 2  # the folded conv, W' = P·W once, the head
+    assert report.macs_after == forward_macs(report.model, (3, 8, 8)) == macs
+    assert report.macs_before == 8 * 8 * 8 * 27 + 8 * 2
+    assert report.model.training and block._last_impl is None
+    monkeypatch.setattr(blocks, "combine_filters", combine)
+    y = report.model(torch.rand(2, 3, 8, 8))
+    assert block._last_impl == "fold" and y.shape == (2, 2)
+    monkeypatch.setattr(blocks, "combine_filters", lambda *a: pytest.fail("the count combined filters"))
+    assert forward_macs(report.model, (3, 8, 8)) == macs
+    assert block._last_impl == "fold" and report.model.training

@@ -81,6 +81,35 @@ def test_state_memory_is_exact(optimizer, spatial):
     assert (est.trainable_params, est.frozen_params) == (counts["trainable"], counts["frozen"])
 
 
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_a_parameter_the_forward_never_reaches_has_no_gradient_and_no_state(optimizer):
+    """The estimate gives every trainable parameter the gradient and optimizer state of an earlier
+    step without running one, unless the forward leaves one out: then it runs the real steps."""
+    class WithUnused(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.head = torch.nn.Conv2d(3, 8, 3), torch.nn.Linear(8 * 36, 4)
+            self.unused = torch.nn.Linear(100, 100)  # 10,100 trainable parameters no step updates
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.conv(x).flatten(1))
+
+    torch.manual_seed(0)
+    model = WithUnused()
+    settings = TrainSettings(epochs=1, lr=0.1, optimizer=optimizer)
+    est = estimate(model, Footprint(batch_size=2, input_size=(3, 8, 8), optimizer=optimizer, lr=0.1))
+    opt = make_optimizer(model, settings)
+    for _ in range(2):
+        opt.zero_grad(set_to_none=True)
+        model(torch.randn(2, 3, 8, 8)).sum().backward()
+        opt.step()
+    params = list(model.parameters())
+    assert model.unused.weight.grad is None and model.unused.weight not in opt.state
+    assert est.grads_bytes == storage_bytes(p.grad for p in params if p.grad is not None) == 4 * (224 + 8 * 36 * 4 + 4)
+    assert est.optimizer_bytes == storage_bytes(v for s in opt.state.values() for v in s.values() if torch.is_tensor(v))
+    assert est.trainable_params == sum(p.numel() for p in params) == 224 + 1156 + 10_100
+
 def test_estimate_allocates_nothing_of_the_bank_and_counts_flops():
     torch.manual_seed(0)
     base = cifar_resnet(8, 16, num_classes=10)

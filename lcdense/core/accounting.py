@@ -81,8 +81,9 @@ class LayerCall:
 
 def trace_layers(model: nn.Module, input_size: Sequence[int]) -> list[LayerCall]:
     """Run one zero sample of ``input_size`` (C, H, W...) through ``model`` in eval mode and
-    record every conv, linear and LC-Block call (LC-Blocks run folded while tracing: with one
-    sample the two-conv form could cost E times more)."""
+    record every conv, linear and LC-Block call. LC-Blocks compute nothing while tracing: each
+    gives zeros of its output's shape, so its filters are not combined (at a large E that would
+    cost more than the rest of the model); the model's mode is restored."""
     calls: list[LayerCall] = []
     handles = []
     for name, module in model.named_modules():
@@ -94,17 +95,17 @@ def trace_layers(model: nn.Module, input_size: Sequence[int]) -> list[LayerCall]
     param = next(iter(model.parameters()), None)
     kwargs = {"dtype": param.dtype, "device": param.device} if param is not None else {}
     was_training = model.training
-    blocks = {m: m.impl for m in model.modules() if isinstance(m, LCConv) and m.foldable}
+    blocks = {m: m._last_impl for m in model.modules() if isinstance(m, LCConv)}
     try:
-        for block in blocks:
-            block.impl = "fold"
+        for block in blocks:  # no last form: lcdense.prefold combines nothing either
+            block._shapes_only, block._last_impl = True, None
         model.eval()
         with torch.no_grad():
             model(torch.zeros(1, *input_size, **kwargs))
     finally:
         model.train(was_training)
-        for block, impl in blocks.items():
-            block.impl = impl
+        for block, last in blocks.items():
+            block._shapes_only, block._last_impl = False, last
         for h in handles:
             h.remove()
     return calls

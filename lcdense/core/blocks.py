@@ -212,6 +212,7 @@ class LCConv(nn.Module):
 
     _last_impl: str | None = None  # the form the last forward took
     _prefolded: tuple | None = None  # W', the bank and P it was combined from, and their state (prefold())
+    _shapes_only: bool = False  # forwards give zeros of the output's shape (lcdense.trace_layers)
 
     def __init__(
         self,
@@ -446,6 +447,9 @@ class LCConv(nn.Module):
         return conv_with_weight(self, PLAIN_CONV[self.dims], self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._shapes_only:
+            weight = torch.empty(self.out_channels, self.in_channels // self.groups, *self.kernel_size, device="meta")
+            return x.new_zeros(self._conv(x.to("meta"), weight, None).shape)
         impl = self.choose_impl(x.shape)
         if not torch.compiler.is_compiling():
             self._last_impl = impl

@@ -2,12 +2,13 @@
 
 :func:`estimate` copies a model onto fake tensors (``FakeTensorMode``: shapes, dtypes and
 strides, no data), applies the cell's conversion there (so an LC bank of any E costs nothing),
-and runs two training steps of the configured optimizer on a fake batch. It reports:
+gives it the state earlier steps leave (a gradient and optimizer state for every trainable
+parameter) and runs a training step of the configured optimizer on a fake batch. It reports:
 
 - trainable and frozen parameters;
 - state: parameters, buffers, gradients and optimizer state (exact: the same storages);
-- activations saved for backward (distinct storages outside the model state);
-- the peak: live tensor bytes at their maximum during the steps, counted by
+- activations saved for backward (distinct storages outside the model state that die with the step);
+- the peak: live tensor bytes at their maximum during the step, counted by
   :class:`lcdense.cost.memory.LiveTensorBytes`, the same counter that measures a real CPU run;
 - forward and training-step FLOPs (``torch.utils.flop_counter``; 2 FLOPs per MAC).
 
@@ -246,16 +247,19 @@ def estimate(model: nn.Module, footprint: Footprint, *, convert: Callable[[nn.Mo
         own = {id(s): s for s in (t.untyped_storage() for t in model_tensors)}
         # Weak references without callbacks: the count must not keep activations alive, and no
         # Python code may run when one dies (a Ctrl-C handled there would be swallowed).
-        saved: dict[int, weakref.ref] = {}
-        saved_bytes = [0]
+        saved: dict[int, tuple[weakref.ref, int]] = {}
 
         def pack(t: torch.Tensor) -> torch.Tensor:
             storage = t.untyped_storage()
             key = id(storage)
-            if own.get(key) is not storage and (key not in saved or saved[key]() is not storage):
-                saved[key] = weakref.ref(storage)
-                saved_bytes[0] += storage.nbytes()
+            if own.get(key) is not storage and (key not in saved or saved[key][0]() is not storage):
+                saved[key] = (weakref.ref(storage), storage.nbytes())
             return t
+
+        def activations() -> int:
+            """Bytes of the storages the measured step saved for backward that died with it (not
+            those a module keeps, such as a detector's anchors)."""
+            return sum(nbytes for ref, nbytes in saved.values() if ref() is None)
 
         def step(flops: FlopCounterMode | None = None) -> None:
             if not fp.grads_during_forward:
@@ -269,13 +273,30 @@ def estimate(model: nn.Module, footprint: Footprint, *, convert: Callable[[nn.Mo
             loss.backward()
             optimizer.step()
 
+        def warm_up() -> None:
+            """The state an earlier step leaves, a gradient and optimizer state for every trainable
+            parameter, without the cost of a fake forward and backward."""
+            for p in trainable:
+                p.grad = torch.zeros_like(p)
+            optimizer.step()
+
         forward = [0]
         copies = fp.model_copies * storage_bytes(model_tensors)
         with LiveTensorBytes(model_tensors) as live:
-            step()
-            saved_bytes[0] = 0
+            warm_up()
             with FlopCounterMode(display=False) as flops:
                 step(flops)
+            if any(p.grad is None for p in trainable):
+                # a parameter the forward does not reach: a real step leaves it no gradient and no
+                # state: measure the second of two real steps instead (the peak is of both)
+                for p in trainable:
+                    p.grad = None
+                optimizer.state.clear()
+                live.peak = live.live
+                step()
+                saved.clear()
+                with FlopCounterMode(display=False) as flops:
+                    step(flops)
             train_peak, live.peak = live.peak, 0
             grads_bytes = storage_bytes(p.grad for p in trainable if p.grad is not None)
             optimizer_bytes = storage_bytes(v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v))
@@ -287,7 +308,7 @@ def estimate(model: nn.Module, footprint: Footprint, *, convert: Callable[[nn.Mo
             trainable_params=counts["trainable"], frozen_params=counts["frozen"],
             params_bytes=storage_bytes(params), buffers_bytes=storage_bytes(list(fake.buffers())),
             grads_bytes=grads_bytes, optimizer_bytes=optimizer_bytes, copies_bytes=copies,
-            activations_bytes=saved_bytes[0], train_peak_bytes=train_peak + copies,
+            activations_bytes=activations(), train_peak_bytes=train_peak + copies,
             eval_peak_bytes=live.peak + copies if fp.eval_batch_size else 0,
             forward_flops=int(forward[0]), step_flops=int(flops.get_total_flops()), layers=layers,
         )

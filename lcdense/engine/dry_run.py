@@ -52,7 +52,7 @@ def dry_run(task: Task, config: dict[str, Any], cells: list[CellSpec], axis_keys
         fp = task.footprint(cfg)
         fp.batch_size = max(1, fp.batch_size // ranks)
         axes = "".join(f" {k}={v}" for k, v in spec.axes.items())
-        est = estimate(model, fp, convert=converter(cfg, spec, task), device=device,
+        est = estimate(model, fp, convert=converter(cfg, spec, task, counted=False), device=device,
                        name=spec.variant.name + axes, memory=memory)
         if limit is not None:
             est.memory_source = "run.max_memory"

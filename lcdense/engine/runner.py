@@ -208,7 +208,7 @@ def converter(cfg: dict[str, Any], spec: CellSpec, task: Task,
     conversion scope (:func:`scope_name`: its excludes join ``conversion.exclude``; the report and
     the record name it). The settings only its mode takes come from the variant (``E``,
     ``spatial``) or else from ``conversion.<setting>``. ``counted``: the report counts MACs at the
-    task's input size (a rebuild skips it)."""
+    task's input size (a rebuild and the memory estimate skip it)."""
     conv = cfg["conversion"]
     variant, name = spec.variant, scope_name(task, cfg)
     kwargs: dict[str, Any] = {
@@ -284,7 +284,8 @@ def run_cell(task: Task, data: Any, config: dict[str, Any], spec: CellSpec, run:
     torch.manual_seed(spec.seed)
     model = task.build_model(cfg, data)
     lc = spec.variant.spec.blocks  # refused here, before the conversion builds the banks:
-    predicted = check_cell(model, task.footprint(cfg), cfg, convert_fn, device, name=spec.id, expansion=spec.variant.E if lc else None,
+    predicted = check_cell(model, task.footprint(cfg), cfg, converter(cfg, spec, task, counted=False), device, name=spec.id,
+                           expansion=spec.variant.E if lc else None,
                            spatial=spec.variant.spatial if lc else None, ranks=world.size)
     report = convert_fn(model)
     model = report.model.to(device)
