@@ -123,9 +123,7 @@ def test_ctrl_c_and_sigterm_exit_cleanly_and_resume_completes(toy_installed, tmp
     assert proc.returncode == code, err
     assert err.strip().splitlines()[-1].startswith(f"lcdense: {said}; finished cells are saved")
     run_dir = _run_dir(out)
-    done = subprocess.run([sys.executable, "-m", "lcdense.cli", "run", "--resume", str(run_dir), "--quiet",
-                           "--no-analysis", "--set", "train.epochs=1"], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    assert main(["run", "--resume", str(run_dir), "--quiet", "--no-analysis", "--set", "train.epochs=1"]) == 0
     record = json.loads((run_dir / "cells" / "learnable__seed0" / "cell.json").read_text())
     assert len(record["history"]) == 16  # the resumed run kept the saved config (16 epochs), not --set
 
