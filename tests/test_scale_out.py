@@ -71,6 +71,20 @@ def test_data_parallel_refusals_are_one_line(toy_installed, tmp_path, monkeypatc
     assert [p.name for p in (tmp_path / "runs" / "toy").iterdir()] == ["taken"]
 
 
+
+def test_a_cell_too_large_for_its_ranks_is_refused_on_all_of_them(toy_installed, tmp_path, capfd):
+    """Rank 0 estimates the cell and every rank gets its refusal, before any rank converts or
+    trains: no rank waits in a collective for one that stopped."""
+    out = tmp_path / "runs"
+    assert main(["run", *TOY, "--variants", "lc-frozen", "--ddp", "2", "--set", "run.max_memory=4KiB",
+                 "--out", str(out), "--name", "small"]) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    refusals = [line for line in err if line.startswith("lcdense: error: cell lc-frozen@4__seed0 needs about")]
+    assert len(refusals) == 2 and "4.0 KiB is available (run.max_memory); nothing was allocated" in refusals[0], err
+    assert err[-1].startswith("lcdense: error: the 2 data-parallel ranks failed")
+    assert not list((out / "toy" / "small" / "cells").glob("*/*"))
+
+
 @needs_submitit
 def test_failed_cell_job_is_rerun_by_resubmission(toy_installed, tmp_path, monkeypatch, capsys):
     import lcdense_toy

@@ -283,10 +283,11 @@ def run_cell(task: Task, data: Any, config: dict[str, Any], spec: CellSpec, run:
     convert_fn = converter(cfg, spec, task)
     torch.manual_seed(spec.seed)
     model = task.build_model(cfg, data)
-    lc = spec.variant.spec.blocks  # refused here, before the conversion builds the banks:
-    predicted = check_cell(model, task.footprint(cfg), cfg, converter(cfg, spec, task, counted=False), device, name=spec.id,
-                           expansion=spec.variant.E if lc else None,
-                           spatial=spec.variant.spatial if lc else None, ranks=world.size)
+    lc = spec.variant.spec.blocks  # refused here, before the conversion builds the banks; rank 0
+    # estimates (every rank's share is the same) and every rank gets its estimate or its refusal
+    predicted = world.on_main(lambda: check_cell(
+        model, task.footprint(cfg), cfg, converter(cfg, spec, task, counted=False), device, name=spec.id,
+        expansion=spec.variant.E if lc else None, spatial=spec.variant.spatial if lc else None, ranks=world.size))
     report = convert_fn(model)
     model = report.model.to(device)
     if world.is_main:
