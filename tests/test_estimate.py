@@ -179,6 +179,24 @@ def test_peak_memory_counts_the_model_and_what_the_block_allocates():
     assert memory.peak_mb * 2**20 == state + 2 * 1024 * 256 * 4
 
 
+
+def test_the_live_count_takes_new_storages_only():
+    """A view or an in-place op returns a storage that exists (the schema says which returns
+    alias an input): not counted again, and not at all if it was there before the block; a new
+    tensor, a multi-output op's results and a list of results are counted once each."""
+    before = torch.zeros(100)  # 400 bytes, alive before the block and not held: never counted
+    with LiveTensorBytes() as live:
+        before.add_(1)
+        view = before.view(10, 10)
+        fresh = before * 2  # 400
+        fresh.mul_(3)
+        both = torch.ones(10, 10).max(dim=1)  # 400, then values 40 and indices 80; the ones die
+        parts = torch.ones(8).split(4)  # views of one new storage: 32
+        assert live.live == 400 + 40 + 80 + 32, live.live
+    assert view.untyped_storage().data_ptr() == before.untyped_storage().data_ptr()
+    assert live.peak == 400 + 400 + 40 + 80  # while max() held its input
+    del fresh, both, parts
+
 def test_a_freed_storage_runs_no_python_code_so_ctrl_c_is_never_swallowed():
     """A signal handler runs between Python bytecodes; one that raised inside a weakref callback
     would be printed as "Exception ignored" and the run would go on. The counter's release path

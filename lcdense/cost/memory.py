@@ -16,9 +16,11 @@ and :class:`PeakMemory` measures with it.
 """
 from __future__ import annotations
 
+import functools
 import os
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -79,6 +81,15 @@ class LiveTensorBytes(TorchDispatchMode):
         self._tracked[key] = ref
         self._sizes[id(ref)] = (key, nbytes)
 
+    def _track_new(self, t: torch.Tensor, existed: Callable[[torch.UntypedStorage], bool] | None = None) -> None:
+        """Count ``t``'s storage, unless it is counted already or ``existed`` says it is an input's."""
+        try:
+            storage = t.untyped_storage()
+        except (RuntimeError, NotImplementedError):
+            return
+        if id(storage) not in self._tracked and not (existed and existed(storage)):
+            self._track(storage)
+
     def _release_dead(self) -> None:
         """Subtract the storages that died since the last call (before an id can be reused)."""
         while self._dead:
@@ -88,17 +99,32 @@ class LiveTensorBytes(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         out = func(*args, **(kwargs or {}))
-        self._release_dead()
-        for t in _tensors(out):
-            try:
-                storage = t.untyped_storage()
-            except (RuntimeError, NotImplementedError):
-                continue
-            if id(storage) not in self._tracked and not _is_input_storage(storage, args, kwargs):
-                self._track(storage)
+        if self._dead:
+            self._release_dead()
+        # a return the schema marks as new needs no search of the inputs: it cannot be one of
+        # theirs; an aliasing one (a view, an in-place or out= op) is counted only if it is not
+        fresh = _fresh_returns(func)
+        values = out if fresh is not None and len(fresh) > 1 else (out,)
+        for value, new in zip(values, fresh or (False,)):
+            for t in ([value] if type(value) is torch.Tensor else _tensors(value)):
+                self._track_new(t, None if new else lambda storage: _is_input_storage(storage, args, kwargs))
         if self._live > self.peak:
             self.peak = self._live
         return out
+
+
+@functools.cache
+def _fresh_returns(func: Any) -> tuple[bool, ...] | None:
+    """For each of an operator's returns, whether it is a new tensor (the schema gives it no alias
+    of an input); None for an operator without a schema.
+
+    >>> import torch
+    >>> aten = torch.ops.aten
+    >>> _fresh_returns(aten.mul.Tensor), _fresh_returns(aten.mul_.Tensor), _fresh_returns(aten.max.dim)
+    ((True,), (False,), (True, True))
+    """
+    schema = getattr(func, "_schema", None)
+    return None if schema is None else tuple(r.alias_info is None for r in schema.returns)
 
 
 def _tensors(value: object) -> list[torch.Tensor]:
