@@ -4,10 +4,10 @@ The folded model's network (every LC-Block a plain conv; the input normalisation
 keeps inside the model, goes into the config beside the weights) is written as:
 
 - a timm model (``timm:NAME``): ``model.safetensors`` and timm's ``config.json`` (architecture,
-  classes, mean/std), loaded by timm itself::
+  classes, mean/std), loaded into timm's own model, from the file only::
 
-      timm.create_model(NAME, pretrained=True, num_classes=N,
-                        pretrained_cfg_overlay=dict(file="model.safetensors", num_classes=N))
+      model = timm.create_model(NAME, num_classes=N)
+      model.load_state_dict(safetensors.torch.load_file("model.safetensors"))
 
 - a torchvision model: ``model.pth`` (its ``state_dict``) and ``config.json``, loaded with
   ``torchvision.models.get_model(NAME, num_classes=N).load_state_dict(torch.load("model.pth"))``;
