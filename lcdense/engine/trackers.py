@@ -115,10 +115,17 @@ def cell_digests(event: CellEnd) -> dict[str, str]:
     return digests
 
 
-def gap_scalars(group: dict[str, Any]) -> list[tuple[str, float]]:
-    """(tag, mean) of a sweep point's gaps: ``gap/<gap>`` in the primary metric, ``gap/<metric>/<gap>``
-    in each evaluation suite's headline metric."""
-    out = [(f"gap/{g['gap']}", g["mean"]) for g in group.get("gaps", []) if isinstance(g.get("mean"), (int, float))]
+def gap_scalars(group: dict[str, Any], primary: str) -> list[tuple[str, float]]:
+    """(tag, mean) of a sweep point's gaps: ``gap/<gap>`` in the ``primary`` metric, ``gap/<metric>/<gap>``
+    in any other (a recipe's last-epoch metric, an evaluation suite's headline metric).
+
+    >>> group = {"gaps": [{"gap": "frozen - learnable", "metric": "top1", "mean": -0.1},
+    ...                   {"gap": "frozen - learnable", "metric": "top1_last", "mean": -0.2}]}
+    >>> gap_scalars(group, "top1")
+    [('gap/frozen - learnable', -0.1), ('gap/top1_last/frozen - learnable', -0.2)]
+    """
+    out = [(f"gap/{g['gap']}" if g.get("metric", primary) == primary else f"gap/{g['metric']}/{g['gap']}", g["mean"])
+           for g in group.get("gaps", []) if isinstance(g.get("mean"), (int, float))]
     for metric, gaps in group.get("suite_gaps", {}).items():
         out += [(f"gap/{metric}/{g['gap']}", g["mean"]) for g in gaps if isinstance(g.get("mean"), (int, float))]
     return out
@@ -233,7 +240,7 @@ class TensorBoardLogger(Tracker):
         writer = self._writer("gaps")
         writer.add_text("gap_table", event.table)
         for group, stats in (event.summary.groups if event.summary else {}).items():
-            for tag, gap in gap_scalars(stats):
+            for tag, gap in gap_scalars(stats, event.summary.primary_metric):
                 writer.add_scalar(tag + (f" [{group}]" if group else ""), gap, 0)
         writer.close()
         self.writers.pop("gaps")
