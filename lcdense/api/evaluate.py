@@ -24,13 +24,13 @@ from typing import Any
 from ..base.errors import LcdenseError
 from ..engine.config import RUN_DEFAULTS, apply_overrides, cell_config, merge
 from ..engine.events import Events, RunEnd, SuiteEnd
-from ..engine.records import read_cell, read_cells, read_plan, write_cell
+from ..engine.records import CellRecord, read_cell, read_cells, read_plan, write_cell
 from ..engine.rundir import CellDir, RunDir, cache_folder
 from ..engine.runner import pick_device
 from ..engine.suites import Progress, SuiteContext, get_suite, suite_names, suite_settings
 from ..engine.task import Cell, get_task
 from ..engine.variants import CellSpec, Variant
-from .models import cell_model
+from .models import cell_model, primary_weights
 
 
 @dataclass
@@ -162,7 +162,7 @@ def evaluate(run_dir: str | os.PathLike, suites: Any, *, data: Any = None, devic
         if key not in prepared:
             prepared[key] = task.prepare_data(cfg, cache_dir)
         model = cell_model(run.run_dir, record, device=torch_device)
-        weights = str((record.provenance or {}).get("primary_weights") or "model")
+        weights = primary_weights(record)
         cell_dir = rundir.cell(record.id)
         cell = Cell(variant=record.variant, seed=record.seed, init_seed=record.init_seed or record.seed,
                     data_seed=record.data_seed or record.seed, dir=cell_dir.path, device=torch_device,
@@ -176,8 +176,7 @@ def evaluate(run_dir: str | os.PathLike, suites: Any, *, data: Any = None, devic
             with cell.framework_output():
                 result = suite.run(task, model, prepared[key], context)
             seconds = time.perf_counter() - began
-            _record(cell_dir, name, result, suite_cfg, weights, seconds, progress.reused, str(torch_device))
-            updated = read_cell(cell_dir)
+            updated = _record(cell_dir, name, result, suite_cfg, weights, seconds, progress.reused, str(torch_device))
             events.emit(SuiteEnd(run_dir=run.run_dir, cell_dir=cell_dir.path, record=updated, suite=name))
             headline = {h: result.metrics[h] for h in result.headline}
             out.done.append((record.id, name, seconds, headline))
@@ -226,8 +225,9 @@ def _no_conversion(_model: Any) -> Any:
 
 
 def _record(cell_dir: CellDir, name: str, result: Any, settings: dict[str, Any], weights: str, seconds: float,
-            resumed: int, device: str) -> None:
-    """Merge a suite's result into the cell's record (atomically) and drop its progress file."""
+            resumed: int, device: str) -> CellRecord:
+    """Merge a suite's result into the cell's record (atomically) and drop its progress file; the
+    record as written."""
     record = read_cell(cell_dir)
     if record is None or not record.done:
         raise LcdenseError(f"cell {cell_dir.name} lost its record while being evaluated")
@@ -240,6 +240,7 @@ def _record(cell_dir: CellDir, name: str, result: Any, settings: dict[str, Any],
     progress = cell_dir.suite_progress(name)
     if progress.exists():
         progress.unlink()
+    return record
 
 
 __all__ = ["Evaluation", "check_suites", "evaluate", "suite_data"]

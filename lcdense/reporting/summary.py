@@ -337,10 +337,6 @@ def provenance_row(record: CellRecord) -> list[Any]:
             resume.get("resumed"), resume.get("exact")]
 
 
-def _in_unit(value: float, unit: str) -> str:
-    return f"{value:.2f}" if unit == "percent" else f"{value:.4f}"
-
-
 def _num(value: float | None, unit: str, signed: bool = False) -> str:
     if value is None:
         return "n/a"
