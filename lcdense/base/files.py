@@ -106,7 +106,7 @@ def _free(folder: Path) -> int | None:
         return None
 
 
-def write_bytes(path: str | Path, data: bytes) -> None:
+def write_bytes(path: str | Path, data: bytes | memoryview) -> None:
     """Atomically write ``data`` (see :func:`atomic_writer`)."""
     with atomic_writer(path, size=len(data)) as f:
         f.write(data)

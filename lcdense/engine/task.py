@@ -198,7 +198,8 @@ class Cell:
         (serialised first, so that a full disk says how much space it needs)."""
         buffer = io.BytesIO()
         torch.save(state, buffer)
-        write_bytes(self.checkpoint_path, buffer.getvalue())
+        with buffer.getbuffer() as data:  # the serialised bytes, not a second copy of them
+            write_bytes(self.checkpoint_path, data)
 
     def load_checkpoint(self) -> dict[str, Any] | None:
         """The last resume point of this cell, or None (loaded with ``weights_only=True``)."""
