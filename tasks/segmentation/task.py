@@ -205,15 +205,15 @@ class SegmentationTask(Task):
         ``transform`` as read from disk (RGB uint8, before scaling to the network size); masks unchanged."""
         samples = data.val if limit is None else data.val[:limit]
         val_set = PairDataset(samples, data.size, augment=False, transform=transform)
-        counts = self._scores(model, data, config, cell, val_set, samples)
+        counts = self._scores(model, data, config, cell, val_set)
         return counts.scores(per_group=data.dataset == "brain-mri")
 
     def _scores(self, model: nn.Module, data: SegmentationData, config: dict[str, Any], cell: Cell,
-                val_set: PairDataset | None = None, samples: list[Sample] | None = None) -> ConfusionCounts:
+                val_set: PairDataset | None = None) -> ConfusionCounts:
         cfg = self.resolve_config(config)
         model.to(cell.device).eval()
-        samples = data.val if samples is None else samples
-        val_set = val_set or PairDataset(data.val, data.size, augment=False)
+        val_set = PairDataset(data.val, data.size, augment=False) if val_set is None else val_set
+        samples = val_set.samples
         counts, start = ConfusionCounts(), 0
         cell.provenance.eval_precision = autocast_precision(cfg["train"]["amp"], cell.device)
         with torch.no_grad(), autocast(cell.device, cfg["train"]["amp"]):
