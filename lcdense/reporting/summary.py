@@ -25,6 +25,7 @@ from ..engine.records import CellRecord, SummaryRecord, read_cells, write_summar
 from ..engine.rundir import RunDir
 from ..engine.variants import sweep_point
 from ..paper import compare, get_experiment
+from ..paper.statistics import interval
 from .style import variant_order
 
 # (name of the gap, minuend kind, subtrahend kind)
@@ -34,13 +35,6 @@ GAPS: tuple[tuple[str, str, str], ...] = (
     ("lc-frozen - learnable", "lc-frozen", "learnable"),
     ("lc-learnable - learnable", "lc-learnable", "learnable"),
 )
-
-
-def t_quantile(df: int) -> float:
-    """Two-sided 95% Student-t quantile for ``df`` degrees of freedom."""
-    from scipy import stats
-
-    return float(stats.t.ppf(0.975, df))
 
 
 def describe(values: list[float]) -> dict[str, Any]:
@@ -58,8 +52,7 @@ def paired_gap(a: dict[int, float], b: dict[int, float]) -> dict[str, Any] | Non
     out = describe(diffs)
     out["seeds"] = seeds
     if len(diffs) >= 2:
-        half = t_quantile(len(diffs) - 1) * out["std"] / math.sqrt(len(diffs))
-        out["ci95"] = [out["mean"] - half, out["mean"] + half]
+        out["ci95"] = interval(out["mean"], out["std"] / math.sqrt(len(diffs)), len(diffs) - 1)
     return out
 
 
